@@ -1,0 +1,116 @@
+"""One typed, validated config: the single source of defaults and of valid choices.
+
+Every other layer (the Sacred experiment, the sweeps, the analysis) reads its
+defaults and its valid values from here. Defaults are the seed's baseline
+(``../shared/seed-model-spec.md``): attention on, no EMA, no dropout, cosine
+schedule, AMP on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+Schedule = Literal["cosine", "linear"]
+# sigma_t of the ancestral sampler (Ho et al. 2020, Sec. 3.2): "posterior" is
+# beta-tilde_t (Eq. 7), "beta" is beta_t. Both are the paper's two choices.
+Variance = Literal["posterior", "beta"]
+Sampler = Literal["ancestral", "ddim"]
+Device = Literal["auto", "cpu", "cuda"]
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+
+
+@dataclass
+class Config:
+    # --- model (the seed's U-Net) ---
+    image_size: int = 28  # height = width; must be divisible by 4 (two 2x downsamplings)
+    channels: int = 1  # 1 for grayscale MNIST
+    hidden_dims: tuple[int, int, int] = (32, 64, 128)  # channels at 28x28, 14x14, 7x7
+    time_dim: int = 128  # sinusoidal time-embedding width
+    attention: bool = True  # self-attention in the 7x7 bottleneck (ablation toggle)
+    dropout: float = 0.0  # dropout inside every ResBlock; 0 is off (ablation uses 0.1)
+    # --- diffusion process ---
+    noise_steps: int = 1000  # T
+    schedule: Schedule = "cosine"  # beta schedule (ablation toggle)
+    variance: Variance = "posterior"  # sigma_t^2 of the ancestral sampler
+    # --- optimisation ---
+    lr: float = 1e-4  # Adam learning rate
+    ema: bool = False  # sample from an EMA of the weights (ablation toggle)
+    ema_decay: float = 0.999  # EMA decay, with warm-up min(decay, (1+n)/(10+n))
+    amp: bool = True  # fp16 + GradScaler on CUDA, bfloat16 autocast on the CPU (toggle)
+    seed: int = 0  # seeds every random draw of the run
+    device: Device = "auto"  # "auto" picks CUDA when present
+    # --- training budget (the defaults are the `small` scale) ---
+    train_steps: int = 400  # optimiser steps
+    batch_size: int = 128  # images per step
+    log_every: int = 20  # steps between logged training-loss points
+    # --- evaluation ---
+    sampler: Sampler = "ddim"  # "ancestral" (the seed's 1000 steps) or "ddim" (fast evaluation)
+    sampler_steps: int = 50  # DDIM steps; the ancestral sampler always takes noise_steps
+    n_samples: int = 1000  # samples generated for FID / KID / precision-recall
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(self.hidden_dims)
+        validate(self)
+
+    def replace(self, **changes) -> "Config":
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-friendly dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
+
+
+def choices(name: str) -> tuple:
+    """The valid values of a ``Literal`` field, e.g. ``choices("schedule")``."""
+    hint = typing.get_type_hints(Config)[name]
+    return typing.get_args(hint)
+
+
+def _fail(name: str, value, valid: str) -> None:
+    raise ValueError(f"invalid {name}={value!r}: valid values are {valid}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ``ValueError`` naming the field, the bad value and the valid choices."""
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if typing.get_origin(hints[f.name]) is Literal and value not in choices(f.name):
+            _fail(f.name, value, " or ".join(repr(c) for c in choices(f.name)))
+        if hints[f.name] is bool and not isinstance(value, bool):
+            _fail(f.name, value, "True or False")
+    if len(cfg.hidden_dims) != 3 or any(int(d) <= 0 for d in cfg.hidden_dims):
+        _fail("hidden_dims", list(cfg.hidden_dims), "three positive channel counts, e.g. [32, 64, 128]")
+    if any(d % 8 for d in cfg.hidden_dims):
+        _fail("hidden_dims", list(cfg.hidden_dims), "multiples of 8 (GroupNorm uses 8 groups)")
+    if cfg.image_size <= 0 or cfg.image_size % 4:
+        _fail("image_size", cfg.image_size, "a positive multiple of 4 (the U-Net halves it twice)")
+    if cfg.channels <= 0:
+        _fail("channels", cfg.channels, "a positive integer")
+    if cfg.time_dim <= 0 or cfg.time_dim % 2:
+        _fail("time_dim", cfg.time_dim, "a positive even integer")
+    if not 0.0 <= cfg.dropout < 1.0:
+        _fail("dropout", cfg.dropout, "a probability in [0, 1)")
+    if not isinstance(cfg.noise_steps, int) or cfg.noise_steps < 1:
+        _fail("noise_steps", cfg.noise_steps, "an integer >= 1")
+    if not 0.0 < cfg.ema_decay < 1.0:
+        _fail("ema_decay", cfg.ema_decay, "a number in (0, 1)")
+    if not cfg.lr > 0:
+        _fail("lr", cfg.lr, "a positive number")
+    for name in ("train_steps", "batch_size", "log_every", "sampler_steps", "n_samples"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+            _fail(name, getattr(cfg, name), "an integer >= 1")
+
+
+# Named scales (DESIGN.md): the same code runs in seconds in CI, minutes on a CPU, fully on a GPU.
+SCALES: dict[str, dict] = {
+    "smoke": dict(train_steps=30, batch_size=32, log_every=5, sampler="ddim", sampler_steps=10, n_samples=64),
+    "small": dict(),  # the field defaults above
+    "paper": dict(train_steps=46_900, batch_size=128, log_every=200, sampler="ancestral", sampler_steps=1000,
+                  n_samples=10_000),  # 100 epochs; the seed's 1000-step ancestral sampler
+}

@@ -1,0 +1,248 @@
+"""DiffusionProcess: the seed's trainer and sampler around :class:`core.model.DiffusionModel`.
+
+Training minimises L_simple, the MSE between the true and the predicted noise (Ho et al. 2020,
+Eq. 14), with Adam. AMP is fp16 + GradScaler on CUDA and bfloat16 autocast on the CPU. EMA uses
+``torch.optim.swa_utils.AveragedModel``. Sampling is the ancestral DDPM loop (Algorithm 2) by
+default, or DDIM (Song et al. 2021) for fast evaluation. Every random draw comes from a seeded
+generator held by the process, and :meth:`state_dict` captures them all, so training resumes exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from core import ddpm
+from core.config import SAMPLERS, Config, Sampler, choices
+from core.model import DiffusionModel
+from core.schedules import get_betas
+from core.seeding import make_generator, rng_state, seed_everything, set_rng_state
+
+SAMPLE_SEED_OFFSET = 1_000_003  # keeps the sampling stream apart from the training stream
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``None`` or "auto" -> CUDA when present, else the CPU; "cuda" without a GPU is an error."""
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"invalid device={name!r}: valid values are {' or '.join(map(repr, choices('device')))}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("invalid device='cuda': no CUDA device is present here; valid values are 'auto' or 'cpu'")
+    return dev
+
+
+def ema_decay_at(n: int, decay: float) -> float:
+    """EMA decay with warm-up, min(decay, (1 + n) / (10 + n)), n = updates already averaged.
+
+    Without a warm-up a 0.999 EMA over a short budget still carries most of the untrained
+    initial weights (see ``../shared/measurements.md``); the same rule is used at every scale.
+    """
+    return min(decay, (1 + n) / (10 + n))
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An AveragedModel whose update is p_ema <- d * p_ema + (1 - d) * p, with d from :func:`ema_decay_at`."""
+    def multi_avg_fn(ema_params, model_params, num_averaged):
+        weight = 1.0 - ema_decay_at(int(num_averaged), decay)
+        torch._foreach_lerp_(ema_params, model_params, weight)  # ema + w * (p - ema)
+
+    return AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=True)
+
+
+class DiffusionProcess:
+    """The DDPM process of the seed: model, schedule, optimiser, AMP, EMA and samplers.
+
+    Constructing one calls :func:`core.seeding.seed_everything` with ``seed``, so the same
+    arguments give the same initial weights and the same training and sampling draws.
+
+    :param image_size: height = width of the images (28 for MNIST).
+    :param channels: image channels (1).
+    :param hidden_dims: U-Net channels at the three resolutions.
+    :param noise_steps: T, the number of diffusion steps.
+    :param device: a torch device, "cpu", "cuda" or "auto"/None (CUDA when present).
+    :param schedule: "cosine" (Nichol & Dhariwal 2021) or "linear" (Ho et al. 2020).
+    :param variance: sigma_t^2 of the ancestral sampler, "posterior" (beta-tilde) or "beta".
+    Other keyword arguments are the fields of :class:`core.config.Config`.
+    """
+
+    def __init__(self, image_size: int = 28, channels: int = 1, hidden_dims: Sequence[int] = (32, 64, 128),
+                 noise_steps: int = 1000, device: torch.device | str | None = None, **options):
+        self.device = resolve_device(device)
+        self.config = Config(image_size=image_size, channels=channels, hidden_dims=tuple(hidden_dims),
+                             noise_steps=noise_steps, device=self.device.type, **options)
+        self._build()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "DiffusionProcess":
+        """Build from a :class:`Config` (its ``device`` field is resolved here)."""
+        fields = config.to_dict()
+        device = fields.pop("device")
+        return cls(device=device, **fields)
+
+    def _build(self) -> None:
+        c = self.config
+        seed_everything(c.seed)
+        self.model = DiffusionModel(c.image_size, c.channels, c.hidden_dims, c.time_dim, c.attention, c.dropout)
+        self.model.to(self.device)
+        self.coeffs = ddpm.DDPMCoefficients.from_betas(get_betas(c.schedule, c.noise_steps), self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        self.ema_model = make_ema(self.model, c.ema_decay) if c.ema else None
+        cuda = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp and cuda)
+        # fp16 needs the GradScaler on CUDA; the CPU has no fast fp16, and bf16 needs no scaling.
+        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
+        self.train_generator = make_generator(c.seed, self.device)
+        self.sample_generator = make_generator(c.seed + SAMPLE_SEED_OFFSET, self.device)
+        self.step = 0
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def autocast(self):
+        """The AMP context of this process (a no-op when ``amp`` is off)."""
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_simple (Ho et al. 2020, Eq. 14) on a batch x0 of shape (B, C, H, W) in [-1, 1]."""
+        g = self.train_generator
+        t = torch.randint(0, self.config.noise_steps, (x0.shape[0],), generator=g, device=self.device)  # (B,)
+        noise = torch.randn(x0.shape, generator=g, device=self.device)  # (B, C, H, W)
+        x_t = ddpm.q_sample(self.coeffs, x0, t, noise)
+        with self.autocast():
+            predicted = self.model(x_t, t)
+        return F.mse_loss(predicted.float(), noise)
+
+    def train_step(self, batch) -> float:
+        """One Adam step on a batch: a (B, C, H, W) tensor or a torchvision ``(images, labels)`` pair.
+
+        :return: the batch's loss before the step.
+        """
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self.model.train()
+        loss = self.loss(x0.to(self.device, non_blocking=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
+        self.step += 1
+        return loss.item()
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    @property
+    def sampling_model(self) -> DiffusionModel:
+        """The EMA weights when ``ema`` is on, else the trained weights."""
+        return self.ema_model.module if self.ema_model is not None else self.model
+
+    def _eps(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return model(x_t, t).float()
+
+    def _ancestral(self, model, x, g, clip_denoised: bool, progress: bool) -> torch.Tensor:
+        for step in tqdm(reversed(range(self.config.noise_steps)), total=self.config.noise_steps,
+                         disable=not progress, desc="ancestral", leave=False):
+            # 1. predict the noise at t
+            t = torch.full((x.shape[0],), step, device=self.device, dtype=torch.long)
+            eps = self._eps(model, x, t)
+            # 2. draw z ~ N(0, I) for every step, so the stream is the same whatever the clipping
+            z = torch.randn(x.shape, generator=g, device=self.device)
+            # 3. x_{t-1} = mu_theta(x_t, t) + sigma_t z  (Ho et al. 2020, Algorithm 2)
+            x = ddpm.ancestral_step(self.coeffs, x, t, eps, z, self.config.variance, clip_denoised)
+        return x
+
+    def _ddim(self, model, x, g, steps: int, eta: float, clip_denoised: bool, progress: bool) -> torch.Tensor:
+        ts = ddpm.ddim_timesteps(self.config.noise_steps, steps)
+        for i, step in enumerate(tqdm(ts, disable=not progress, desc="ddim", leave=False)):
+            # 1. predict the noise at t
+            t = torch.full((x.shape[0],), step, device=self.device, dtype=torch.long)
+            eps = self._eps(model, x, t)
+            # 2. draw z only when the step is stochastic (eta > 0)
+            z = torch.randn(x.shape, generator=g, device=self.device) if eta > 0 else None
+            # 3. move to the next strided timestep (Song et al. 2021, Eq. 12)
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            x = ddpm.ddim_step(self.coeffs, x, step, t_prev, eps, z, eta, clip_denoised)
+        return x
+
+    @torch.inference_mode()
+    def sample(self, num_samples: int = 16, *, sampler: Sampler = "ancestral", steps: int | None = None,
+               eta: float = 0.0, clip_denoised: bool | None = None, seed: int | None = None,
+               batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """Generate ``num_samples`` images in [-1, 1], shape (N, C, H, W), on this process's device.
+
+        :param sampler: "ancestral" (the seed's 1000-step DDPM) or "ddim" (Song et al. 2021).
+        :param steps: DDIM steps (default 50); the ancestral sampler always takes all T steps.
+        :param eta: DDIM stochasticity; 0 is deterministic given x_T.
+        :param clip_denoised: clip the predicted x_0 to [-1, 1] inside each step. Default: off for
+            the ancestral sampler (the seed's formula), on for DDIM.
+        :param seed: seed a fresh generator for this call; by default the process's own sampling
+            generator continues. Both samplers draw x_T first from the same generator.
+        :param batch_size: images denoised at once; the draws are taken batch after batch.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"invalid sampler={sampler!r}: valid values are {' or '.join(map(repr, SAMPLERS))}")
+        if sampler == "ancestral" and steps not in (None, self.config.noise_steps):
+            raise ValueError(f"invalid steps={steps} for sampler='ancestral': it takes all "
+                             f"{self.config.noise_steps} steps; use sampler='ddim' for fewer")
+        g = make_generator(seed, self.device) if seed is not None else self.sample_generator
+        clip = (sampler == "ddim") if clip_denoised is None else clip_denoised
+        model = self.sampling_model
+        was_training = model.training
+        model.eval()
+        c = self.config
+        out = []
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            x = torch.randn((n, c.channels, c.image_size, c.image_size), generator=g, device=self.device)  # x_T
+            if sampler == "ancestral":
+                x = self._ancestral(model, x, g, clip, progress)
+            else:
+                x = self._ddim(model, x, g, steps or 50, eta, clip, progress)
+            out.append(x.clamp(-1.0, 1.0))
+        model.train(was_training)
+        return torch.cat(out)
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: weights, EMA, optimiser, scaler, every RNG, step, config."""
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_generator": self.train_generator.get_state(),
+            "sample_generator": self.sample_generator.get_state(),
+            "global_rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the stored config must equal this process's (device aside)."""
+        mine = {k: v for k, v in self.config.to_dict().items() if k != "device"}
+        theirs = {k: v for k, v in state["config"].items() if k != "device"}
+        if mine != theirs:
+            diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+            raise ValueError(f"checkpoint config differs from this process (stored, here): {diff}")
+        self.model.load_state_dict(state["model"])
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.train_generator.set_state(state["train_generator"])
+        self.sample_generator.set_state(state["sample_generator"])
+        set_rng_state(state["global_rng"])
+        self.step = state["step"]

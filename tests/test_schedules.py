@@ -1,0 +1,37 @@
+import math
+
+import numpy as np
+import pytest
+
+from core.schedules import SCHEDULES, cosine_betas, get_betas, linear_betas
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_alpha_bar_strictly_decreasing_in_unit_interval(name):
+    alpha_bar = np.cumprod(1 - get_betas(name, 1000))
+    assert np.all(np.diff(alpha_bar) < 0)
+    assert 0 < alpha_bar[-1] < alpha_bar[0] < 1
+
+
+def test_linear_endpoints():
+    betas = linear_betas(1000)
+    assert betas.shape == (1000,)
+    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+
+
+def test_cosine_formula_at_a_few_t():
+    s, T = 0.008, 1000
+    alpha_bar = np.cumprod(1 - cosine_betas(T))
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # Nichol & Dhariwal 2021, Eq. 17
+    for t in (1, 10, 250, 500, 900):  # 1-based t: alpha_bar_t = f(t) / f(0); the clip only binds near T
+        assert alpha_bar[t - 1] == pytest.approx(f(t) / f(0), rel=1e-9)
+
+
+def test_cosine_betas_clipped_at_0_999():
+    betas = cosine_betas(1000)
+    assert betas.max() == pytest.approx(0.999) and betas.min() > 0
+
+
+def test_unknown_schedule_names_the_choices():
+    with pytest.raises(ValueError, match=r"schedule='cosin'.*'cosine' or 'linear'"):
+        get_betas("cosin")
