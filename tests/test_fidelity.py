@@ -1,0 +1,101 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core import fidelity
+from core.classifier import WEIGHTS_PATH, accuracy, file_sha256, load_classifier
+
+
+def test_shipped_weights_reach_99_percent():
+    assert accuracy(load_classifier()) >= 0.99
+
+
+def test_hash_mismatch_is_a_clear_error(tmp_path):
+    path = tmp_path / WEIGHTS_PATH.name
+    shutil.copy(WEIGHTS_PATH, path)
+    shutil.copy(str(WEIGHTS_PATH) + ".sha256", str(path) + ".sha256")
+    load_classifier(path)  # the untouched copy loads
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one weight byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=f"SHA-256 {file_sha256(path)}.*pinned"):
+        load_classifier(path)
+
+
+def test_real_vs_real_is_low_and_noise_is_far_above():
+    train, test = fidelity.reference_images("train", 2000), fidelity.reference_images("test", 2000)
+    real = fidelity.compare(train, test)["fid"]
+    noisy = fidelity.compare(fidelity.to_uint8(fidelity.noisy(test, 0.3)), test)["fid"]
+    assert real < 15 and noisy > 5 * real
+
+
+def test_real_digits_score_5x_lower_than_noisy_digits():
+    """The issue's bar: 5k real training digits against 5k test digits with sigma = 0.2 noise ([-1, 1] scale)."""
+    real = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 5000), 0.0))
+    noisy = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("test", 5000), 0.2))
+    assert noisy["fid"] >= 5 * real["fid"]
+    assert sum(real["class_histogram"]) == 5000 and min(real["class_histogram"]) > 350  # every digit present
+    assert set(real) >= {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score"}
+    assert real["classifier_score"] > 8  # confident and balanced over 10 classes: close to 10
+
+
+def test_kid_works_at_200_samples():
+    real = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
+    noisy = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 200), 0.4), "test", n=200)
+    assert fidelity.kid_subset_size(200) == 100 and real["kid_std"] > 0
+    assert abs(real["kid_mean"]) < 3 * real["kid_std"]  # unbiased: real vs real is zero within its spread
+    assert noisy["kid_mean"] > real["kid_mean"] + 3 * real["kid_std"]
+
+
+def test_reference_cache_is_keyed_by_classifier_hash_split_and_n():
+    fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 300), 0.0), "test", n=300)
+    key = f"mnist-test-300-{fidelity.expected_sha256(WEIGHTS_PATH)[:16]}"
+    assert any(p.name.startswith(key) for p in fidelity.CACHE_ROOT.iterdir())
+
+
+def test_registering_twice_is_harmless():
+    fidelity.register()
+    fidelity.register()
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match=r"shape \(4, 3, 28, 28\)"):
+        fidelity.evaluate(torch.zeros(4, 3, 28, 28))
+    with pytest.raises(ValueError, match="reference='val'"):
+        fidelity.evaluate(torch.zeros(4, 1, 28, 28), reference="val")
+    with pytest.raises(ValueError, match="n=20000"):
+        fidelity.evaluate(torch.zeros(4, 1, 28, 28), n=20000)
+
+
+def test_to_uint8_inverts_the_data_scaling():
+    real = fidelity.reference_images("test", 50)
+    assert torch.equal(fidelity.to_uint8(real.float().div(255).sub(0.5).div(0.5)), real)
+
+
+NO_NETWORK = r"""
+import socket
+def refuse(*args, **kwargs):
+    raise RuntimeError("network access attempted")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+from core import fidelity
+m = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
+print("fid", m["fid"])
+"""
+
+
+def test_nothing_is_fetched_from_the_network(tmp_path):
+    """With sockets refused and an empty TORCH_HOME, evaluation still works and writes nothing there."""
+    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "FIDELITY_CACHE": str(tmp_path / "cache"), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", NO_NETWORK], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("fid") and not (tmp_path / "torch_home").exists()
+
+
+def test_same_seed_gives_same_ddim_samples(tiny_process):
+    a = tiny_process.sample(4, sampler="ddim", steps=5, seed=3)
+    assert torch.equal(a, tiny_process.sample(4, sampler="ddim", steps=5, seed=3))
+    assert not torch.equal(a, tiny_process.sample(4, sampler="ddim", steps=5, seed=4))
