@@ -24,28 +24,32 @@ LogFn = Callable[[str, float, int], None]
 
 
 def train(process: DiffusionProcess, images: torch.Tensor, log: LogFn | None = None,
-          checkpoint_path: Path | None = None, checkpoint_every: int = 0, progress: bool = False) -> None:
+          checkpoint: Callable[[list[float]], None] | None = None, checkpoint_every: int = 0,
+          window: list[float] | None = None, progress: bool = False) -> None:
     """Train ``process`` from its current step up to ``config.train_steps``.
 
     :param images: (N, C, H, W) training images in [-1, 1]; batches come from :func:`batch_indices`.
-    :param log: callback receiving ``("train.loss", value, step)`` every ``log_every`` steps
-        (the mean over those steps) and ``("train.images_per_s", value, step)``.
-    :param checkpoint_path: where to write full checkpoints every ``checkpoint_every`` steps.
+    :param log: callback receiving ``("train.loss", value, step)`` every ``log_every`` steps (the mean
+        over those steps) and ``("train.images_per_s", value, step)``.
+    :param checkpoint: called with the current loss window every ``checkpoint_every`` steps; the
+        caller saves the process and the window, and passes the window back to resume exactly.
+    :param window: losses since the last logged point (empty for a fresh run).
     """
     c = process.config
-    window, started = [], time.perf_counter()
+    window = [] if window is None else window
+    started = time.perf_counter()
     for step in tqdm(range(process.step, c.train_steps), initial=process.step, total=c.train_steps,
                      disable=not progress, desc="train"):
         batch = images[batch_indices(len(images), c.batch_size, step, c.seed)]  # (B, C, H, W)
         window.append(process.train_step(batch))
-        if len(window) == c.log_every or process.step == c.train_steps:
+        if process.step % c.log_every == 0 or process.step == c.train_steps:
             if log is not None:
-                elapsed = time.perf_counter() - started
                 log("train.loss", sum(window) / len(window), process.step)
-                log("train.images_per_s", len(window) * c.batch_size / elapsed, process.step)
-            window, started = [], time.perf_counter()
-        if checkpoint_path and checkpoint_every and process.step % checkpoint_every == 0:
-            save_checkpoint(process, checkpoint_path)
+                log("train.images_per_s", len(window) * c.batch_size / (time.perf_counter() - started), process.step)
+            window.clear()
+            started = time.perf_counter()
+        if checkpoint is not None and checkpoint_every and process.step % checkpoint_every == 0:
+            checkpoint(window)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,141 @@
+"""The Sacred experiment: train, evaluate and record one configuration.
+
+    python ablations/run.py with attention=False            # the `small` scale by default
+    python ablations/run.py with smoke ema=True seed=3      # named scales: smoke, small, paper
+    python ablations/run.py print_config with paper
+    python ablations/run.py with resume=RUN_ID              # continue an interrupted run exactly
+    python ablations/run.py -m mongodb://host:27017/mydb with schedule=linear
+    python ablations/run.py --journal-only with smoke       # no database now; `python -m ablations.store sync` later
+
+The config is built from :class:`core.config.Config` (the single source of defaults and valid
+choices) plus the run options below; invalid values fail before any run is stored.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python ablations/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+from sacred import Experiment  # noqa: E402
+from sacred.observers import MongoObserver  # noqa: E402
+from sacred.utils import SacredInterrupt  # noqa: E402
+
+from ablations import store  # noqa: E402
+from ablations.runner import CHECKPOINT, config_of, execute  # noqa: E402
+from core.config import SCALES, Config  # noqa: E402
+
+RUN_OPTIONS = {
+    "scale": "small",  # which named scale the training and evaluation budget came from
+    "threads": 0,  # torch threads; 0 keeps torch's default. Part of bitwise reproducibility.
+    "checkpoint_every": 100,  # steps between full checkpoints in the run's journal directory
+    "resume": None,  # id of an interrupted run to continue from its last checkpoint
+    "resume_checkpoint": None,  # filled in from `resume`; not set by hand
+}
+UNOBSERVED_COMMANDS = {"print_config", "print_dependencies", "save_config", "print_named_configs"}
+
+ex = Experiment("mnist_ddpm")
+ex.add_config(Config().to_dict() | RUN_OPTIONS)
+for _name, _overrides in SCALES.items():
+    ex.add_named_config(_name, dict(_overrides, scale=_name, checkpoint_every=_overrides.get("log_every", 20) * 5))
+TARGET: store.Target | None = None  # set by main() before Sacred runs
+
+
+def _check_run_options(config: dict) -> None:
+    for name in ("threads", "checkpoint_every"):
+        if not isinstance(config[name], int) or isinstance(config[name], bool) or config[name] < 0:
+            raise ValueError(f"invalid {name}={config[name]!r}: valid values are integers >= 0")
+    if config["checkpoint_every"] and config["checkpoint_every"] % config["log_every"]:
+        raise ValueError(f"invalid checkpoint_every={config['checkpoint_every']}: valid values are 0 or "
+                         f"multiples of log_every={config['log_every']}")
+    if config["scale"] not in (*SCALES, "custom"):
+        raise ValueError(f"invalid scale={config['scale']!r}: valid values are {', '.join(SCALES)} or custom")
+
+
+def _resumed_config(run_id) -> dict:
+    """The stored config of run ``run_id`` and its checkpoint, from the local journal."""
+    import json
+
+    target = TARGET or store.resolve()
+    run_dir = next((d / str(run_id) for d in (target.journal_dir(), target.journal_dir(online=False))
+                    if (d / str(run_id) / "config.json").exists()), None)
+    if run_dir is None or not (run_dir / CHECKPOINT).exists():
+        raise ValueError(f"invalid resume={run_id!r}: no journaled run with a checkpoint under "
+                         f"{target.journal_dir()} (valid values are ids of interrupted runs of this database)")
+    stored = json.loads((run_dir / "config.json").read_text())
+    return {k: v for k, v in stored.items() if k in ex.configurations[0]._conf} | {
+        "resume": run_id, "resume_checkpoint": str(run_dir / CHECKPOINT)}
+
+
+@ex.config_hook
+def validate(config, command_name, logger):
+    """Runs before the run exists: a bad value is refused before anything is stored."""
+    if config.get("resume") is not None and config.get("resume_checkpoint") is None:
+        return _resumed_config(config["resume"])
+    config_of(config)  # raises ValueError naming the field, the value and the valid choices
+    _check_run_options(config)
+    return {}
+
+
+@ex.main
+def main(_run, _config):
+    return execute(_run, _config)
+
+
+class Terminated(SacredInterrupt):
+    """SIGTERM: stop like Ctrl-C, with a final checkpoint, and leave the run INTERRUPTED."""
+
+    STATUS = "INTERRUPTED"
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """Take ``-m``/``--mongo_db`` and ``--journal-only`` out of argv: the store handles them, not Sacred."""
+    rest, mongo, journal_only, i = [], None, False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-m", "--mongo_db"):
+            mongo, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--mongo_db="):
+            mongo = arg.split("=", 1)[1]
+        elif arg == "--journal-only":
+            journal_only = True
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, mongo, journal_only
+
+
+def cli(argv: list[str] | None = None) -> int:
+    global TARGET
+    argv, mongo, journal_only = _split_store_options(list(sys.argv if argv is None else argv))
+    command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
+    TARGET = store.resolve(mongo)
+    if command not in UNOBSERVED_COMMANDS and not {"-u", "--unobserved"} & set(argv):
+        if not journal_only:
+            try:
+                store.ensure_server(TARGET)
+            except store.StoreUnavailable as exc:
+                print(f"ERROR: {exc}", file=sys.stderr)
+                return 2
+        ex.observers[:] = store.observers(TARGET, journal_only)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    run = ex.run_commandline(argv)
+    failed = [o for o in getattr(run, "_failed_observers", []) if isinstance(o, MongoObserver)]
+    if failed:
+        print(f"WARNING: the database at {TARGET.safe_url} failed during the run; the run is complete in the "
+              f"journal ({TARGET.journal_dir()}). Upload it with `python -m ablations.store sync`.", file=sys.stderr)
+    return 0 if run is not None and run.status == "COMPLETED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

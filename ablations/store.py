@@ -1,0 +1,227 @@
+"""Where runs go: the MongoDB URL, the embedded local server, the observers and the local journal.
+
+    python -m ablations.store status | start | stop | sync
+
+The URL comes from ``-m`` on the experiment's command line, else ``$ABLATIONS_MONGO_URL``, else
+``mongodb://127.0.0.1:27017`` with database ``ablations``. Only with that default, when nothing
+answers, the embedded server (SecantusDB, a MongoDB-wire server) is started in the background
+with its data in ``$ABLATIONS_HOME/mongo`` (default ``runs/mongo`` in the repository).
+
+Every run is also journaled to ``$ABLATIONS_HOME/journal`` by Sacred's FileStorageObserver, so a
+database that goes away loses nothing: ``sync`` uploads journaled runs (see :mod:`ablations.sync`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pymongo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "mongodb://127.0.0.1:27017"
+DEFAULT_DB = "ablations"
+URL_ENV = "ABLATIONS_MONGO_URL"
+# How long a database may stay silent before we call it down (Sacred's own default is 30 s).
+TIMEOUT_MS = 5000
+
+
+def home() -> Path:
+    """Root of local state: the embedded server's data and the journal ($ABLATIONS_HOME, default runs/)."""
+    return Path(os.environ.get("ABLATIONS_HOME", REPO_ROOT / "runs"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database to store runs in. ``explicit`` is False only for the built-in default."""
+
+    url: str
+    db_name: str
+    explicit: bool
+
+    @property
+    def safe_url(self) -> str:
+        return redact(self.url)
+
+    def journal_dir(self, online: bool = True) -> Path:
+        """Journal of this database: runs named by their database id, or ``offline/`` for journal-only runs."""
+        base = home() / "journal" / self.db_name
+        return base if online else base / "offline"
+
+    def client(self, timeout_ms: int = TIMEOUT_MS) -> pymongo.MongoClient:
+        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``: credentials never reach records or logs."""
+    return re.sub(r"(mongodb(?:\+srv)?://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def parse(value: str) -> tuple[str, str]:
+    """A ``-m`` value -> (url, db_name). Accepts a ``mongodb://`` URL (database from its path) or
+    Sacred's ``[host:port:]db_name`` form."""
+    if value.startswith(("mongodb://", "mongodb+srv://")):
+        path = urlsplit(value).path.strip("/")
+        db_name = path or DEFAULT_DB
+        url = value if not path else value.replace("/" + path, "", 1)
+        return url, db_name
+    parts = value.split(":")
+    if len(parts) == 3:
+        return f"mongodb://{parts[0]}:{parts[1]}", parts[2]
+    if len(parts) == 1 and parts[0]:
+        return DEFAULT_URL, parts[0]
+    raise ValueError(f"invalid -m value {redact(value)!r}: valid forms are mongodb://HOST:PORT[/DB] "
+                     "or HOST:PORT:DB or DB")
+
+
+def resolve(mongo_arg: str | None = None) -> Target:
+    """``-m`` first, then ``$ABLATIONS_MONGO_URL``, then the default (which may start the embedded server)."""
+    value = mongo_arg or os.environ.get(URL_ENV)
+    if value:
+        url, db_name = parse(value)
+        return Target(url, db_name, explicit=True)
+    return Target(DEFAULT_URL, DEFAULT_DB, explicit=False)
+
+
+def ping(target: Target, timeout_ms: int = 2000) -> bool:
+    try:
+        with target.client(timeout_ms) as client:
+            client.admin.command("ping")
+        return True
+    except pymongo.errors.PyMongoError:
+        return False
+
+
+class StoreUnavailable(RuntimeError):
+    """The database does not answer and we may not start one."""
+
+
+def ensure_server(target: Target, log=print) -> None:
+    """Make sure ``target`` answers: start the embedded server for the default, fail fast otherwise."""
+    if ping(target, TIMEOUT_MS if target.explicit else 1000):
+        return
+    if target.explicit:
+        raise StoreUnavailable(
+            f"no MongoDB answers at {target.safe_url} (waited {TIMEOUT_MS / 1000:.0f} s). Start it, or run "
+            f"journal-only with --journal-only and upload later with `python -m ablations.store sync`.")
+    start_embedded(target, log=log)
+
+
+def _server_files(root: Path | None = None) -> dict[str, Path]:
+    root = root or home() / "mongo"
+    return {"root": root, "data": root / "data", "log": root / "server.log", "pid": root / "server.pid",
+            "config": root / "secantusd.toml"}
+
+
+def server_pid() -> int | None:
+    """PID of the embedded server we started, if it is still alive."""
+    pid_file = _server_files()["pid"]
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+        return pid
+    except OSError:
+        return None
+
+
+def start_embedded(target: Target | None = None, log=print, wait_s: float = 30.0) -> int:
+    """Start SecantusDB in the background on the target's port; wait until it answers; return its PID."""
+    target = target or resolve()
+    host, port = urlsplit(target.url).hostname or "127.0.0.1", urlsplit(target.url).port or 27017
+    files = _server_files()
+    files["data"].mkdir(parents=True, exist_ok=True)
+    files["config"].touch()  # an empty config file pins the settings to our flags (no auto-discovery)
+    cmd = [sys.executable, "-m", "secantus", "--host", host, "--port", str(port), "--storage-path",
+           str(files["data"]), "--config", str(files["config"]), "--log-level", "WARNING"]
+    with open(files["log"], "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # outlives this process, like a daemon
+    files["pid"].write_text(f"{proc.pid} {port}\n")
+    deadline = time.monotonic() + wait_s
+    while not ping(target, 500):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise StoreUnavailable(f"the embedded server did not start; see {files['log']}")
+        time.sleep(0.2)
+    log(f"Started the embedded MongoDB-compatible server (SecantusDB) at {target.safe_url}, "
+        f"data in {files['data']}, PID {proc.pid}.")
+    return proc.pid
+
+
+def stop_embedded(log=print) -> bool:
+    """SIGTERM the embedded server we started and wait for it to exit."""
+    pid = server_pid()
+    if pid is None:
+        log("The embedded server is not running.")
+        return False
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.1)
+    _server_files()["pid"].unlink(missing_ok=True)
+    log(f"Stopped the embedded server (PID {pid}).")
+    return True
+
+
+def observers(target: Target, journal_only: bool = False) -> list:
+    """Sacred observers: MongoDB (first, so it assigns the run id) and the local journal."""
+    from sacred.observers import FileStorageObserver, MongoObserver
+
+    journal = FileStorageObserver(str(target.journal_dir(online=not journal_only)))
+    if journal_only:
+        return [journal]
+    mongo = MongoObserver(url=target.url, db_name=target.db_name, serverSelectionTimeoutMS=TIMEOUT_MS,
+                          connectTimeoutMS=TIMEOUT_MS, socketTimeoutMS=4 * TIMEOUT_MS)
+    return [mongo, journal]
+
+
+def status(target: Target, log=print) -> None:
+    pid = server_pid()
+    up = ping(target)
+    log(f"database : {target.safe_url} / {target.db_name} ({'answers' if up else 'does not answer'})")
+    log(f"embedded : {'running, PID ' + str(pid) if pid else 'not running'} (data in {_server_files()['data']})")
+    log(f"journal  : {target.journal_dir()}")
+    if up:
+        with target.client() as client:
+            runs = client[target.db_name]["runs"]
+            counts = {s: runs.count_documents({"status": s}) for s in runs.distinct("status")}
+        log(f"runs     : {counts or 'none'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ablations.store", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["status", "start", "stop", "sync"])
+    parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    args = parser.parse_args(argv)
+    target = resolve(args.mongo)
+    if args.command == "status":
+        status(target)
+    elif args.command == "start":
+        if ping(target):
+            print(f"{target.safe_url} already answers.")
+        else:
+            start_embedded(target)
+    elif args.command == "stop":
+        stop_embedded()
+    else:
+        from ablations.sync import sync_all
+
+        ensure_server(target)
+        return 0 if sync_all(target) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

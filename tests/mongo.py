@@ -1,0 +1,63 @@
+"""A real SecantusDB server for tests: started on a free port in a temp dir, stopped by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymongo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port, self.proc = root, port or free_port(), None
+        self.url = f"mongodb://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        (self.root / "secantusd.toml").touch()
+        cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
+               str(self.root / "data"), "--config", str(self.root / "secantusd.toml"), "--log-level", "WARNING"]
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with pymongo.MongoClient(self.url, serverSelectionTimeoutMS=300) as c:
+                    c.admin.command("ping")
+                return self
+            except pymongo.errors.PyMongoError:
+                time.sleep(0.2)
+        raise RuntimeError(f"secantusdb did not start on port {self.port}")
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def db(self, name: str = "ablations"):
+        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000)[name]
+
+
+def run_env(server_url: str, home: Path) -> dict:
+    return os.environ | {"ABLATIONS_MONGO_URL": server_url, "ABLATIONS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def experiment(args: list[str], env: dict, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
+    """Run `python ablations/run.py ARGS` to completion (or start it, with background=True)."""
+    cmd = [sys.executable, str(REPO / "ablations" / "run.py"), *args]
+    if kwargs.pop("background", False):
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, **kwargs)

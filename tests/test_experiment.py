@@ -1,0 +1,223 @@
+"""The Sacred experiment and the run store, end to end against a real SecantusDB server."""
+from __future__ import annotations
+
+import io
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gridfs
+import pytest
+import torch
+
+from tests.mongo import Server, experiment, run_env
+
+SMOKE = ["with", "smoke", "threads=2"]
+LONGER = ["with", "smoke", "threads=2", "train_steps=60", "checkpoint_every=10"]  # time to interrupt it
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("mongo")).start()
+    yield srv
+    srv.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def env(server, tmp_path_factory):
+    return run_env(server.url, tmp_path_factory.mktemp("home"))
+
+
+def run_id(output: str) -> int:
+    return int(re.search(r'Started run with ID "(\d+)"', output).group(1))
+
+
+def metrics_of(db, rid: int) -> dict:
+    return {m["name"]: (m["steps"], m["values"]) for m in db.metrics.find({"run_id": rid})}
+
+
+def deterministic(metrics: dict) -> dict:
+    """Every metric but throughput, which depends on the machine's load."""
+    return {k: v for k, v in metrics.items() if k != "train.images_per_s"}
+
+
+def final_weights(db, rid: int) -> dict:
+    doc = db.runs.find_one({"_id": rid})
+    file_id = next(a["file_id"] for a in doc["artifacts"] if a["name"] == "final_weights.pt")
+    return torch.load(io.BytesIO(gridfs.GridFS(db).get(file_id).read()), weights_only=True)["model"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def reference(server, env):
+    """An uninterrupted LONGER run: what the outage and resume tests must reproduce."""
+    out = experiment(LONGER, env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return run_id(out.stderr + out.stdout)
+
+
+def test_smoke_run_is_stored_complete(server, env):
+    out = experiment(SMOKE + ["attention=False"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    db = server.db()
+    doc = db.runs.find_one({"_id": run_id(out.stderr)})
+    assert doc["status"] == "COMPLETED" and doc["config"]["attention"] is False
+    assert set(doc["result"]) >= {"fid", "kid_mean", "precision", "recall"} and doc["result"]["fid"] > 0
+    assert {m["name"] for m in doc["info"]["metrics"]} >= {"train.loss", "train.images_per_s", "eval.fid"}
+    assert len(metrics_of(db, doc["_id"])["train.loss"][0]) == 30 // 5  # one point per log_every steps
+    assert {a["name"] for a in doc["artifacts"]} == {"samples.png", "samples.npz", "final_weights.pt"}
+    info = doc["info"]
+    assert info["mnist_sha256"]["train"].startswith("741c9888") and len(info["classifier_sha256"]) == 64
+    assert info["param_count"] == 1_176_001 and info["git"]["commit"] and "train" in info["wall_time_s"]
+
+
+def test_same_config_and_seed_store_identical_metrics(server, env, reference):
+    again = experiment(LONGER, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    db = server.db()
+    first, second = metrics_of(db, reference), metrics_of(db, run_id(again.stderr))
+    assert deterministic(first) == deterministic(second)
+    assert all(torch.equal(a, b) for a, b in zip(final_weights(db, reference).values(),
+                                                  final_weights(db, run_id(again.stderr)).values()))
+
+
+@pytest.mark.parametrize("update, message", [
+    ("schedule=cosin", "invalid schedule='cosin': valid values are 'cosine' or 'linear'"),
+    ("dropout=1.5", "invalid dropout=1.5"),
+    ("sampler=fast", "invalid sampler='fast': valid values are 'ancestral' or 'ddim'"),
+    ("checkpoint_every=7", "invalid checkpoint_every=7"),
+    ("atention=False", "atention"),  # a misspelt toggle: Sacred refuses unknown keys
+])
+def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
+    before = server.db().runs.count_documents({})
+    out = experiment(["with", "smoke", update], env, timeout=60)
+    assert out.returncode != 0 and message in out.stderr + out.stdout
+    assert server.db().runs.count_documents({}) == before
+
+
+def test_database_down_at_start_is_a_clear_fast_error(env, tmp_path):
+    dead = run_env("mongodb://user:s3cret@127.0.0.1:9/ablations", tmp_path)
+    started = time.monotonic()
+    out = experiment(SMOKE, dead, timeout=60)
+    assert out.returncode == 2 and time.monotonic() - started < 15
+    assert "no MongoDB answers at mongodb://user:***@127.0.0.1:9" in out.stderr and "--journal-only" in out.stderr
+    assert "s3cret" not in out.stderr + out.stdout and not (tmp_path / "journal").exists()  # nothing ran
+
+
+def test_journal_only_then_sync_twice_without_duplicates(server, env):
+    out = experiment(["--journal-only", *SMOKE, "seed=5"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    db = server.db()
+    assert db.runs.count_documents({"config.seed": 5}) == 0
+    sync = [sys.executable, "-m", "ablations.store", "sync"]
+    first = subprocess.run(sync, env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert first.returncode == 0 and "inserted" in first.stdout, first.stdout + first.stderr
+    second = subprocess.run(sync, env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert "inserted" not in second.stdout and "updated" not in second.stdout
+    docs = list(db.runs.find({"config.seed": 5}))
+    assert len(docs) == 1 and docs[0]["status"] == "COMPLETED" and len(docs[0]["artifacts"]) == 3
+    assert len(metrics_of(db, docs[0]["_id"])["train.loss"][0]) == 6
+
+
+def test_server_killed_mid_run_then_synced_loses_nothing(server, env, reference):
+    proc = experiment(LONGER, env, background=True)
+    lines = []
+    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
+    rid = run_id(lines[-1])
+    time.sleep(3)  # into the training loop
+    server.kill()  # SIGKILL the database mid-run
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]  # training went on and finished
+    assert "ablations.store sync" in output
+    server.start()  # same port, same data
+    db = server.db()
+    assert db.runs.find_one({"_id": rid})["status"] != "COMPLETED" or len(metrics_of(db, rid)) < 9
+    sync = subprocess.run([sys.executable, "-m", "ablations.store", "sync"], env=env, capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    doc = db.runs.find_one({"_id": rid})
+    assert doc["status"] == "COMPLETED" and len(doc["artifacts"]) == 3
+    assert deterministic(metrics_of(db, rid)) == deterministic(metrics_of(db, reference))
+    assert db.runs.count_documents({"info.run_uuid": doc["info"]["run_uuid"]}) == 1
+
+
+def test_sigkill_then_resume_equals_uninterrupted(server, env, reference, tmp_path):
+    proc = experiment(LONGER, env, background=True)
+    lines = []
+    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
+    rid = run_id(lines[-1])
+    checkpoint = Path(env["ABLATIONS_HOME"]) / "journal" / "ablations" / str(rid) / "checkpoint.pt"
+    wait_for(checkpoint.exists, 120, "the first checkpoint")
+    time.sleep(1.5)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    resumed = experiment(["with", f"resume={rid}"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming run" in resumed.stdout + resumed.stderr
+    db = server.db()
+    new = run_id(resumed.stderr)
+    assert db.runs.find_one({"_id": new})["info"]["resumed_from"] == rid
+    assert deterministic(metrics_of(db, new)) == deterministic(metrics_of(db, reference))
+    assert all(torch.equal(a, b) for a, b in zip(final_weights(db, new).values(),
+                                                  final_weights(db, reference).values()))
+
+
+def test_sigterm_checkpoints_and_leaves_the_run_interrupted(server, env):
+    proc = experiment(LONGER, env, background=True)
+    lines = []
+    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
+    rid = run_id(lines[-1])
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "Interrupted at step" in output
+    assert server.db().runs.find_one({"_id": rid})["status"] == "INTERRUPTED"
+    assert (Path(env["ABLATIONS_HOME"]) / "journal" / "ablations" / str(rid) / "checkpoint.pt").exists()
+
+
+def test_four_concurrent_runs_lose_no_metric_point(server, env):
+    procs = [experiment(["with", "smoke", "threads=1", f"seed={10 + i}"], env, background=True) for i in range(4)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    ids = [run_id(o) for o in outputs]
+    assert len(set(ids)) == 4
+    db = server.db()
+    for rid in ids:
+        metrics = metrics_of(db, rid)
+        assert len(metrics["train.loss"][0]) == 6 and len(metrics) == 9
+        assert db.runs.find_one({"_id": rid})["status"] == "COMPLETED"
+
+
+def test_store_cli_start_status_stop(tmp_path):
+    port_env = run_env(f"mongodb://127.0.0.1:{Server(tmp_path).port}", tmp_path)
+    cwd = Path(__file__).parent.parent
+
+    def store(*args):
+        return subprocess.run([sys.executable, "-m", "ablations.store", *args], env=port_env, capture_output=True,
+                              text=True, cwd=cwd, timeout=60)
+
+    assert "Started the embedded" in store("start").stdout
+    assert "answers" in store("status").stdout and "running, PID" in store("status").stdout
+    assert "Stopped the embedded server" in store("stop").stdout
+    assert "does not answer" in store("status").stdout
+
+
+def test_redact_hides_passwords():
+    from ablations.store import parse, redact
+
+    assert redact("mongodb://alice:pa:ss@db.example:27017/x") == "mongodb://alice:***@db.example:27017/x"
+    assert redact("mongodb://db.example:27017") == "mongodb://db.example:27017"
+    assert parse("mongodb://h:1/mydb") == ("mongodb://h:1", "mydb") and parse("h:2:db") == ("mongodb://h:2", "db")
+    with pytest.raises(ValueError, match="valid forms"):
+        parse("a:b")
