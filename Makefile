@@ -19,7 +19,12 @@ install: $(STAMP)
 data: install
 	$(BIN)/python -c "from core.data import provision; print('MNIST under', provision())"
 
+# The main job: a smoke-scale ablation (baseline and attention off) stored in MongoDB (the embedded
+# server starts by itself when no database is configured), plus a grid of samples from core alone.
 demo: data
+	$(BIN)/python ablations/run.py with smoke
+	$(BIN)/python ablations/run.py with smoke attention=False
+	$(BIN)/python -m ablations.store status
 	$(BIN)/python -m core.train --scale smoke --out outputs/demo
 
 test: install

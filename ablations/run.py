@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python ablations/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-
+import ablations  # noqa: E402,F401  (silences Sacred's pkg_resources warning)
 from sacred import Experiment  # noqa: E402
 from sacred.observers import MongoObserver  # noqa: E402
 from sacred.utils import SacredInterrupt  # noqa: E402
@@ -36,6 +34,8 @@ RUN_OPTIONS = {
     "checkpoint_every": 100,  # steps between full checkpoints in the run's journal directory
     "resume": None,  # id of an interrupted run to continue from its last checkpoint
     "resume_checkpoint": None,  # filled in from `resume`; not set by hand
+    "sweep_id": None,  # set by ablations/sweep.py: which sweep this run belongs to
+    "cell": None,  # set by ablations/sweep.py: the plan cell (e.g. "baseline", "attention")
 }
 UNOBSERVED_COMMANDS = {"print_config", "print_dependencies", "save_config", "print_named_configs"}
 

@@ -18,6 +18,7 @@ from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
 from torchvision.utils import save_image
 
+from ablations.plan import config_hash
 from core.checkpoint import load_state, save_checkpoint
 from core.classifier import weights_sha256
 from core.config import Config
@@ -69,9 +70,10 @@ class Recorder:
         self.history.append((name, float(value), int(step)))
 
 
-def provenance(process: DiffusionProcess, resumed_from) -> dict:
+def provenance(config: Config, process: DiffusionProcess, resumed_from) -> dict:
     return {
         "run_uuid": uuid.uuid4().hex,
+        "config_hash": config_hash(config),  # of the requested config ("auto" device), as sweeps plan it
         "resumed_from": resumed_from,
         "param_count": parameter_breakdown(process.model)["total"],
         "mnist_sha256": dict(MNIST_SHA256),
@@ -124,7 +126,7 @@ def execute(_run, _config: dict) -> dict:
         resume_state = load_state(Path(_config["resume_checkpoint"]))
         process.load_state_dict(resume_state)
         print(f"Resuming run {_config['resume']} at step {process.step}")
-    _run.info.update(provenance(process, _config.get("resume")))
+    _run.info.update(provenance(config, process, _config.get("resume")))
     phases = _run.info["wall_time_s"]
 
     started = time.perf_counter()

@@ -177,11 +177,25 @@ def observers(target: Target, journal_only: bool = False) -> list:
     """Sacred observers: MongoDB (first, so it assigns the run id) and the local journal."""
     from sacred.observers import FileStorageObserver, MongoObserver
 
+    class JournaledMongoObserver(MongoObserver):
+        """MongoObserver that gives up the final save after 2 tries instead of 10: the journal holds
+        the whole run, and `sync` uploads it, so waiting minutes for a dead database gains nothing."""
+
+        def final_save(self, attempts):
+            for _ in range(2):
+                try:
+                    self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)
+                    return
+                except pymongo.errors.PyMongoError:
+                    time.sleep(1)
+            print(f"WARNING: could not store the end of run {self.run_entry['_id']} in MongoDB; "
+                  "it is complete in the journal", file=sys.stderr)
+
     journal = FileStorageObserver(str(target.journal_dir(online=not journal_only)))
     if journal_only:
         return [journal]
-    mongo = MongoObserver(url=target.url, db_name=target.db_name, serverSelectionTimeoutMS=TIMEOUT_MS,
-                          connectTimeoutMS=TIMEOUT_MS, socketTimeoutMS=4 * TIMEOUT_MS)
+    mongo = JournaledMongoObserver(url=target.url, db_name=target.db_name, serverSelectionTimeoutMS=TIMEOUT_MS,
+                                   connectTimeoutMS=TIMEOUT_MS, socketTimeoutMS=4 * TIMEOUT_MS)
     return [mongo, journal]
 
 

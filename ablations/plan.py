@@ -1,0 +1,95 @@
+"""Ablation plans: which configurations a sweep runs, and what makes two runs "the same cell".
+
+A cell is a set of flipped toggles ("baseline" flips none). One-factor-at-a-time (``ofat``) is
+the baseline plus each toggle flipped alone; ``full`` is every combination. A cell x seed is
+identified by :func:`config_hash` of its full :class:`core.config.Config`, so a sweep can tell
+what is already stored whatever command produced it.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+
+from core.config import SCALES, Config
+
+# Each toggle and its flipped (ablation) value; the baseline is Config's default, the seed's choice.
+TOGGLES: dict[str, object] = {"attention": False, "ema": True, "dropout": 0.1, "schedule": "linear", "amp": False}
+PLANS = ("ofat", "full")
+
+
+def config_hash(config: Config) -> str:
+    """Identity of a configuration x seed: every Config field, canonically serialised."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_updates(words: list[str]) -> tuple[list[str], dict]:
+    """Sacred-style ``with`` words -> (named configs, key=value updates), values parsed as Sacred does."""
+    named, updates = [], {}
+    for word in words:
+        if "=" not in word:
+            if word not in SCALES:
+                raise ValueError(f"invalid named config {word!r}: valid values are {', '.join(SCALES)}")
+            named.append(word)
+            continue
+        key, raw = word.split("=", 1)
+        try:
+            updates[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            updates[key] = raw  # a bare word is a string, as on Sacred's command line
+    return named, updates
+
+
+@dataclass
+class Cell:
+    """One configuration x seed of a sweep."""
+
+    name: str
+    seed: int
+    overrides: dict = field(default_factory=dict)  # the flipped toggles
+    config: Config | None = None
+
+    @property
+    def key(self) -> str:
+        return config_hash(self.config)
+
+
+def cells_of(plan: str, only: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(cell name, flipped toggles) for a plan, restricted to the toggles in ``only``."""
+    if plan not in PLANS:
+        raise ValueError(f"invalid plan={plan!r}: valid values are {' or '.join(map(repr, PLANS))}")
+    toggles = list(TOGGLES) if not only else only
+    unknown = [t for t in toggles if t not in TOGGLES]
+    if unknown:
+        raise ValueError(f"invalid --only toggle(s) {unknown}: valid values are {', '.join(TOGGLES)}")
+    if plan == "ofat":
+        return [("baseline", {})] + [(t, {t: TOGGLES[t]}) for t in toggles]
+    cells = []
+    for flips in itertools.product([False, True], repeat=len(toggles)):
+        flipped = [t for t, on in zip(toggles, flips) if on]
+        cells.append(("+".join(flipped) or "baseline", {t: TOGGLES[t] for t in flipped}))
+    return cells
+
+
+def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | None = None) -> list[Cell]:
+    """Every cell x seed, each with its validated Config (a bad value fails here, before any run)."""
+    named, updates = parse_updates(with_words)
+    base = {}
+    for name in named:
+        base.update(SCALES[name])
+    config_fields = Config.__dataclass_fields__
+    base.update({k: v for k, v in updates.items() if k in config_fields})
+    cells = []
+    for name, overrides in cells_of(plan, only):
+        for seed in seeds:
+            config = Config(**(base | overrides | {"seed": seed}))
+            cells.append(Cell(name, seed, overrides, config))
+    return cells
+
+
+def sweep_id(plan: str, only: list[str] | None, with_words: list[str]) -> str:
+    """The same command (seeds aside) gives the same sweep id, so rerunning it extends the same sweep."""
+    words = json.dumps([plan, sorted(only or TOGGLES), sorted(with_words)])
+    return "sw-" + hashlib.sha256(words.encode()).hexdigest()[:10]

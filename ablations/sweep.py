@@ -1,0 +1,237 @@
+"""Ablation sweeps: a plan x seeds, each cell a normal Sacred run of ``ablations/run.py``.
+
+    python ablations/sweep.py --plan ofat --seeds 0,1,2 with small           # 6 configs x 3 seeds, here
+    python ablations/sweep.py --plan full --seeds 0 --only attention,ema with smoke
+    python ablations/sweep.py --plan ofat --seeds 0,1 --dry-run with small
+    python ablations/sweep.py --plan ofat --seeds 0,1 --workers 2 with smoke  # a Dask LocalCluster
+    python ablations/sweep.py --plan ofat --seeds 0,1 --scheduler tcp://HOST:8786 with paper
+
+Idempotent: a cell x seed already COMPLETED in the store is skipped; an INTERRUPTED or FAILED
+one is resumed from its checkpoint when the journal has one, else run again. Cells are claimed
+atomically in the database (collection ``sweep_claims``), so two sweeps never run one cell twice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pymongo  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from ablations import plan as plans  # noqa: E402
+from ablations import store  # noqa: E402
+from ablations.runner import config_of  # noqa: E402
+
+RUN_PY = Path(__file__).resolve().parent / "run.py"
+RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
+LEASE_S = 6 * 3600  # a claim held longer than this by an unreachable owner may be taken over
+
+
+@dataclass
+class Task:
+    """Everything a worker needs to run one cell (plain data, so Dask can ship it)."""
+
+    sweep_id: str
+    cell: str
+    seed: int
+    key: str
+    words: list[str]  # the `with` words of the run
+    mongo: str | None
+    db_name: str
+    journal_only: bool = False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def claim(db, key: str, owner: dict) -> bool:
+    """Atomically take cell ``key``: free, released, expired, or held by a dead process on this host."""
+    claims = db.sweep_claims
+    current = claims.find_one({"_id": key})
+    stale = current is not None and current.get("state") == "running" and (
+        current.get("expires", 0) < time.time()
+        or (current.get("host") == owner["host"] and not _pid_alive(current.get("pid", -1))))
+    free = {"$or": [{"state": {"$ne": "running"}}, {"expires": {"$lt": time.time()}}]}
+    if stale:
+        free = {"owner": current["owner"]}
+    try:
+        claims.find_one_and_update({"_id": key, **free}, {"$set": {**owner, "state": "running",
+                                                                   "expires": time.time() + LEASE_S}}, upsert=True)
+        return True
+    except pymongo.errors.DuplicateKeyError:
+        return False  # someone else holds it
+
+
+def _stored(db, key: str, status) -> dict | None:
+    return db.runs.find_one({"info.config_hash": key, "status": status}, sort=[("_id", pymongo.DESCENDING)])
+
+
+def _resumable(key: str, target: store.Target) -> int | None:
+    """The newest unfinished run of this cell with a checkpoint in the local journal.
+
+    Read from the journal's config.json, which exists from the run's first moment (the database
+    learns the config hash only at the first heartbeat, which a killed run may never reach)."""
+    base = target.journal_dir()
+    for run_dir in sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name)):
+        if not (run_dir / "checkpoint.pt").exists() or not (run_dir / "config.json").exists():
+            continue
+        stored = json.loads((run_dir / "config.json").read_text())
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+        if status != "COMPLETED" and plans.config_hash(config_of(stored)) == key:
+            return int(run_dir.name)
+    return None
+
+
+def _die_with_parent() -> None:
+    """Linux: the run process gets SIGKILL when its parent (a Dask worker) dies, leaving no orphan."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _launch(db, task: Task, target: store.Target):
+    """One attempt at the cell: resume its interrupted run when the journal has a checkpoint."""
+    resume = _resumable(task.key, target)
+    words = [f"resume={resume}"] if resume is not None else task.words
+    cmd = [sys.executable, str(RUN_PY)] + (["-m", task.mongo] if task.mongo else []) + ["with", *words]
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent)
+    found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
+    doc = db.runs.find_one({"_id": int(found.group(1))}) if found else None
+    return out, found, doc
+
+
+def run_cell(task: Task) -> dict:
+    """Run one cell unless it is stored or claimed; return a summary row."""
+    started = time.time()
+    target = store.resolve(task.mongo)
+    row = {"cell": task.cell, "seed": task.seed, "run_id": None, "fid": None}
+    with target.client() as client:
+        db = client[target.db_name]
+        done = _stored(db, task.key, "COMPLETED")
+        if done:
+            return row | {"status": "stored", "run_id": done["_id"], "fid": done["result"]["fid"], "wall_s": 0.0}
+        owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        if not claim(db, task.key, owner):
+            return row | {"status": "claimed elsewhere", "wall_s": 0.0}
+        for attempt in range(1 + RETRIES):  # a run that died is resumed from its checkpoint
+            out, found, doc = _launch(db, task, target)
+            status = doc["status"] if doc and out.returncode == 0 else "FAILED"
+            if status == "COMPLETED":
+                break
+        db.sweep_claims.update_one({"_id": task.key, "owner": owner["owner"]},
+                                   {"$set": {"state": "done" if status == "COMPLETED" else "failed"}})
+    if status != "COMPLETED":
+        print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
+    fid = (doc or {}).get("result", {}).get("fid") if status == "COMPLETED" else None
+    return row | {"status": status, "run_id": found and int(found.group(1)), "fid": fid,
+                  "wall_s": time.time() - started}
+
+
+def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
+    cells = plans.build(args.plan, args.seeds, with_words, args.only)
+    sid = plans.sweep_id(args.plan, args.only, [w for w in with_words if not w.startswith("threads=")])
+    threads = [] if any(w.startswith("threads=") for w in with_words) else [f"threads={args.threads}"]
+    tasks = []
+    for c in cells:
+        flips = [f"{k}={v!r}" for k, v in c.overrides.items()]
+        words = [*with_words, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads]
+        tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name))
+    return tasks
+
+
+def execute(tasks: list[Task], args) -> list[dict]:
+    """Sequentially here, or on Dask: a LocalCluster of ``--workers`` or the ``--scheduler``'s cluster."""
+    if not args.workers and not args.scheduler:
+        return [run_cell(t) for t in tqdm(tasks, desc="cells", unit="cell")]
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if args.scheduler:
+        client = Client(args.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    futures = [client.submit(run_cell, t, key=f"{t.cell}-{t.seed}-{t.key}", retries=1, pure=False) for t in tasks]
+    rows = []
+    for future in tqdm(as_completed(futures), total=len(futures), desc="cells", unit="cell"):
+        try:
+            rows.append(future.result())
+        except Exception as exc:  # a worker died twice on this cell: report it, keep the others
+            task = tasks[futures.index(future)]
+            rows.append({"cell": task.cell, "seed": task.seed, "status": f"ERROR {type(exc).__name__}",
+                         "run_id": None, "fid": None, "wall_s": 0.0})
+    client.close()
+    if cluster is not None:
+        cluster.close()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'cell':<34}{'seed':>5}  {'status':<18}{'run':>5}{'FID':>10}{'wall s':>9}")
+    for r in sorted(rows, key=lambda r: (r["cell"], r["seed"])):
+        fid = f"{r['fid']:.1f}" if r.get("fid") is not None else "-"
+        print(f"{r['cell']:<34}{r['seed']:>5}  {r['status']:<18}{r['run_id'] or '-':>5}{fid:>10}{r['wall_s']:>9.0f}")
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    words = argv[argv.index("with") + 1:] if "with" in argv else []
+    head = argv[:argv.index("with")] if "with" in argv else argv
+    p = argparse.ArgumentParser(prog="python ablations/sweep.py", description="Run an ablation plan x seeds.",
+                                epilog="Everything after `with` is passed to ablations/run.py (named configs, key=value).")
+    p.add_argument("--plan", choices=plans.PLANS, default="ofat")
+    p.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--only", type=lambda s: s.split(","), help=f"toggles to vary, from {', '.join(plans.TOGGLES)}")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    p.add_argument("--workers", type=int, default=0, help="run on a Dask LocalCluster of N worker processes")
+    p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
+    p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    args = p.parse_args(head)
+    args.threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else 0
+    return args, words
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, words = parse_args(sys.argv[1:] if argv is None else argv)
+    target = store.resolve(args.mongo)
+    try:
+        tasks = tasks_for(args, words, target)
+    except ValueError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    print(f"sweep {tasks[0].sweep_id}: plan {args.plan}, {len(tasks) // len(args.seeds)} configs x "
+          f"{len(args.seeds)} seeds = {len(tasks)} runs")
+    if args.dry_run:
+        for t in tasks:
+            print(f"  {t.cell:<34} seed {t.seed:<4} with {' '.join(t.words)}")
+        return 0
+    store.ensure_server(target)
+    rows = execute(tasks, args)
+    print_table(rows)
+    print(f"sweep id: {tasks[0].sweep_id}   (python analysis/report.py --sweep {tasks[0].sweep_id})")
+    return 0 if all(r["status"] in ("COMPLETED", "stored", "claimed elsewhere") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
