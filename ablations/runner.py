@@ -6,7 +6,6 @@ checkpoint lives in the run's journal directory.
 """
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 import uuid
@@ -22,26 +21,15 @@ from ablations.plan import config_hash
 from core.checkpoint import load_state, save_checkpoint
 from core.classifier import weights_sha256
 from core.config import Config
-from core.data import MNIST_SHA256, REPO_ROOT, as_tensor, mnist
+from core.data import MNIST_SHA256, as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import evaluate, to_uint8
+from core.fidelity import evaluate, real_floor, to_uint8
 from core.model import parameter_breakdown
-from core.seeding import run_environment
+from core.seeding import git_state, run_environment
 from core.train import train
 
 CHECKPOINT = "checkpoint.pt"
 RESULT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
-
-
-def git_state() -> dict:
-    """Commit and dirty flag of the working tree (tracked files only), or None outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-
-    head = git("rev-parse", "HEAD")
-    if head.returncode:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout)}
 
 
 def journal_dir(_run) -> Path:
@@ -143,6 +131,7 @@ def execute(_run, _config: dict) -> dict:
     for key in RESULT_KEYS:
         _run.log_scalar(f"eval.{key}", metrics[key], config.train_steps)
     _run.info["class_histogram"] = metrics["class_histogram"]
+    _run.info["fid_floor"] = real_floor(config.n_samples)  # real vs real at the same N
 
     with tempfile.TemporaryDirectory() as tmp:
         save_artifacts(_run, process, samples, Path(tmp))

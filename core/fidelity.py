@@ -151,6 +151,12 @@ def evaluate(samples: torch.Tensor, reference: str = "test", n: int | None = Non
     return compare(to_uint8(samples), real, reference_key=f"mnist-{reference}-{len(real)}")
 
 
+def real_floor(n: int, reference: str = "test") -> float:
+    """FID of n real training digits against the reference: what "perfect" scores at this N."""
+    return compare(reference_images("train", n), reference_images(reference),
+                   reference_key=f"mnist-{reference}-{len(reference_images(reference))}")["fid"]
+
+
 def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     """uint8 images with Gaussian noise of std ``sigma`` added on the [-1, 1] scale, as float samples."""
     x = images.float().div(255).sub(0.5).div(0.5)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,3 +85,14 @@ def run_environment() -> dict:
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.version.cuda,
            "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     return env
+
+
+def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
+    """Commit and dirty flag (tracked files only) of the code that runs, or None outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout)}

@@ -1,0 +1,136 @@
+"""Check stored runs, and re-execute one to prove that it reproduces.
+
+    python analysis/audit.py [--mongo-url URL] [--sweep ID]
+    python analysis/audit.py --reproduce RUN_ID [--mongo-url URL]
+
+The audit checks every run's status (and heartbeat freshness while RUNNING), completeness (every
+expected metric and artifact, a final checkpoint that loads), provenance (a commit, a clean tree,
+the current data and classifier hashes), duplicate cells and orphan artifacts. It prints a table
+and exits non-zero on any problem. ``--reproduce`` re-executes a run from its stored config and
+seed at its recorded thread count, refusing when the working tree is not the recorded commit.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import sys
+from collections import Counter
+from pathlib import Path
+
+import gridfs
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ablations.store import resolve  # noqa: E402  (URL resolution only)
+from core.classifier import expected_sha256  # noqa: E402
+from core.data import MNIST_SHA256  # noqa: E402
+from core.seeding import git_state  # noqa: E402
+
+EXPECTED_METRICS = {"train.loss", "train.images_per_s", "eval.fid", "eval.kid_mean", "eval.kid_std",
+                    "eval.precision", "eval.recall", "eval.f_score", "eval.classifier_score"}
+EXPECTED_ARTIFACTS = {"samples.png", "samples.npz", "final_weights.pt"}
+STALE_AFTER_S = 120  # Omniboard calls a RUNNING run this silent PROBABLY_DEAD
+
+
+def final_weights(fs: gridfs.GridFS, doc: dict) -> dict:
+    file_id = next(a["file_id"] for a in doc.get("artifacts", []) if a["name"] == "final_weights.pt")
+    return torch.load(io.BytesIO(fs.get(file_id).read()), map_location="cpu", weights_only=True)
+
+
+def check_status(doc: dict, now: dt.datetime, superseded: bool) -> list[str]:
+    status = doc.get("status")
+    if status == "RUNNING":
+        age = (now - (doc.get("heartbeat") or doc["start_time"])).total_seconds()
+        return [f"RUNNING with a stale heartbeat ({age:.0f} s old)"] if age > STALE_AFTER_S else []
+    if status in ("FAILED", "INTERRUPTED", "TIMEOUT") and not superseded:
+        return [f"{status} and not resumed or rerun to completion"]
+    return []
+
+
+def check_complete(db, fs, doc: dict) -> list[str]:
+    if doc.get("status") != "COMPLETED":
+        return []
+    problems = []
+    names = {m["name"] for m in db.metrics.find({"run_id": doc["_id"]}, {"name": 1})}
+    if missing := sorted(EXPECTED_METRICS - names):
+        problems.append(f"missing metrics {missing}")
+    if missing := sorted(EXPECTED_ARTIFACTS - {a["name"] for a in doc.get("artifacts", [])}):
+        problems.append(f"missing artifacts {missing}")
+    else:
+        try:
+            assert final_weights(fs, doc)["model"]
+        except Exception as exc:  # any failure to load is the finding itself
+            problems.append(f"final checkpoint does not load: {type(exc).__name__}: {exc}")
+    return problems
+
+
+def check_provenance(doc: dict) -> list[str]:
+    info, problems = doc.get("info", {}), []
+    git = info.get("git", {})
+    if not git.get("commit"):
+        problems.append("no recorded git commit")
+    if git.get("dirty"):
+        problems.append("run from a dirty working tree (uncommitted changes)")
+    if info.get("mnist_sha256") != MNIST_SHA256:
+        problems.append("MNIST hashes differ from the current data")
+    if info.get("classifier_sha256") != expected_sha256():
+        problems.append("classifier hash differs from the shipped classifier")
+    return problems
+
+
+def audit(db, sweep: str | None = None, now: dt.datetime | None = None) -> list[dict]:
+    """One row per run: id, status, cell, seed and the list of problems found."""
+    now = now or dt.datetime.utcnow()
+    fs = gridfs.GridFS(db)
+    docs = list(db.runs.find({"config.sweep_id": sweep} if sweep else {}, sort=[("_id", 1)]))
+    completed = Counter((d["config"].get("sweep_id"), d.get("info", {}).get("config_hash"))
+                        for d in docs if d.get("status") == "COMPLETED")
+    rows = []
+    for doc in docs:
+        key = (doc["config"].get("sweep_id"), doc.get("info", {}).get("config_hash"))
+        problems = check_status(doc, now, superseded=completed[key] > 0) + check_complete(db, fs, doc)
+        problems += check_provenance(doc) if doc.get("status") == "COMPLETED" else []
+        if doc.get("status") == "COMPLETED" and key[0] and completed[key] > 1:
+            problems.append(f"duplicate cell: {completed[key]} COMPLETED runs of this config in the sweep")
+        rows.append({"run_id": doc["_id"], "status": doc.get("status"), "cell": doc["config"].get("cell"),
+                     "seed": doc["config"].get("seed"), "problems": problems})
+    referenced = {a["file_id"] for d in db.runs.find({}, {"artifacts": 1}) for a in d.get("artifacts", [])}
+    orphans = [f.filename for f in fs.find({"filename": {"$regex": "^artifact://"}}) if f._id not in referenced]
+    if orphans:
+        rows.append({"run_id": "-", "status": "-", "cell": "-", "seed": "-",
+                     "problems": [f"{len(orphans)} orphan artifact(s), e.g. {orphans[0]}"]})
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'run':>5}  {'status':<12}{'cell':<24}{'seed':>5}  problems")
+    for r in rows:
+        print(f"{r['run_id']!s:>5}  {r['status']!s:<12}{r['cell']!s:<24}{r['seed']!s:>5}  "
+              f"{'; '.join(r['problems']) or 'ok'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python analysis/audit.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    parser.add_argument("--sweep", help="only this sweep id")
+    parser.add_argument("--reproduce", type=int, metavar="RUN_ID", help="re-execute this run and compare")
+    args = parser.parse_args(argv)
+    target = resolve(args.mongo_url)
+    with target.client() as client:
+        db = client[target.db_name]
+        if args.reproduce is not None:
+            from analysis.reproduce import reproduce
+
+            return reproduce(db, args.reproduce)
+        rows = audit(db, args.sweep)
+    print_rows(rows)
+    bad = sum(bool(r["problems"]) for r in rows)
+    print(f"{len(rows)} rows, {bad} with problems")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

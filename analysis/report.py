@@ -1,0 +1,152 @@
+"""Regenerate the comparison report from stored runs, with one command.
+
+    python analysis/report.py [--mongo-url URL | --dump FILE] [--sweep ID] [--out DIR]
+
+Writes DIR/report.md (readable on a code host), DIR/report.html (self-contained: figures
+embedded, every string escaped) and DIR/figures/*.png. Only COMPLETED runs count.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import figures, stats  # noqa: E402
+from analysis.runs import curves_table, from_dump, from_mongo, runs_table  # noqa: E402
+
+METRICS = ("fid", "kid_mean", "precision", "recall")
+
+
+def _fmt(mean: float, low: float, high: float, n: int) -> str:
+    if pd.isna(low):
+        return f"{mean:.4g} (n={n})"
+    return f"{mean:.4g} ± {(high - low) / 2:.3g} (n={n})"
+
+
+def tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The report's tables: configs x metrics, effects on FID and KID, and factorial terms if any."""
+    cells = list(dict.fromkeys(runs.cell))
+    wide = pd.DataFrame({"config": cells})
+    for metric in METRICS:
+        s = stats.summary(runs, metric).set_index("cell")
+        wide[metric] = [_fmt(s.loc[c, "mean"], s.loc[c, "ci_low"], s.loc[c, "ci_high"], s.loc[c, "n"]) for c in cells]
+    out = {"configs": wide}
+    if "baseline" in cells:
+        effects = pd.concat([stats.paired_effects(runs, m) for m in ("fid", "kid_mean")], ignore_index=True)
+        out["effects"] = effects.round(4)
+    toggles = sorted({p for c in cells for p in c.split("+")} - {"baseline"})
+    if any("+" in c for c in cells):
+        out["factorial"] = stats.factorial_effects(runs, toggles).round(3)
+    return out
+
+
+def setting(runs: pd.DataFrame) -> dict[str, str]:
+    """What stands behind every number: scale, seeds, samples, sampler, classifier, floor, provenance."""
+    first = runs.iloc[0]
+    sampler = f"{first.sampler}-{first.sampler_steps}" if first.sampler == "ddim" else "ancestral-1000"
+    return {
+        "scale": ", ".join(sorted(runs.scale.dropna().unique())),
+        "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
+        "training": f"{int(first.train_steps)} steps per run",
+        "samples per run": f"{int(first.n_samples)}, sampler {sampler}, against the 10,000 MNIST test digits",
+        "real-vs-real FID floor at this N": f"{runs.fid_floor.dropna().mean():.2f}" if runs.fid_floor.notna().any()
+        else "not recorded",
+        "classifier SHA-256": ", ".join(sorted(runs.classifier_sha256.dropna().unique())),
+        "commits": ", ".join(f"{c[:10]}{' (dirty)' if d else ''}" for c, d in
+                             runs[["commit", "dirty"]].drop_duplicates().itertuples(index=False)),
+        "run ids": ", ".join(str(i) for i in runs.run_id),
+    }
+
+
+def make_figures(docs: list[dict], runs: pd.DataFrame, tabs: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [figures.metric_by_config(runs, out, "fid"), figures.loss_curves(curves_table(docs), out),
+             figures.speed(runs, out)]
+    grids = {}
+    for d in docs:
+        cell = d.get("config", {}).get("cell") or "custom"
+        if cell not in grids and "samples.png" in d.get("artifact_data", {}):
+            grids[cell] = base64.b64decode(d["artifact_data"]["samples.png"])
+    if grids:
+        paths.append(figures.sample_grids(grids, out))
+    if "effects" in tabs and tabs["effects"].n.max() > 0:
+        paths.append(figures.forest(tabs["effects"][tabs["effects"].metric == "fid"], out))
+    if "factorial" in tabs:
+        paths.append(figures.interactions(tabs["factorial"], out))
+    return paths
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells])
+
+
+def render(tabs: dict, facts: dict, figs: list[Path], out: Path, title: str) -> None:
+    verdicts = tabs["effects"][tabs["effects"].metric == "fid"] if "effects" in tabs else pd.DataFrame()
+    md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in facts.items()], "",
+          "## Configs (mean ± half-width of the 95% t-interval over seeds)", "", markdown_table(tabs["configs"])]
+    if len(verdicts):
+        md += ["", "## Verdicts (FID, paired by seed, Holm-corrected)", "",
+               *[f"- **{r.cell}**: {r.verdict}" for r in verdicts.itertuples()],
+               "", "## Effects against the baseline", "", markdown_table(tabs["effects"])]
+    if "factorial" in tabs:
+        md += ["", "## Factorial main effects and interactions (FID)", "", markdown_table(tabs["factorial"])]
+    md += ["", "## Figures", "", *[f"![{p.stem}](figures/{p.name})" for p in figs], ""]
+    (out / "report.md").write_text("\n".join(md))
+
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1><ul>", *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in facts.items()], "</ul>",
+            "<h2>Configs</h2>", tabs["configs"].to_html(index=False, escape=True)]
+    if len(verdicts):
+        body += ["<h2>Verdicts</h2><ul>", *[f"<li><b>{esc(r.cell)}</b>: {esc(r.verdict)}</li>"
+                                          for r in verdicts.itertuples()], "</ul>",
+                 "<h2>Effects</h2>", tabs["effects"].to_html(index=False, escape=True)]
+    if "factorial" in tabs:
+        body += ["<h2>Factorial</h2>", tabs["factorial"].to_html(index=False, escape=True)]
+    body += ["<h2>Figures</h2>", *[figures.embed(p) for p in figs]]
+    style = "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%;display:block;margin:1em 0}"
+    (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+                                     f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def build(docs: list[dict], out: Path, sweep: str | None = None) -> dict[str, pd.DataFrame]:
+    """Write the report for the COMPLETED runs of ``docs`` (one sweep if given) into ``out``; return its tables."""
+    docs = [d for d in docs if d.get("status") == "COMPLETED" and (sweep is None or d["config"].get("sweep_id") == sweep)]
+    if not docs:
+        raise ValueError(f"no COMPLETED runs{' in sweep ' + sweep if sweep else ''}: nothing to report")
+    runs = runs_table(docs)
+    tabs = tables(runs)
+    figs = make_figures(docs, runs, tabs, out / "figures")
+    render(tabs, setting(runs), figs, out, f"MNIST DDPM ablations{' — sweep ' + sweep if sweep else ''}")
+    return tabs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    source.add_argument("--dump", type=Path, help="a JSON dump from `python -m analysis.runs export`")
+    parser.add_argument("--sweep", help="only this sweep id")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
+    args = parser.parse_args(argv)
+    docs = from_dump(args.dump) if args.dump else from_mongo(args.mongo_url, args.sweep)
+    try:
+        build(docs, args.out, args.sweep)
+    except ValueError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / 'report.md'} and {args.out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

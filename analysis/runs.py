@@ -1,0 +1,126 @@
+"""Runs and metrics from MongoDB (or a JSON dump) into pandas.
+
+    python -m analysis.runs export --sweep ID reports/runs.json [-m URL]
+    python -m analysis.runs import reports/runs.json [-m URL]
+
+A dump is a JSON list of the stored run documents (MongoDB extended JSON, so dates and ids
+round-trip), each with its metrics under ``metrics`` and its small artifacts (the sample grid)
+embedded under ``artifact_data``, so that the report regenerates without any database.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from pathlib import Path
+
+import gridfs
+import pandas as pd
+from bson import json_util
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ablations.store import resolve  # noqa: E402  (URL resolution only: no Sacred machinery)
+
+TOGGLES = ("attention", "ema", "dropout", "schedule", "amp")
+RESULTS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
+EMBEDDED = ("samples.png",)  # artifacts small enough to travel inside a dump
+
+
+def from_mongo(url: str | None = None, sweep: str | None = None, status: str | None = None) -> list[dict]:
+    """Run documents of a database (optionally one sweep), each with ``metrics`` and ``artifact_data``."""
+    target = resolve(url)
+    with target.client() as client:
+        db = client[target.db_name]
+        query = {k: v for k, v in (("config.sweep_id", sweep), ("status", status)) if v is not None}
+        docs = list(db.runs.find(query, sort=[("_id", 1)]))
+        fs = gridfs.GridFS(db)
+        for doc in docs:
+            doc["metrics"] = {m["name"]: {"steps": m["steps"], "values": m["values"]}
+                              for m in db.metrics.find({"run_id": doc["_id"]})}
+            doc["artifact_data"] = {a["name"]: base64.b64encode(fs.get(a["file_id"]).read()).decode()
+                                    for a in doc.get("artifacts", []) if a["name"] in EMBEDDED}
+    return docs
+
+
+def from_dump(path: Path | str) -> list[dict]:
+    return json_util.loads(Path(path).read_text())
+
+
+def export(docs: list[dict], path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json_util.dumps(docs, indent=1, json_options=json_util.RELAXED_JSON_OPTIONS))
+    return path
+
+
+def import_dump(docs: list[dict], url: str | None = None) -> int:
+    """Insert dumped runs (with their metrics and embedded artifacts) into a database; return how many."""
+    target = resolve(url)
+    with target.client() as client:
+        db = client[target.db_name]
+        fs = gridfs.GridFS(db)
+        for doc in docs:
+            doc = dict(doc)
+            metrics, data = doc.pop("metrics", {}), doc.pop("artifact_data", {})
+            doc["artifacts"] = [{"name": n, "file_id": fs.put(base64.b64decode(b), filename=f"artifact://runs/"
+                                                              f"{doc['_id']}/{n}")} for n, b in data.items()]
+            db.runs.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+            db.metrics.delete_many({"run_id": doc["_id"]})
+            for name, series in metrics.items():
+                db.metrics.insert_one({"run_id": doc["_id"], "name": name, **series})
+    return len(docs)
+
+
+def runs_table(docs: list[dict]) -> pd.DataFrame:
+    """One row per run: toggles, seed, sweep, status, results, wall times, throughput, provenance."""
+    rows = []
+    for d in docs:
+        c, info, result = d.get("config", {}), d.get("info", {}), d.get("result") or {}
+        speed = d.get("metrics", {}).get("train.images_per_s", {}).get("values", [])
+        rows.append({
+            "run_id": d["_id"], "status": d.get("status"), "sweep_id": c.get("sweep_id"),
+            "cell": c.get("cell") or "custom", "seed": c.get("seed"), "scale": c.get("scale"),
+            **{t: c.get(t) for t in TOGGLES},
+            **{k: result.get(k) for k in RESULTS},
+            "fid_floor": info.get("fid_floor"), "n_samples": c.get("n_samples"), "sampler": c.get("sampler"),
+            "sampler_steps": c.get("sampler_steps"), "train_steps": c.get("train_steps"),
+            **{f"{k}_s": v for k, v in info.get("wall_time_s", {}).items()},
+            "images_per_s": sum(speed) / len(speed) if speed else None,
+            "commit": info.get("git", {}).get("commit"), "dirty": info.get("git", {}).get("dirty"),
+            "classifier_sha256": info.get("classifier_sha256"),
+            "mnist_train_sha256": info.get("mnist_sha256", {}).get("train"), "config_hash": info.get("config_hash"),
+        })
+    return pd.DataFrame(rows)
+
+
+def curves_table(docs: list[dict], metric: str = "train.loss") -> pd.DataFrame:
+    """Long table of one training curve: run_id, cell, seed, step, value."""
+    rows = [{"run_id": d["_id"], "cell": d.get("config", {}).get("cell") or "custom",
+             "seed": d.get("config", {}).get("seed"), "step": s, "value": v}
+            for d in docs for s, v in zip(*(d.get("metrics", {}).get(metric, {}).get(k, []) for k in ("steps", "values")))]
+    return pd.DataFrame(rows, columns=["run_id", "cell", "seed", "step", "value"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.runs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write a sweep's runs to a JSON dump")
+    exp.add_argument("path", type=Path)
+    exp.add_argument("--sweep")
+    exp.add_argument("-m", "--mongo-url")
+    imp = sub.add_parser("import", help="load a JSON dump into a database")
+    imp.add_argument("path", type=Path)
+    imp.add_argument("-m", "--mongo-url")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        docs = from_mongo(args.mongo_url, args.sweep)
+        print(f"wrote {len(docs)} runs to {export(docs, args.path)}")
+    else:
+        print(f"imported {import_dump(from_dump(args.path), args.mongo_url)} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
