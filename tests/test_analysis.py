@@ -1,0 +1,155 @@
+"""Analysis: report regeneration, statistics, audit and re-execution, on real stored runs."""
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import audit, report, runs, stats
+from analysis.reproduce import refusal, reproduce
+from tests.mongo import Server, run_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A real smoke sweep (baseline and attention off, seeds 0 and 1) in a fresh server."""
+    server = Server(tmp_path_factory.mktemp("mongo")).start()
+    env = run_env(server.url, tmp_path_factory.mktemp("home"))
+    out = subprocess.run([sys.executable, str(REPO / "ablations" / "sweep.py"), "--only", "attention",
+                          "--seeds", "0,1", "with", "smoke", "threads=2"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    sweep_id = out.stdout.split("sweep id: ")[1].split()[0]
+    yield server, sweep_id
+    server.kill(signal.SIGTERM)
+
+
+def test_report_from_database_and_from_dump_agree(stored, tmp_path):
+    server, sweep_id = stored
+    docs = runs.from_mongo(server.url, sweep_id)
+    from_db = report.build(docs, tmp_path / "db", sweep_id)
+    dump = runs.export(docs, tmp_path / "runs.json")
+    from_file = report.build(runs.from_dump(dump), tmp_path / "dump", sweep_id)
+    again = report.build(runs.from_dump(dump), tmp_path / "again", sweep_id)
+    for name in from_db:
+        pd.testing.assert_frame_equal(from_db[name], from_file[name])
+        pd.testing.assert_frame_equal(from_file[name], again[name])
+    assert (tmp_path / "dump" / "report.md").read_text() == (tmp_path / "again" / "report.md").read_text()
+    assert len(list((tmp_path / "dump" / "figures").glob("*.png"))) >= 4
+    html = (tmp_path / "dump" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and 'src="figures/' not in html
+    md = (tmp_path / "dump" / "report.md").read_text()
+    assert "n=2" in md and "73956176" in md and "floor" in md and "attention" in md
+
+
+def test_report_escapes_config_strings(stored, tmp_path):
+    server, sweep_id = stored
+    docs = runs.from_mongo(server.url, sweep_id)
+    for doc in docs:
+        if doc["config"]["cell"] == "attention":
+            doc["config"]["cell"] = "<script>alert(1)</script>"
+    report.build(docs, tmp_path, sweep_id)
+    html = (tmp_path / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_report_command_line_from_dump(stored, tmp_path):
+    server, sweep_id = stored
+    dump = runs.export(runs.from_mongo(server.url, sweep_id), tmp_path / "runs.json")
+    out = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), "--dump", str(dump), "--out",
+                          str(tmp_path / "r")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r" / "report.md").exists() and (tmp_path / "r" / "report.html").exists()
+
+
+def _synthetic(effects: dict[str, float], seeds: int, noise: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    seed_level = rng.normal(0, 20, seeds)  # shared per seed: what pairing removes
+    rows = [{"cell": cell, "seed": s, "fid": 100 + seed_level[s] + effect + rng.normal(0, noise)}
+            for cell, effect in effects.items() for s in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def test_stats_recover_known_effects():
+    data = _synthetic({"baseline": 0, "attention": 30, "ema": 0}, seeds=10, noise=3)
+    effects = stats.paired_effects(data).set_index("cell")
+    assert effects.loc["attention", "ci_low"] < 30 < effects.loc["attention", "ci_high"]
+    assert effects.loc["attention", "p_holm"] < 0.001 and effects.loc["attention", "verdict"].startswith("worse")
+    assert effects.loc["ema", "ci_low"] < 0 < effects.loc["ema", "ci_high"]
+    assert effects.loc["ema", "verdict"].startswith("no clear effect")
+
+
+def test_stats_are_honest_at_two_seeds():
+    two = stats.paired_effects(_synthetic({"baseline": 0, "attention": 30}, seeds=2, noise=3)).iloc[0]
+    ten = stats.paired_effects(_synthetic({"baseline": 0, "attention": 30}, seeds=10, noise=3)).iloc[0]
+    assert (two.ci_high - two.ci_low) > 4 * (ten.ci_high - ten.ci_low) and two.n == 2
+    one = stats.paired_effects(_synthetic({"baseline": 0, "attention": 30}, seeds=1, noise=3)).iloc[0]
+    assert np.isnan(one.p) and "too few seeds" in one.verdict
+
+
+def test_holm_and_factorial():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    cells = ["baseline", "a", "b", "a+b"]
+    fid = {"baseline": 100, "a": 110, "b": 95, "a+b": 125}  # a: +10, b: -5, a x b: +20 at b flipped
+    table = stats.factorial_effects(pd.DataFrame({"cell": cells, "fid": [fid[c] for c in cells]}), ["a", "b"])
+    effects = dict(zip(table.term, table.effect))
+    assert effects["a"] == pytest.approx(20) and effects["b"] == pytest.approx(5)
+    assert effects["a x b"] == pytest.approx(10)  # half of (30 - 10): a's effect with b flipped vs without
+
+
+def _copy_run(db, doc: dict, new_id: int) -> dict:
+    """A copy of a stored run under a new id, outside any sweep, to plant a problem in."""
+    copy = dict(doc, _id=new_id, config=dict(doc["config"], sweep_id=None), info=dict(doc["info"]))
+    db.runs.insert_one(copy)
+    for m in db.metrics.find({"run_id": doc["_id"]}):
+        db.metrics.insert_one({k: v for k, v in m.items() if k != "_id"} | {"run_id": new_id})
+    return copy
+
+
+def test_audit_flags_each_planted_problem(stored):
+    server, sweep_id = stored
+    db = server.db()
+    original = db.runs.find_one({"config.sweep_id": sweep_id, "status": "COMPLETED"})
+    for new_id in (901, 902, 903, 904):
+        _copy_run(db, original, new_id)
+    db.metrics.delete_one({"run_id": 901, "name": "eval.fid"})
+    db.runs.update_one({"_id": 902}, {"$set": {"info.mnist_sha256.train": "0" * 64}})
+    db.runs.update_one({"_id": 903}, {"$set": {"status": "RUNNING",
+                                               "heartbeat": dt.datetime.utcnow() - dt.timedelta(hours=1)}})
+    db.runs.update_one({"_id": 904}, {"$set": {"info.git.dirty": True}})
+    rows = {r["run_id"]: r["problems"] for r in audit.audit(db)}
+    clean = set(rows[original["_id"]])  # whatever holds for the original (nothing, on a clean checkout)
+    assert any("missing metrics ['eval.fid']" in p for p in set(rows[901]) - clean)
+    assert any("MNIST hashes differ" in p for p in set(rows[902]) - clean)
+    assert any("stale heartbeat" in p for p in set(rows[903]) - clean)
+    assert any("dirty working tree" in p for p in rows[904])
+    cli = subprocess.run([sys.executable, str(REPO / "analysis" / "audit.py"), "--mongo-url", server.url],
+                         capture_output=True, text=True)
+    assert cli.returncode == 1 and "stale heartbeat" in cli.stdout
+
+
+def test_reproduce_passes_and_catches_tampering(stored, capsys):
+    server, sweep_id = stored
+    db = server.db()
+    doc = db.runs.find_one({"config.sweep_id": sweep_id, "config.cell": "baseline", "config.seed": 0})
+    if refusal(doc):
+        pytest.skip(f"this checkout cannot reproduce its own runs: {refusal(doc)}")
+    assert reproduce(db, doc["_id"]) == 0
+    assert "REPRODUCES bit for bit" in capsys.readouterr().out
+    tampered = _copy_run(db, doc, 950)
+    db.runs.update_one({"_id": 950}, {"$set": {"result.fid": tampered["result"]["fid"] + 1.0}})
+    assert reproduce(db, 950) == 1
+    out = capsys.readouterr().out
+    assert "fid            DIFFERS (largest difference 1)" in out and "final weights  bitwise equal" in out
+
+
+def test_reproduce_refuses_another_commit():
+    assert "is not the recorded commit" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": False}}})
+    assert "dirty working tree" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": True}}})
