@@ -19,13 +19,15 @@ install: $(STAMP)
 data: install
 	$(BIN)/python -c "from core.data import provision; print('MNIST under', provision())"
 
-# The main job: a smoke-scale ablation (baseline and attention off) stored in MongoDB (the embedded
-# server starts by itself when no database is configured), plus a grid of samples from core alone.
+# The main job: a smoke-scale ablation (baseline, attention off, linear schedule; 2 seeds) stored in
+# MongoDB (the embedded server starts by itself when no database is configured), its report in
+# outputs/demo-report/, and an audit of the stored runs.
+DEMO_SWEEP := --plan ofat --only attention,schedule --seeds 0,1
 demo: data
-	$(BIN)/python ablations/run.py with smoke
-	$(BIN)/python ablations/run.py with smoke attention=False
+	$(BIN)/python ablations/sweep.py $(DEMO_SWEEP) with smoke
+	$(BIN)/python analysis/report.py --sweep $$($(BIN)/python ablations/sweep.py $(DEMO_SWEEP) --dry-run with smoke \
+		| head -1 | cut -d' ' -f2 | tr -d :) --out outputs/demo-report
 	$(BIN)/python -m ablations.store status
-	$(BIN)/python -m core.train --scale smoke --out outputs/demo
 
 test: install
 	$(BIN)/python -m pytest -q
