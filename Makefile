@@ -25,8 +25,8 @@ data: install
 DEMO_SWEEP := --plan ofat --only attention,schedule --seeds 0,1
 demo: data
 	$(BIN)/python ablations/sweep.py $(DEMO_SWEEP) with smoke
-	$(BIN)/python analysis/report.py --sweep $$($(BIN)/python ablations/sweep.py $(DEMO_SWEEP) --dry-run with smoke \
-		| head -1 | cut -d' ' -f2 | tr -d :) --out outputs/demo-report
+	$(BIN)/python analysis/report.py --sweep $$($(BIN)/python ablations/sweep.py $(DEMO_SWEEP) --print-id with smoke) \
+		--out outputs/demo-report
 	$(BIN)/python -m ablations.store status
 
 test: install

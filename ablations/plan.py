@@ -56,6 +56,11 @@ class Cell:
         return config_hash(self.config)
 
 
+def cell_name(flipped: dict) -> str:
+    """'baseline', or what is flipped, e.g. 'attention=False' or 'ema=True+schedule=linear'."""
+    return "+".join(f"{k}={v}" for k, v in flipped.items()) or "baseline"
+
+
 def cells_of(plan: str, only: list[str] | None = None) -> list[tuple[str, dict]]:
     """(cell name, flipped toggles) for a plan, restricted to the toggles in ``only``."""
     if plan not in PLANS:
@@ -65,12 +70,11 @@ def cells_of(plan: str, only: list[str] | None = None) -> list[tuple[str, dict]]
     if unknown:
         raise ValueError(f"invalid --only toggle(s) {unknown}: valid values are {', '.join(TOGGLES)}")
     if plan == "ofat":
-        return [("baseline", {})] + [(t, {t: TOGGLES[t]}) for t in toggles]
-    cells = []
-    for flips in itertools.product([False, True], repeat=len(toggles)):
-        flipped = [t for t, on in zip(toggles, flips) if on]
-        cells.append(("+".join(flipped) or "baseline", {t: TOGGLES[t] for t in flipped}))
-    return cells
+        flips = [{}] + [{t: TOGGLES[t]} for t in toggles]
+    else:
+        flips = [{t: TOGGLES[t] for t, on in zip(toggles, mask) if on}
+                 for mask in itertools.product([False, True], repeat=len(toggles))]
+    return [(cell_name(f), f) for f in flips]
 
 
 def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | None = None) -> list[Cell]:

@@ -204,6 +204,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--only", type=lambda s: s.split(","), help=f"toggles to vary, from {', '.join(plans.TOGGLES)}")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    p.add_argument("--print-id", action="store_true", help="print only the sweep id and run nothing")
     p.add_argument("--workers", type=int, default=0, help="run on a Dask LocalCluster of N worker processes")
     p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
     p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
+    if args.print_id:
+        print(tasks[0].sweep_id)
+        return 0
     print(f"sweep {tasks[0].sweep_id}: plan {args.plan}, {len(tasks) // len(args.seeds)} configs x "
           f"{len(args.seeds)} seeds = {len(tasks)} runs")
     if args.dry_run:

@@ -27,7 +27,6 @@ if __package__ in (None, ""):
 from ablations.store import resolve  # noqa: E402  (URL resolution only)
 from core.classifier import expected_sha256  # noqa: E402
 from core.data import MNIST_SHA256  # noqa: E402
-from core.seeding import git_state  # noqa: E402
 
 EXPECTED_METRICS = {"train.loss", "train.images_per_s", "eval.fid", "eval.kid_mean", "eval.kid_std",
                     "eval.precision", "eval.recall", "eval.f_score", "eval.classifier_score"}

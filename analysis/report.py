@@ -41,7 +41,7 @@ def tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if "baseline" in cells:
         effects = pd.concat([stats.paired_effects(runs, m) for m in ("fid", "kid_mean")], ignore_index=True)
         out["effects"] = effects.round(4)
-    toggles = sorted({p for c in cells for p in c.split("+")} - {"baseline"})
+    toggles = sorted({p.split("=")[0] for c in cells for p in c.split("+")} - {"baseline"})
     if any("+" in c for c in cells):
         out["factorial"] = stats.factorial_effects(runs, toggles).round(3)
     return out

@@ -74,12 +74,15 @@ def paired_effects(runs: pd.DataFrame, metric: str = "fid", baseline: str = "bas
 
 
 def factorial_effects(runs: pd.DataFrame, toggles: list[str], metric: str = "fid") -> pd.DataFrame:
-    """Main effects and two-way interactions of a full factorial (flipped = the cell name contains it).
+    """Main effects and two-way interactions of a full factorial (flipped: the cell name names the toggle).
 
     Main effect of A: mean(metric | A flipped) - mean(metric | A not flipped). Interaction of A, B:
     half the difference between A's effect with B flipped and without (the usual 2^k contrast).
     """
-    flipped = {t: runs.cell.str.split("+").apply(lambda parts, t=t: t in parts) for t in toggles}
+    def names(cell: str) -> set[str]:  # 'ema=True+schedule=linear' -> {'ema', 'schedule'}
+        return {part.split("=")[0] for part in cell.split("+")}
+
+    flipped = {t: runs.cell.apply(lambda cell, t=t: t in names(cell)) for t in toggles}
     y = runs[metric].astype(float)
     rows = [{"term": t, "effect": y[flipped[t]].mean() - y[~flipped[t]].mean()} for t in toggles]
     for a, b in itertools.combinations(toggles, 2):

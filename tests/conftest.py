@@ -1,10 +1,27 @@
 """Shared fixtures. Everything runs on the CPU; nothing here is a stub."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
 from core.diffusion import DiffusionProcess
+from tests.mongo import Server, run_env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real SecantusDB server for one test module, stopped by PID at its end."""
+    srv = Server(tmp_path_factory.mktemp("mongo")).start()
+    yield srv
+    srv.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def env(server, tmp_path_factory):
+    """Environment for experiment subprocesses: this module's server and a fresh ABLATIONS_HOME."""
+    return run_env(server.url, tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_report_escapes_config_strings(stored, tmp_path):
     server, sweep_id = stored
     docs = runs.from_mongo(server.url, sweep_id)
     for doc in docs:
-        if doc["config"]["cell"] == "attention":
+        if doc["config"]["cell"] == "attention=False":
             doc["config"]["cell"] = "<script>alert(1)</script>"
     report.build(docs, tmp_path, sweep_id)
     html = (tmp_path / "report.html").read_text()

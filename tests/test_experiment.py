@@ -19,18 +19,6 @@ SMOKE = ["with", "smoke", "threads=2"]
 LONGER = ["with", "smoke", "threads=2", "train_steps=60", "checkpoint_every=10"]  # time to interrupt it
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("mongo")).start()
-    yield srv
-    srv.kill(signal.SIGTERM)
-
-
-@pytest.fixture(scope="module")
-def env(server, tmp_path_factory):
-    return run_env(server.url, tmp_path_factory.mktemp("home"))
-
-
 def run_id(output: str) -> int:
     return int(re.search(r'Started run with ID "(\d+)"', output).group(1))
 

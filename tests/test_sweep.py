@@ -1,32 +1,17 @@
 """Sweeps: plans, idempotence, atomic claims, Dask execution and a killed run, against a real server."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from ablations import sweep
-from tests.mongo import Server, run_env
 from tests.test_experiment import deterministic, final_weights, metrics_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("mongo")).start()
-    yield srv
-    srv.kill(signal.SIGTERM)
-
-
-@pytest.fixture(scope="module")
-def env(server, tmp_path_factory):
-    return run_env(server.url, tmp_path_factory.mktemp("home"))
 
 
 def run_sweep(args: list[str], env: dict, **kwargs):
@@ -45,7 +30,10 @@ def test_dry_run_plans(plan, seeds, configs, capsys):
 
 def test_only_and_bad_values(capsys):
     assert sweep.main(["--plan", "full", "--only", "attention,ema", "--dry-run", "with", "smoke"]) == 0
-    assert "4 configs x 1 seeds" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 configs x 1 seeds" in out and "attention=False+ema=True" in out
+    assert sweep.main(["--only", "attention", "--print-id", "with", "smoke"]) == 0
+    assert capsys.readouterr().out.strip().startswith("sw-")
     assert sweep.main(["--only", "emma", "--dry-run", "with", "smoke"]) == 2
     assert sweep.main(["--dry-run", "with", "smoke", "schedule=cosin"]) == 2
     assert "invalid schedule='cosin'" in capsys.readouterr().err
