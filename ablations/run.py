@@ -39,6 +39,7 @@ RUN_OPTIONS = {
 }
 UNOBSERVED_COMMANDS = {"print_config", "print_dependencies", "save_config", "print_named_configs"}
 
+CONFIG_KEYS = frozenset(Config().to_dict()) | frozenset(RUN_OPTIONS)
 ex = Experiment("mnist_ddpm")
 ex.add_config(Config().to_dict() | RUN_OPTIONS)
 for _name, _overrides in SCALES.items():
@@ -68,7 +69,7 @@ def _resumed_config(run_id) -> dict:
         raise ValueError(f"invalid resume={run_id!r}: no journaled run with a checkpoint under "
                          f"{target.journal_dir()} (valid values are ids of interrupted runs of this database)")
     stored = json.loads((run_dir / "config.json").read_text())
-    return {k: v for k, v in stored.items() if k in ex.configurations[0]._conf} | {
+    return {k: v for k, v in stored.items() if k in CONFIG_KEYS} | {
         "resume": run_id, "resume_checkpoint": str(run_dir / CHECKPOINT)}
 
 

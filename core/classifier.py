@@ -84,7 +84,8 @@ def train_classifier(epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, s
                      log=print) -> MNISTClassifier:
     """Deterministic training on the 60k training images: Adam with a cosine decay to zero."""
     seed_everything(seed)
-    images, labels = as_tensor(mnist(train=True)), mnist(train=True).targets
+    dataset = mnist(train=True)
+    images, labels = as_tensor(dataset), dataset.targets
     model = MNISTClassifier()
     steps = epochs * (len(images) // batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -153,8 +153,8 @@ def evaluate(samples: torch.Tensor, reference: str = "test", n: int | None = Non
 
 def real_floor(n: int, reference: str = "test") -> float:
     """FID of n real training digits against the reference: what "perfect" scores at this N."""
-    return compare(reference_images("train", n), reference_images(reference),
-                   reference_key=f"mnist-{reference}-{len(reference_images(reference))}")["fid"]
+    real = reference_images(reference)
+    return compare(reference_images("train", n), real, reference_key=f"mnist-{reference}-{len(real)}")["fid"]
 
 
 def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:

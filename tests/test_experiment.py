@@ -1,7 +1,6 @@
 """The Sacred experiment and the run store, end to end against a real SecantusDB server."""
 from __future__ import annotations
 
-import io
 import re
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import gridfs
 import pytest
 import torch
 
+from analysis.audit import final_weights as audit_final_weights
 from tests.mongo import Server, experiment, run_env
 
 SMOKE = ["with", "smoke", "threads=2"]
@@ -33,9 +33,7 @@ def deterministic(metrics: dict) -> dict:
 
 
 def final_weights(db, rid: int) -> dict:
-    doc = db.runs.find_one({"_id": rid})
-    file_id = next(a["file_id"] for a in doc["artifacts"] if a["name"] == "final_weights.pt")
-    return torch.load(io.BytesIO(gridfs.GridFS(db).get(file_id).read()), weights_only=True)["model"]
+    return audit_final_weights(gridfs.GridFS(db), db.runs.find_one({"_id": rid}))["model"]
 
 
 def wait_for(predicate, timeout: float, what: str):
