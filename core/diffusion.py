@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from core import ddpm
 from core.config import SAMPLERS, Config, Sampler, choices
+from core.fastpath import CompiledModule, GraphedDenoiser, to_channels_last
 from core.model import DiffusionModel
 from core.schedules import get_betas
 from core.seeding import make_generator, rng_state, seed_everything, set_rng_state
@@ -94,9 +95,14 @@ class DiffusionProcess:
         seed_everything(c.seed)
         self.model = DiffusionModel(c.image_size, c.channels, c.hidden_dims, c.time_dim, c.attention, c.dropout)
         self.model.to(self.device)
+        if c.channels_last:
+            to_channels_last(self.model)
         self.coeffs = ddpm.DDPMCoefficients.from_betas(get_betas(c.schedule, c.noise_steps), self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
         self.ema_model = make_ema(self.model, c.ema_decay) if c.ema else None
+        # The callables that run the networks: the modules themselves, or their compiled forms.
+        self.net = self._fast(self.model)
+        self.ema_net = self._fast(self.ema_model.module) if self.ema_model is not None else None
         cuda = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp and cuda)
         # fp16 needs the GradScaler on CUDA; the CPU has no fast fp16, and bf16 needs no scaling.
@@ -104,6 +110,12 @@ class DiffusionProcess:
         self.train_generator = make_generator(c.seed, self.device)
         self.sample_generator = make_generator(c.seed + SAMPLE_SEED_OFFSET, self.device)
         self.step = 0
+
+    def _fast(self, module: torch.nn.Module):
+        return CompiledModule(module, self.device) if self.config.compile else module
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -120,7 +132,7 @@ class DiffusionProcess:
         noise = torch.randn(x0.shape, generator=g, device=self.device)  # (B, C, H, W)
         x_t = ddpm.q_sample(self.coeffs, x0, t, noise)
         with self.autocast():
-            predicted = self.model(x_t, t)
+            predicted = self.net(self._layout(x_t), t)
         return F.mse_loss(predicted.float(), noise)
 
     def train_step(self, batch) -> float:
@@ -147,28 +159,33 @@ class DiffusionProcess:
         """The EMA weights when ``ema`` is on, else the trained weights."""
         return self.ema_model.module if self.ema_model is not None else self.model
 
-    def _eps(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return model(x_t, t).float()
+    def _denoiser(self):
+        """eps(x_t, t) of the sampling weights, in fp32, through this process's fast paths."""
+        net = self.ema_net if self.ema_net is not None else self.net
 
-    def _ancestral(self, model, x, g, clip_denoised: bool, progress: bool) -> torch.Tensor:
+        def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return net(self._layout(x_t), t).float()
+        return eps
+
+    def _ancestral(self, eps_fn, x, g, clip_denoised: bool, progress: bool) -> torch.Tensor:
         for step in tqdm(reversed(range(self.config.noise_steps)), total=self.config.noise_steps,
                          disable=not progress, desc="ancestral", leave=False):
             # 1. predict the noise at t
             t = torch.full((x.shape[0],), step, device=self.device, dtype=torch.long)
-            eps = self._eps(model, x, t)
+            eps = eps_fn(x, t)
             # 2. draw z ~ N(0, I) for every step, so the stream is the same whatever the clipping
             z = torch.randn(x.shape, generator=g, device=self.device)
             # 3. x_{t-1} = mu_theta(x_t, t) + sigma_t z  (Ho et al. 2020, Algorithm 2)
             x = ddpm.ancestral_step(self.coeffs, x, t, eps, z, self.config.variance, clip_denoised)
         return x
 
-    def _ddim(self, model, x, g, steps: int, eta: float, clip_denoised: bool, progress: bool) -> torch.Tensor:
+    def _ddim(self, eps_fn, x, g, steps: int, eta: float, clip_denoised: bool, progress: bool) -> torch.Tensor:
         ts = ddpm.ddim_timesteps(self.config.noise_steps, steps)
         for i, step in enumerate(tqdm(ts, disable=not progress, desc="ddim", leave=False)):
             # 1. predict the noise at t
             t = torch.full((x.shape[0],), step, device=self.device, dtype=torch.long)
-            eps = self._eps(model, x, t)
+            eps = eps_fn(x, t)
             # 2. draw z only when the step is stochastic (eta > 0)
             z = torch.randn(x.shape, generator=g, device=self.device) if eta > 0 else None
             # 3. move to the next strided timestep (Song et al. 2021, Eq. 12)
@@ -179,7 +196,8 @@ class DiffusionProcess:
     @torch.inference_mode()
     def sample(self, num_samples: int = 16, *, sampler: Sampler = "ancestral", steps: int | None = None,
                eta: float = 0.0, clip_denoised: bool | None = None, seed: int | None = None,
-               batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+               batch_size: int | None = None, cuda_graph: bool | None = None,
+               progress: bool = False) -> torch.Tensor:
         """Generate ``num_samples`` images in [-1, 1], shape (N, C, H, W), on this process's device.
 
         :param sampler: "ancestral" (the seed's 1000-step DDPM) or "ddim" (Song et al. 2021).
@@ -189,27 +207,38 @@ class DiffusionProcess:
             the ancestral sampler (the seed's formula), on for DDIM.
         :param seed: seed a fresh generator for this call; by default the process's own sampling
             generator continues. Both samplers draw x_T first from the same generator.
-        :param batch_size: images denoised at once; the draws are taken batch after batch.
+        :param batch_size: images denoised at once (default 256 on the CPU, 2500 on CUDA); the
+            draws are taken batch after batch, so the batch size is part of what fixes the samples.
+        :param cuda_graph: replay each step's network call as a CUDA graph (default: on CUDA,
+            unless ``compile`` is on). It changes launch overhead, not the kernels or the draws.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"invalid sampler={sampler!r}: valid values are {' or '.join(map(repr, SAMPLERS))}")
         if sampler == "ancestral" and steps not in (None, self.config.noise_steps):
             raise ValueError(f"invalid steps={steps} for sampler='ancestral': it takes all "
                              f"{self.config.noise_steps} steps; use sampler='ddim' for fewer")
+        cuda = self.device.type == "cuda"
+        if cuda_graph and not cuda:
+            raise ValueError("invalid cuda_graph=True: valid only on a CUDA device (this process runs on the CPU)")
+        use_graph = (cuda and not self.config.compile) if cuda_graph is None else cuda_graph
+        batch_size = batch_size or (2500 if cuda else 256)
         g = make_generator(seed, self.device) if seed is not None else self.sample_generator
         clip = (sampler == "ddim") if clip_denoised is None else clip_denoised
         model = self.sampling_model
         was_training = model.training
         model.eval()
         c = self.config
-        out = []
+        eps_fn, graphed, out = self._denoiser(), None, []
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             x = torch.randn((n, c.channels, c.image_size, c.image_size), generator=g, device=self.device)  # x_T
+            if use_graph and graphed is None:
+                graphed = GraphedDenoiser(eps_fn, x)
+            step_fn = graphed if graphed is not None and n == graphed.static_x.shape[0] else eps_fn
             if sampler == "ancestral":
-                x = self._ancestral(model, x, g, clip, progress)
+                x = self._ancestral(step_fn, x, g, clip, progress)
             else:
-                x = self._ddim(model, x, g, steps or 50, eta, clip, progress)
+                x = self._ddim(step_fn, x, g, steps or 50, eta, clip, progress)
             out.append(x.clamp(-1.0, 1.0))
         model.train(was_training)
         return torch.cat(out)
