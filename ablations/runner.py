@@ -6,6 +6,7 @@ checkpoint lives in the run's journal directory.
 """
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 import uuid
@@ -135,4 +136,5 @@ def execute(_run, _config: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         save_artifacts(_run, process, samples, Path(tmp))
+    _run.info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {key: metrics[key] for key in RESULT_KEYS}

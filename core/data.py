@@ -145,7 +145,7 @@ def as_tensor(dataset: MNIST) -> torch.Tensor:
 
     Bitwise equal to stacking ``dataset[i][0]`` (the same ops in the same order), but built in one go.
     """
-    return dataset.data.unsqueeze(1).float().div(255).sub(0.5).div(0.5)
+    return dataset.data.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)  # in place: one 188 MB copy, not three
 
 
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

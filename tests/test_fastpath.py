@@ -83,15 +83,18 @@ def test_cuda_fp16_autocast_within_fp16_tolerance():
 def test_cuda_graph_sampling_is_bitwise_equal_to_eager(sampler):
     process = DiffusionProcess(device="cuda", noise_steps=50, amp=True, seed=0)
     process.train_step(BATCH)
-    graphed = process.sample(32, sampler=sampler, steps=10, seed=3, batch_size=16, cuda_graph=True)
-    eager = process.sample(32, sampler=sampler, steps=10, seed=3, batch_size=16, cuda_graph=False)
+    steps = 10 if sampler == "ddim" else None  # the ancestral sampler takes all T = 50 steps
+    graphed = process.sample(32, sampler=sampler, steps=steps, seed=3, batch_size=16, cuda_graph=True)
+    eager = process.sample(32, sampler=sampler, steps=steps, seed=3, batch_size=16, cuda_graph=False)
     assert torch.equal(graphed, eager)
 
 
 @cuda
 def test_cuda_compile_matches_eager():
     plain, fast = pair("cuda", compile=True)
-    torch.testing.assert_close(eps_of(fast), eps_of(plain), rtol=1e-4, atol=1e-4)
+    # fp32 convolutions on CUDA run in TF32 by default (10-bit mantissa, 1e-3 relative), and
+    # inductor's kernels round in another order: seen 1e-3 at most on outputs of scale 0.25.
+    torch.testing.assert_close(eps_of(fast), eps_of(plain), rtol=5e-3, atol=5e-3)
     assert fast.net.compiled is not None, "compilation fell back to eager"
 
 

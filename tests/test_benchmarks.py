@@ -1,0 +1,40 @@
+"""The benchmark's contenders are what it says they are: a matched size, the same task, seeded."""
+import pytest
+import torch
+
+from benchmarks.budget import parse_budget
+from benchmarks.contenders import Diffusers, Ours
+from benchmarks.run import TARGETS, main
+
+CPU = torch.device("cpu")
+
+
+def test_diffusers_unet_matches_our_size_within_15_percent():
+    ours = sum(p.numel() for p in Ours(CPU).model.parameters())
+    peer = sum(p.numel() for p in Diffusers(CPU).model.parameters())
+    assert ours == 1_242_305 and 0.85 <= peer / ours <= 1.15
+
+
+@pytest.mark.parametrize("make", [lambda: Ours(CPU), lambda: Diffusers(CPU), lambda: Diffusers(CPU, amp=True)])
+def test_contenders_train_and_denoise(make):
+    contender = make()
+    before = [p.detach().clone() for p in contender.model.parameters()]
+    contender.train_step(torch.rand(4, 1, 28, 28) * 2 - 1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, contender.model.parameters()))
+    x = torch.randn(4, 1, 28, 28)
+    out = contender.denoise_step(x, torch.full((4,), 500))
+    assert out.shape == x.shape and torch.isfinite(out).all() and not torch.equal(out, x)
+    assert len(contender.sample(3, 2)) == 3
+
+
+def test_diffusers_is_the_fp32_eager_default_and_ours_the_config_default():
+    assert Diffusers(CPU).precision == "float32" and Diffusers(CPU, amp=True).precision == "bfloat16"
+    assert Ours(CPU).precision == "bfloat16" and Ours(CPU).process.config.channels_last
+
+
+def test_bad_arguments_are_refused_before_work():
+    with pytest.raises(SystemExit):
+        main(["--devices", "tpu"])
+    with pytest.raises(ValueError, match="invalid budget '400x64': valid budgets look like STEPSxBATCH@LR"):
+        parse_budget("400x64")
+    assert set(TARGETS) >= {"train_speedup_vs_diffusers", "sample_speedup_vs_diffusers"}
