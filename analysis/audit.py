@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 from ablations.store import resolve  # noqa: E402  (URL resolution only)
 from core.classifier import expected_sha256  # noqa: E402
 from core.data import MNIST_SHA256  # noqa: E402
+from core.seeding import dirty_run_code  # noqa: E402
 
 EXPECTED_METRICS = {"train.loss", "train.images_per_s", "eval.fid", "eval.kid_mean", "eval.kid_std",
                     "eval.precision", "eval.recall", "eval.f_score", "eval.classifier_score"}
@@ -71,8 +72,10 @@ def check_provenance(doc: dict) -> list[str]:
     git = info.get("git", {})
     if not git.get("commit"):
         problems.append("no recorded git commit")
-    if git.get("dirty"):
-        problems.append("run from a dirty working tree (uncommitted changes)")
+    if dirty_run_code(git):
+        changed = git.get("changed")
+        problems.append("run from a dirty working tree (uncommitted changes"
+                        + (f" to {', '.join(changed)})" if changed else "; which files was not recorded)"))
     if info.get("mnist_sha256") != MNIST_SHA256:
         problems.append("MNIST hashes differ from the current data")
     if info.get("classifier_sha256") != expected_sha256():

@@ -54,7 +54,8 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
     return {
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
-        "training": f"{int(first.train_steps)} steps per run",
+        "training": " or ".join(f"{int(n)} steps x {int(b)} images" for n, b in
+                                runs[["train_steps", "batch_size"]].drop_duplicates().itertuples(index=False)) + " per run",
         "samples per run": f"{int(first.n_samples)}, sampler {sampler}, against the 10,000 MNIST test digits",
         "real-vs-real FID floor at this N": f"{runs.fid_floor.dropna().mean():.2f}" if runs.fid_floor.notna().any()
         else "not recorded",

@@ -13,7 +13,7 @@ from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.fidelity import evaluate
-from core.seeding import git_state
+from core.seeding import dirty_run_code, git_state
 from core.train import train
 
 COMPARED = ("fid", "kid_mean", "precision", "recall")
@@ -24,9 +24,9 @@ def refusal(doc: dict) -> str | None:
     recorded, here = doc.get("info", {}).get("git", {}), git_state()
     if not recorded.get("commit"):
         return "the run recorded no git commit"
-    if recorded.get("dirty"):
+    if dirty_run_code(recorded):
         return "the run was made from a dirty working tree: its exact code is unknown"
-    if here["commit"] != recorded["commit"] or here["dirty"]:
+    if here["commit"] != recorded["commit"] or dirty_run_code(here):
         return (f"the working tree ({here['commit']}{', dirty' if here['dirty'] else ''}) is not the recorded "
                 f"commit {recorded['commit']}: check it out (git checkout {recorded['commit'][:10]}) and rerun")
     return None

@@ -87,12 +87,28 @@ def run_environment() -> dict:
     return env
 
 
+# What a run executes: a change elsewhere (tests, docs, benchmarks) cannot change its result.
+RUN_CODE = ("core/", "ablations/", "pyproject.toml")
+
+
 def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
-    """Commit and dirty flag (tracked files only) of the code that runs, or None outside git."""
+    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
     head = git("rev-parse", "HEAD")
     if head.returncode:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout)}
+        return {"commit": None, "dirty": None, "changed": None}
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed": changed}
+
+
+def dirty_run_code(git: dict) -> bool:
+    """Whether uncommitted changes could touch what a run executes (:data:`RUN_CODE`).
+
+    A record without the list of changed files (older runs) counts as dirty whenever it is dirty.
+    """
+    if not git.get("dirty"):
+        return False
+    changed = git.get("changed")
+    return changed is None or any(path.startswith(RUN_CODE) for path in changed)

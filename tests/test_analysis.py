@@ -153,3 +153,12 @@ def test_reproduce_passes_and_catches_tampering(stored, capsys):
 def test_reproduce_refuses_another_commit():
     assert "is not the recorded commit" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": False}}})
     assert "dirty working tree" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": True}}})
+
+
+def test_only_changes_to_the_run_code_make_a_run_dirty():
+    from core.seeding import dirty_run_code
+
+    assert not dirty_run_code({"commit": "a", "dirty": True, "changed": ["tests/test_x.py", "README.md"]})
+    assert dirty_run_code({"commit": "a", "dirty": True, "changed": ["README.md", "core/ddpm.py"]})
+    assert dirty_run_code({"commit": "a", "dirty": True})  # older records: which files is unknown
+    assert not dirty_run_code({"commit": "a", "dirty": False, "changed": []})
