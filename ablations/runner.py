@@ -6,7 +6,6 @@ checkpoint lives in the run's journal directory.
 """
 from __future__ import annotations
 
-import resource
 import tempfile
 import time
 import uuid
@@ -26,7 +25,7 @@ from core.data import MNIST_SHA256, as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.fidelity import evaluate, real_floor, to_uint8
 from core.model import parameter_breakdown
-from core.seeding import git_state, run_environment
+from core.seeding import git_state, peak_rss_mb, run_environment
 from core.train import train
 
 CHECKPOINT = "checkpoint.pt"
@@ -136,5 +135,5 @@ def execute(_run, _config: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         save_artifacts(_run, process, samples, Path(tmp))
-    _run.info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    _run.info["peak_rss_mb"] = peak_rss_mb()
     return {key: metrics[key] for key in RESULT_KEYS}

@@ -91,6 +91,19 @@ def run_environment() -> dict:
 RUN_CODE = ("core/", "ablations/", "pyproject.toml")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: VmHWM, which exec resets, unlike ru_maxrss (a child
+    started by fork + exec would otherwise report its parent's peak when that was larger)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
 def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
     """Commit, dirty flag and changed tracked files of the code that runs, or None outside git."""
     def git(*args):
