@@ -119,9 +119,9 @@ def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
 def dirty_run_code(git: dict) -> bool:
     """Whether uncommitted changes could touch what a run executes (:data:`RUN_CODE`).
 
-    A record without the list of changed files (older runs) counts as dirty whenever it is dirty.
+    A dirty record without the list of changed files (older runs) counts as dirty.
     """
     if not git.get("dirty"):
         return False
     changed = git.get("changed")
-    return changed is None or any(path.startswith(RUN_CODE) for path in changed)
+    return not changed or any(path.startswith(RUN_CODE) for path in changed)
