@@ -23,7 +23,7 @@ from core.classifier import weights_sha256
 from core.config import Config
 from core.data import MNIST_SHA256, as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import evaluate, real_floor, to_uint8
+from core.fidelity import real_floor, sample_and_evaluate, to_uint8
 from core.model import parameter_breakdown
 from core.seeding import git_state, peak_rss_mb, run_environment
 from core.train import train
@@ -121,13 +121,7 @@ def execute(_run, _config: dict) -> dict:
     run_training(_run, process, resume_state, _config["checkpoint_every"])
     phases["train"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=config.seed)
-    phases["sample"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    metrics = evaluate(samples, reference="test")
-    phases["evaluate"] = time.perf_counter() - started
+    samples, metrics = sample_and_evaluate(process, config.seed, phases)
     for key in RESULT_KEYS:
         _run.log_scalar(f"eval.{key}", metrics[key], config.train_steps)
     _run.info["class_histogram"] = metrics["class_histogram"]

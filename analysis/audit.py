@@ -2,12 +2,15 @@
 
     python analysis/audit.py [--mongo-url URL] [--sweep ID]
     python analysis/audit.py --reproduce RUN_ID [--mongo-url URL]
+    python analysis/audit.py --resample RUN_ID [--seeds 0,1,2] [--mongo-url URL]
 
 The audit checks every run's status (and heartbeat freshness while RUNNING), completeness (every
 expected metric and artifact, a final checkpoint that loads), provenance (a commit, a clean tree,
 the current data and classifier hashes), duplicate cells and orphan artifacts. It prints a table
 and exits non-zero on any problem. ``--reproduce`` re-executes a run from its stored config and
 seed at its recorded thread count, refusing when the working tree is not the recorded commit.
+``--resample`` scores the run's stored weights under other sampler seeds: the part of a FID's
+spread that is sampling noise (the rest is the training seed's).
 """
 from __future__ import annotations
 
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
     parser.add_argument("--sweep", help="only this sweep id")
     parser.add_argument("--reproduce", type=int, metavar="RUN_ID", help="re-execute this run and compare")
+    parser.add_argument("--resample", type=int, metavar="RUN_ID",
+                        help="score this run's stored weights under other sampler seeds (see --seeds)")
+    parser.add_argument("--seeds", default="0,1,2", type=lambda text: [int(x) for x in text.split(",")],
+                        help="sampler seeds for --resample (default 0,1,2)")
     args = parser.parse_args(argv)
     target = resolve(args.mongo_url)
     with target.client() as client:
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             from analysis.reproduce import reproduce
 
             return reproduce(db, args.reproduce)
+        if args.resample is not None:
+            from analysis.reproduce import resample
+
+            return resample(db, args.resample, args.seeds)
         rows = audit(db, args.sweep)
     print_rows(rows)
     bad = sum(bool(r["problems"]) for r in rows)

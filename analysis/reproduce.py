@@ -1,4 +1,5 @@
-"""Re-execute a stored run from its config and seed, and compare it with what was stored.
+"""Re-execute a stored run from its config and seed, and compare it with what was stored; or
+re-sample a stored run's final weights under other sampler seeds.
 
 Training, sampling and evaluation go through the same core calls as ``ablations/runner.py``
 (checkpointing there draws no random numbers), at the run's recorded thread count.
@@ -6,13 +7,14 @@ Training, sampling and evaluation go through the same core calls as ``ablations/
 from __future__ import annotations
 
 import gridfs
+import numpy as np
 import torch
 
 from analysis.audit import final_weights
 from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import evaluate
+from core.fidelity import sample_and_evaluate
 from core.seeding import dirty_run_code, git_state
 from core.train import train
 
@@ -32,18 +34,23 @@ def refusal(doc: dict) -> str | None:
     return None
 
 
-def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
-    """(final model weights, training-loss curve, result) of a fresh execution of the stored config."""
-    config = Config(**{k: v for k, v in doc["config"].items() if k in Config.__dataclass_fields__})
+def stored_process(doc: dict) -> DiffusionProcess:
+    """A fresh process of the stored run's config, at the run's recorded thread count."""
     threads = doc.get("info", {}).get("environment", {}).get("threads")
     if threads:
         torch.set_num_threads(threads)
-    process = DiffusionProcess.from_config(config)
-    losses = []
+    return DiffusionProcess.from_config(Config(**{k: v for k, v in doc["config"].items()
+                                                  if k in Config.__dataclass_fields__}))
+
+
+def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
+    """(final model weights, training-loss curve, result) of a fresh execution of the stored config."""
+    process = stored_process(doc)
+    config, losses = process.config, []
     train(process, as_tensor(mnist(train=True)),
           log=lambda name, value, step: losses.append(float(value)) if name == "train.loss" else None)
-    samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=config.seed)
-    return process.model.state_dict(), losses, evaluate(samples, reference="test")
+    _, metrics = sample_and_evaluate(process, config.seed)
+    return process.model.state_dict(), losses, metrics
 
 
 def largest_difference(a: dict, b: dict) -> float:
@@ -76,4 +83,38 @@ def reproduce(db, run_id: int, log=print) -> int:
         log(f"  {name:<14} {'bitwise equal' if equal else f'DIFFERS (largest difference {diff:.3g})'}")
     ok = all(equal for equal, _ in checks.values())
     log(f"run {run_id} {'REPRODUCES bit for bit' if ok else 'does NOT reproduce'}")
+    return 0 if ok else 1
+
+
+def resample(db, run_id: int, seeds: list[int], log=print) -> int:
+    """Score a stored run's final weights under other sampler seeds: how much of its FID is sampling noise.
+
+    Nothing is trained, so any checkout may do it; with the run's own seed the metrics must equal the
+    stored ones, which checks that this checkout samples as the run's did.
+
+    :return: exit code, 0 when the run's own seed (if among ``seeds``) gives the stored FID, 1 when not, 2
+        when the run cannot be re-sampled.
+    """
+    doc = db.runs.find_one({"_id": run_id})
+    if doc is None or doc.get("status") != "COMPLETED":
+        log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs resample")
+        return 2
+    process, stored = stored_process(doc), final_weights(gridfs.GridFS(db), doc)
+    process.model.load_state_dict(stored["model"])
+    if process.ema_model is not None:
+        process.ema_model.load_state_dict(stored["ema"])
+    config, fids, ok = process.config, [], True
+    log(f"run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {config.seed}): {config.n_samples} "
+        f"{config.sampler} samples per sampler seed")
+    for seed in seeds:
+        _, metrics = sample_and_evaluate(process, seed)
+        fids.append(metrics["fid"])
+        note = ""
+        if seed == config.seed:
+            same = metrics["fid"] == doc["result"]["fid"]
+            ok, note = same, "  (the run's own seed: " + ("equal to the stored fid)" if same else
+                                                          f"DIFFERS from the stored {doc['result']['fid']:.6g})")
+        log(f"  sampler seed {seed:>4}  fid {metrics['fid']:9.2f}  recall {metrics['recall']:.3f}{note}")
+    if len(fids) > 1:
+        log(f"  over {len(fids)} sampler seeds: mean fid {np.mean(fids):.1f}, SD {np.std(fids, ddof=1):.1f}")
     return 0 if ok else 1

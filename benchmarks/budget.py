@@ -19,7 +19,7 @@ import torch
 from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import evaluate
+from core.fidelity import sample_and_evaluate
 from core.train import train
 
 
@@ -38,13 +38,10 @@ def run_budget(budget: dict, seed: int, images: torch.Tensor, **overrides) -> di
     process = DiffusionProcess.from_config(config)
     started = time.perf_counter()
     train(process, images)
-    train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=seed)
-    sample_s = time.perf_counter() - started
-    metrics = evaluate(samples, reference="test")
+    wall_s = {"train": time.perf_counter() - started}
+    _, metrics = sample_and_evaluate(process, seed, wall_s)
     return budget | {"seed": seed, "fid": metrics["fid"], "recall": metrics["recall"],
-                     "train_s": train_s, "sample_s": sample_s, "device": str(process.device)}
+                     "train_s": wall_s["train"], "sample_s": wall_s["sample"], "device": str(process.device)}
 
 
 def main(argv: list[str] | None = None) -> None:

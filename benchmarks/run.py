@@ -44,13 +44,12 @@ import torch
 from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import evaluate, real_floor
+from core.fidelity import real_floor, sample_and_evaluate
 from core.train import train
 config = Config(train_steps=20)  # the `small` scale, except for the number of steps
 process = DiffusionProcess.from_config(config)
 train(process, as_tensor(mnist(train=True)))
-samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=0)
-evaluate(samples), real_floor(config.n_samples)
+sample_and_evaluate(process, seed=0), real_floor(config.n_samples)
 from core.seeding import peak_rss_mb
 print(peak_rss_mb())
 """

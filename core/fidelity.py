@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -151,6 +152,24 @@ def evaluate(samples: torch.Tensor, reference: str = "test", n: int | None = Non
                          "valid are float tensors of shape (N, 1, 28, 28) in [-1, 1]")
     real = reference_images(reference, n)
     return compare(to_uint8(samples), real, reference_key=f"mnist-{reference}-{len(real)}")
+
+
+def sample_and_evaluate(process, seed: int, wall_s: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """Draw a trained process's evaluation samples (its config's sampler and N) and score them.
+
+    :param process: a :class:`core.diffusion.DiffusionProcess`.
+    :param seed: seeds the sampler's noise.
+    :param wall_s: when given, receives the seconds spent in the "sample" and "evaluate" phases.
+    :return: (samples (N, 1, 28, 28) in [-1, 1], the metrics of :func:`evaluate` against the test split).
+    """
+    config, wall_s = process.config, {} if wall_s is None else wall_s
+    started = time.perf_counter()
+    samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=seed)
+    wall_s["sample"] = time.perf_counter() - started
+    started = time.perf_counter()
+    metrics = evaluate(samples, reference="test")
+    wall_s["evaluate"] = time.perf_counter() - started
+    return samples, metrics
 
 
 def real_floor(n: int, reference: str = "test") -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis import audit, report, runs, stats
-from analysis.reproduce import refusal, reproduce
+from analysis.reproduce import refusal, reproduce, resample
 from tests.mongo import Server, run_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +149,22 @@ def test_reproduce_passes_and_catches_tampering(stored, capsys):
     assert reproduce(db, 950) == 1
     out = capsys.readouterr().out
     assert "fid            DIFFERS (largest difference 1)" in out and "final weights  bitwise equal" in out
+
+
+def test_resample_gives_the_stored_fid_at_the_runs_own_seed(stored, capsys):
+    server, sweep_id = stored
+    db = server.db()
+    doc = db.runs.find_one({"config.sweep_id": sweep_id, "config.cell": "baseline", "config.seed": 1})
+    assert audit.main(["--mongo-url", server.url, "--resample", str(doc["_id"]), "--seeds", "1,7"]) == 0
+    out = capsys.readouterr().out
+    assert "sampler seed    1" in out and "(the run's own seed: equal to the stored fid)" in out
+    fid_of = {int(seed): float(fid) for seed, fid in re.findall(r"sampler seed +(\d+) +fid +([\d.]+)", out)}
+    assert fid_of[1] == pytest.approx(doc["result"]["fid"], abs=0.01) and fid_of[7] != fid_of[1]
+    assert "over 2 sampler seeds" in out
+    tampered = _copy_run(db, doc, 951)
+    db.runs.update_one({"_id": 951}, {"$set": {"result.fid": tampered["result"]["fid"] + 1.0}})
+    assert resample(db, 951, [1]) == 1 and "DIFFERS from the stored" in capsys.readouterr().out
+    assert resample(db, 12345, [0]) == 2 and "run 12345 is missing" in capsys.readouterr().out
 
 
 def test_reproduce_refuses_another_commit():
