@@ -167,6 +167,12 @@ def test_resample_gives_the_stored_fid_at_the_runs_own_seed(stored, capsys):
     assert resample(db, 12345, [0]) == 2 and "run 12345 is missing" in capsys.readouterr().out
 
 
+def test_resample_refuses_bad_seeds_before_any_work(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        audit.main(["--resample", "1", "--seeds", "0,x"])
+    assert exit_.value.code == 2 and "invalid seeds '0,x'" in capsys.readouterr().err
+
+
 def test_reproduce_refuses_another_commit():
     assert "is not the recorded commit" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": False}}})
     assert "dirty working tree" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": True}}})
