@@ -43,8 +43,8 @@ class Ours:
         self.model = self.process.model
         self.precision = str(self.process.amp_dtype).removeprefix("torch.") if self.process.config.amp else "float32"
 
-    def train_step(self, x0: torch.Tensor) -> None:
-        self.process.train_step(x0)
+    def train_step(self, x0: torch.Tensor, cuda_graph: bool | None = None) -> None:
+        self.process.train_step(x0, cuda_graph)
 
     @torch.inference_mode()
     def denoise_step(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

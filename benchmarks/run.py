@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.contenders import Diffusers, Ours, amp_dtype  # noqa: E402
+from core.diffusion import GRAPH_WARMUP_STEPS  # noqa: E402
 from core.seeding import peak_rss_mb  # noqa: E402
 
 TRAIN_BATCH, STEP_BATCH, N_SAMPLES = 128, 256, 1000
@@ -91,14 +92,18 @@ def time_steps(contenders: dict, device: torch.device, repeats: int) -> dict:
     x0 = torch.rand(TRAIN_BATCH, 1, 28, 28, device=device) * 2 - 1  # (B, C, H, W) in [-1, 1]
     x_t = torch.randn(STEP_BATCH, 1, 28, 28, device=device)
     t = torch.full((STEP_BATCH,), 500, device=device)
-    for c in contenders.values():  # warm-up: allocator, oneDNN primitives, compilation
-        c.train_step(x0), c.denoise_step(x_t, t)
+    for c in contenders.values():  # warm-up: allocator, oneDNN primitives, compilation, our CUDA-graph capture
+        for _ in range(GRAPH_WARMUP_STEPS + 1 if device.type == "cuda" else 1):
+            c.train_step(x0)
+        c.denoise_step(x_t, t)
     times = {name: {"train": [], "denoise": []} for name in contenders}
     for _ in range(repeats):
         for name, c in contenders.items():
             times[name]["train"].append(timed(lambda: c.train_step(x0), device))
             times[name]["denoise"].append(timed(lambda: c.denoise_step(x_t, t), device))
-    flops = {name: {"train": count_flops(lambda: c.train_step(x0)),
+    # The counter sees eager kernels only, not the replay of our CUDA-graphed step: count an eager one.
+    flops = {name: {"train": count_flops(lambda: c.train_step(x0, cuda_graph=False) if isinstance(c, Ours)
+                                         else c.train_step(x0)),
                     "denoise": count_flops(lambda: c.denoise_step(x_t, t))} for name, c in contenders.items()}
     return {name: {kind: {"s": statistics.median(v), "flop": flops[name][kind]} for kind, v in kinds.items()}
             for name, kinds in times.items()}

@@ -19,6 +19,7 @@ Variance = Literal["posterior", "beta"]
 Sampler = Literal["ancestral", "ddim"]
 Device = Literal["auto", "cpu", "cuda"]
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+MIN_SAMPLES = 4  # torch-fidelity's precision/recall take each sample's 3rd nearest neighbour besides itself
 
 
 @dataclass
@@ -108,6 +109,9 @@ def validate(cfg: Config) -> None:
     for name in ("train_steps", "batch_size", "log_every", "sampler_steps", "n_samples"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             _fail(name, getattr(cfg, name), "an integer >= 1")
+    if cfg.n_samples < MIN_SAMPLES:
+        _fail("n_samples", cfg.n_samples, f"an integer >= {MIN_SAMPLES} (precision/recall compare each sample "
+                                          "with its 3 nearest neighbours)")
 
 
 # Named scales (DESIGN.md): the same code runs in seconds in CI, minutes on a CPU, fully on a GPU.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -148,13 +150,31 @@ def as_tensor(dataset: MNIST) -> torch.Tensor:
     return dataset.data.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)  # in place: one 188 MB copy, not three
 
 
+def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of ``range(num_items)`` that epoch ``epoch`` visits, seeded by (seed, epoch)."""
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Indices of training batch ``step``: epoch e is a permutation seeded by (seed, e).
 
     The data position is a function of the step alone, so a resumed run sees the same batches
     as an uninterrupted one without storing any loader state. The last partial batch is dropped.
     """
-    per_epoch = num_items // batch_size
-    epoch, k = divmod(step, per_epoch)
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[k * batch_size:(k + 1) * batch_size]
+    epoch, k = divmod(step, num_items // batch_size)
+    return epoch_order(num_items, seed, epoch)[k * batch_size:(k + 1) * batch_size]
+
+
+def iterate_batches(images: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
+    """Batches ``start, start + 1, ...`` of ``images``, equal to ``images[batch_indices(...)]``.
+
+    Each epoch's order is drawn once and moved to the images' device, so a step on CUDA neither
+    draws a 60,000-long permutation nor waits for a copy from the host.
+    """
+    per_epoch = len(images) // batch_size
+    order_epoch, order = None, None
+    for step in itertools.count(start):
+        epoch, k = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(images), seed, epoch).to(images.device)
+        yield images[order[k * batch_size:(k + 1) * batch_size]]  # (B, C, H, W)

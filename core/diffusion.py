@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from core import ddpm
 from core.config import SAMPLERS, Config, Sampler, choices
-from core.fastpath import CompiledModule, GraphedDenoiser, to_channels_last
+from core.fastpath import CompiledModule, CudaGraphed, side_stream, to_channels_last
 from core.model import DiffusionModel
 from core.schedules import get_betas
 from core.seeding import make_generator, rng_state, seed_everything, set_rng_state
 
 SAMPLE_SEED_OFFSET = 1_000_003  # keeps the sampling stream apart from the training stream
+GRAPH_WARMUP_STEPS = 3  # eager training steps, on a side stream, before a training step is captured
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -98,7 +99,10 @@ class DiffusionProcess:
         if c.channels_last:
             to_channels_last(self.model)
         self.coeffs = ddpm.DDPMCoefficients.from_betas(get_betas(c.schedule, c.noise_steps), self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, **self._adam_options())
+        # Eager steps of a capturable Adam make torch warn that capturable "can impair performance";
+        # the fused kernel ignores the flag (torch.optim.adam._fused_adam), so the warning is moot.
+        self.optimizer._warned_capturable_if_run_uncaptured = True
         self.ema_model = make_ema(self.model, c.ema_decay) if c.ema else None
         # The callables that run the networks: the modules themselves, or their compiled forms.
         self.net = self._fast(self.model)
@@ -110,6 +114,16 @@ class DiffusionProcess:
         self.train_generator = make_generator(c.seed, self.device)
         self.sample_generator = make_generator(c.seed + SAMPLE_SEED_OFFSET, self.device)
         self.step = 0
+        # Replay training and sampler steps as CUDA graphs (core/fastpath.py); with compile=True the
+        # graphs capture inductor's kernels.
+        self.cuda_graphs = cuda
+        self._train_graph: CudaGraphed | None = None
+        self._eager_steps = 0  # eager training steps run so far, the warm-up before a capture
+
+    def _adam_options(self) -> dict:
+        """On CUDA, one fused Adam kernel that reads the GradScaler's state on the device: no host
+        sync per step, and capturable in a CUDA graph. The CPU keeps torch's default Adam."""
+        return dict(fused=True, capturable=True) if self.device.type == "cuda" else {}
 
     def _fast(self, module: torch.nn.Module):
         return CompiledModule(module, self.device) if self.config.compile else module
@@ -123,34 +137,73 @@ class DiffusionProcess:
         """The AMP context of this process (a no-op when ``amp`` is off)."""
         if not self.config.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # CUDA-graph capture forbids autocast's weight cache; each weight is cast once per call anyway.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.device.type != "cuda")
 
-    def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """L_simple (Ho et al. 2020, Eq. 14) on a batch x0 of shape (B, C, H, W) in [-1, 1]."""
+    def draw_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t ~ U{0..T-1} and eps ~ N(0, I) for a batch x0, from the training generator (Ho et al. 2020, Alg. 1)."""
         g = self.train_generator
         t = torch.randint(0, self.config.noise_steps, (x0.shape[0],), generator=g, device=self.device)  # (B,)
         noise = torch.randn(x0.shape, generator=g, device=self.device)  # (B, C, H, W)
+        return t, noise
+
+    def noise_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2 (Ho et al. 2020, Eq. 14)."""
         x_t = ddpm.q_sample(self.coeffs, x0, t, noise)
         with self.autocast():
             predicted = self.net(self._layout(x_t), t)
         return F.mse_loss(predicted.float(), noise)
 
-    def train_step(self, batch) -> float:
-        """One Adam step on a batch: a (B, C, H, W) tensor or a torchvision ``(images, labels)`` pair.
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_simple (Ho et al. 2020, Eq. 14) on a batch x0 of shape (B, C, H, W) in [-1, 1]."""
+        return self.noise_loss(x0, *self.draw_noise(x0))
 
-        :return: the batch's loss before the step.
-        """
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
-        self.model.train()
-        loss = self.loss(x0.to(self.device, non_blocking=True))
+    def _optimize(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The loss, its gradient and one Adam step: the part of a training step a CUDA graph replays."""
         self.optimizer.zero_grad(set_to_none=True)
+        loss = self.noise_loss(x0, t, noise)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        return loss.detach()
+
+    def train_step(self, batch, cuda_graph: bool | None = None) -> float:
+        """One Adam step on a batch: a (B, C, H, W) tensor or a torchvision ``(images, labels)`` pair.
+
+        :param cuda_graph: replay the step as a CUDA graph (default :attr:`cuda_graphs`: on CUDA);
+            see :meth:`train_step_async`.
+        :return: the batch's loss before the step.
+        """
+        return self.train_step_async(batch, cuda_graph).item()
+
+    def train_step_async(self, batch, cuda_graph: bool | None = None) -> torch.Tensor:
+        """:meth:`train_step`, returning the loss as a 0-d tensor without waiting for the device.
+
+        On CUDA the first :data:`GRAPH_WARMUP_STEPS` steps run eagerly on a side stream; the next
+        one is captured as a CUDA graph and every later step of the same batch shape replays it.
+        The noise is drawn outside the graph, from the same generator in the same order, and the
+        replay runs the captured kernels, so the weights equal those of eager training.
+        """
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0 = x0.to(self.device, non_blocking=True)
+        use_graph = self.cuda_graphs if cuda_graph is None else cuda_graph
+        if use_graph and self.device.type != "cuda":
+            raise ValueError("invalid cuda_graph=True: valid only on a CUDA device (this process runs on the CPU)")
+        self.model.train()
+        t, noise = self.draw_noise(x0)
+        graph = self._train_graph
+        if use_graph and graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            graph = self._train_graph = CudaGraphed(self._optimize, (x0, t, noise), warmup=0)
+        if use_graph and graph is not None and graph.fits(x0, t, noise):
+            loss = graph(x0, t, noise)
+        else:
+            with side_stream() if use_graph else contextlib.nullcontext():
+                loss = self._optimize(x0, t, noise)
+            self._eager_steps += 1
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
         self.step += 1
-        return loss.item()
+        return loss
 
     # ---- sampling ----------------------------------------------------------------------------
 
@@ -209,8 +262,8 @@ class DiffusionProcess:
             generator continues. Both samplers draw x_T first from the same generator.
         :param batch_size: images denoised at once (default 256 on the CPU, 2500 on CUDA); the
             draws are taken batch after batch, so the batch size is part of what fixes the samples.
-        :param cuda_graph: replay each step's network call as a CUDA graph (default: on CUDA,
-            unless ``compile`` is on). It changes launch overhead, not the kernels or the draws.
+        :param cuda_graph: replay each step's network call as a CUDA graph (default
+            :attr:`cuda_graphs`). It changes launch overhead, not the kernels or the draws.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"invalid sampler={sampler!r}: valid values are {' or '.join(map(repr, SAMPLERS))}")
@@ -220,7 +273,7 @@ class DiffusionProcess:
         cuda = self.device.type == "cuda"
         if cuda_graph and not cuda:
             raise ValueError("invalid cuda_graph=True: valid only on a CUDA device (this process runs on the CPU)")
-        use_graph = (cuda and not self.config.compile) if cuda_graph is None else cuda_graph
+        use_graph = self.cuda_graphs if cuda_graph is None else cuda_graph
         batch_size = batch_size or (2500 if cuda else 256)
         g = make_generator(seed, self.device) if seed is not None else self.sample_generator
         clip = (sampler == "ddim") if clip_denoised is None else clip_denoised
@@ -233,8 +286,8 @@ class DiffusionProcess:
             n = min(batch_size, num_samples - start)
             x = torch.randn((n, c.channels, c.image_size, c.image_size), generator=g, device=self.device)  # x_T
             if use_graph and graphed is None:
-                graphed = GraphedDenoiser(eps_fn, x)
-            step_fn = graphed if graphed is not None and n == graphed.static_x.shape[0] else eps_fn
+                graphed = CudaGraphed(eps_fn, (x, torch.zeros(n, dtype=torch.long, device=self.device)))
+            step_fn = graphed if graphed is not None and graphed.static_inputs[0].shape == x.shape else eps_fn
             if sampler == "ancestral":
                 x = self._ancestral(step_fn, x, g, clip, progress)
             else:
@@ -270,6 +323,9 @@ class DiffusionProcess:
         if self.ema_model is not None:
             self.ema_model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from another device keeps this one's Adam
+            group.update(self._adam_options())
+        self._train_graph, self._eager_steps = None, 0  # the graph holds the replaced optimiser state
         self.scaler.load_state_dict(state["scaler"])
         self.train_generator.set_state(state["train_generator"])
         self.sample_generator.set_state(state["sample_generator"])

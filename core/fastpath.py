@@ -1,4 +1,4 @@
-"""Speed-only paths: channels_last memory, torch.compile with a stated fallback, CUDA-graph sampling.
+"""Speed-only paths: channels_last memory, torch.compile with a stated fallback, CUDA graphs.
 
 None of these changes what is computed, only how: the tests check fp32 outputs against the plain
 eager NCHW path (bitwise where the kernels allow, else to float rounding) and bf16 within its
@@ -10,6 +10,7 @@ reuse the cache. Point the variable at a persistent folder to keep it across reb
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import warnings
@@ -64,31 +65,49 @@ class CompiledModule:
             return self.module(*args)
 
 
-class GraphedDenoiser:
-    """One eps(x_t, t) call captured as a CUDA graph and replayed for every sampler step.
+class CudaGraphed:
+    """``fn(*inputs)`` captured once as a CUDA graph, then replayed on copies of new inputs.
 
-    A sampler step is a few hundred small kernels at batch sizes where launch overhead dominates; a
-    replay launches them as one. Only full batches of the captured shape are replayed.
+    A sampler step or a training step of this model is hundreds of small kernels, and at these
+    batch sizes launching them costs more than running them; a replay launches them all at once.
+    The replay runs the very kernels that were captured, so results equal eager execution.
 
-    :param eps: the function to capture, ``eps(x, t) -> (B, C, H, W)`` float.
-    :param example: an (B, C, H, W) tensor on the CUDA device giving the captured shape.
+    :param fn: the function to capture; it takes and returns tensors on one CUDA device.
+    :param examples: example inputs giving the captured shapes (their values do not matter).
+    :param warmup: calls of ``fn`` on the examples before the capture, on a side stream, as capture
+        requires. Pass 0 when the caller has already run ``fn`` eagerly on a side stream (a training
+        step cannot be called for nothing: each call moves the weights).
     """
 
-    def __init__(self, eps: Callable, example: torch.Tensor):
-        self.static_x = example.clone()
-        self.static_t = torch.zeros(example.shape[0], dtype=torch.long, device=example.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
-            for _ in range(2):
-                eps(self.static_x, self.static_t)
-        torch.cuda.current_stream().wait_stream(side)
+    def __init__(self, fn: Callable, examples: tuple[torch.Tensor, ...], warmup: int = 2):
+        self.static_inputs = tuple(x.clone() for x in examples)
+        with side_stream():
+            for _ in range(warmup):
+                fn(*self.static_inputs)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_eps = eps(self.static_x, self.static_t)
+            self.static_output = fn(*self.static_inputs)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.static_x.copy_(x)
-        self.static_t.copy_(t)
+    def fits(self, *inputs: torch.Tensor) -> bool:
+        """Whether ``inputs`` have the captured shapes (only those can be replayed)."""
+        return all(x.shape == s.shape for x, s in zip(inputs, self.static_inputs, strict=True))
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for static, x in zip(self.static_inputs, inputs, strict=True):
+            static.copy_(x)
         self.graph.replay()
-        return self.static_eps.clone()
+        return self.static_output.clone()  # the next replay overwrites static_output
+
+
+@contextlib.contextmanager
+def side_stream():
+    """Run the block on a fresh CUDA stream, ordered after and before the current stream's work.
+
+    CUDA-graph capture needs the lazy set-up of a function (cuBLAS handles, autograd's streams,
+    the optimiser's state) to have happened on a stream other than the one it captures on.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream().wait_stream(side)

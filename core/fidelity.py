@@ -20,6 +20,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from core.classifier import WEIGHTS_PATH, expected_sha256, load_classifier
+from core.config import MIN_SAMPLES
 from core.data import REPO_ROOT, mnist
 
 EXTRACTOR = "mnist-classifier"
@@ -107,8 +108,8 @@ def kid_subset_size(n: int) -> int:
 def compare(images: torch.Tensor, reference: torch.Tensor, reference_key: str | None = None) -> dict:
     """Metrics of uint8 ``images`` against uint8 ``reference``; ``reference_key`` names a cacheable reference."""
     n = min(len(images), len(reference))
-    if n < 2:
-        raise ValueError(f"invalid number of samples {len(images)}: at least 2 are needed")
+    if n < MIN_SAMPLES:
+        raise ValueError(f"invalid number of samples {n}: at least {MIN_SAMPLES} are needed")
     cache = reference_key is not None
     metrics = torch_fidelity.calculate_metrics(
         input1=_Images(images), input2=_Images(reference), feature_extractor=EXTRACTOR,

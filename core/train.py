@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from core.checkpoint import save_checkpoint
 from core.config import SCALES, Config
-from core.data import as_tensor, batch_indices, mnist
+from core.data import as_tensor, iterate_batches, mnist
 from core.diffusion import DiffusionProcess
 
 LogFn = Callable[[str, float, int], None]
@@ -28,7 +28,8 @@ def train(process: DiffusionProcess, images: torch.Tensor, log: LogFn | None = N
           window: list[float] | None = None, progress: bool = False) -> None:
     """Train ``process`` from its current step up to ``config.train_steps``.
 
-    :param images: (N, C, H, W) training images in [-1, 1]; batches come from :func:`batch_indices`.
+    :param images: (N, C, H, W) training images in [-1, 1]; batches come from :func:`iterate_batches`
+        (on CUDA the images are copied to the GPU once).
     :param log: callback receiving ``("train.loss", value, step)`` every ``log_every`` steps (the mean
         over those steps) and ``("train.images_per_s", value, step)``.
     :param checkpoint: called with the current loss window every ``checkpoint_every`` steps; the
@@ -37,18 +38,26 @@ def train(process: DiffusionProcess, images: torch.Tensor, log: LogFn | None = N
     """
     c = process.config
     window = [] if window is None else window
+    pending: list[torch.Tensor] = []  # 0-d losses not yet read back: the device runs ahead until a log
+    if process.device.type == "cuda":
+        images = images.to(process.device)
+    batches = iterate_batches(images, c.batch_size, c.seed, start=process.step)
     started = time.perf_counter()
-    for step in tqdm(range(process.step, c.train_steps), initial=process.step, total=c.train_steps,
-                     disable=not progress, desc="train"):
-        batch = images[batch_indices(len(images), c.batch_size, step, c.seed)]  # (B, C, H, W)
-        window.append(process.train_step(batch))
-        if process.step % c.log_every == 0 or process.step == c.train_steps:
+    for _ in tqdm(range(process.step, c.train_steps), initial=process.step, total=c.train_steps,
+                  disable=not progress, desc="train"):
+        pending.append(process.train_step_async(next(batches)))  # (B, C, H, W) batch in
+        logging = process.step % c.log_every == 0 or process.step == c.train_steps
+        saving = checkpoint is not None and checkpoint_every and process.step % checkpoint_every == 0
+        if logging or saving:
+            window.extend(torch.stack(pending).tolist())  # the floats .item() would give, in one sync
+            pending.clear()
+        if logging:
             if log is not None:
                 log("train.loss", sum(window) / len(window), process.step)
                 log("train.images_per_s", len(window) * c.batch_size / (time.perf_counter() - started), process.step)
             window.clear()
             started = time.perf_counter()
-        if checkpoint is not None and checkpoint_every and process.step % checkpoint_every == 0:
+        if saving:
             checkpoint(window)
 
 

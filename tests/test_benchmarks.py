@@ -1,7 +1,10 @@
 """The benchmark's contenders are what it says they are: a matched size, the same task, seeded."""
+import json
+
 import pytest
 import torch
 
+from benchmarks import paper, variants
 from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, main
@@ -38,3 +41,24 @@ def test_bad_arguments_are_refused_before_work():
     with pytest.raises(ValueError, match="invalid budget '400x64': valid budgets look like STEPSxBATCH@LR"):
         parse_budget("400x64")
     assert set(TARGETS) >= {"train_speedup_vs_diffusers", "sample_speedup_vs_diffusers"}
+
+
+def test_paper_benchmark_refuses_a_budget_beyond_paper_before_work(capsys):
+    with pytest.raises(SystemExit):
+        paper.main(["--train-steps", "50000"])
+    assert "invalid --train-steps=50000: valid values are 1 to the `paper` budget, 46900" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper.main(["--samples", "3"])
+    assert "invalid n_samples=3: valid values are an integer >= 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        variants.main(["--variants", "default,fp8"])
+    assert "invalid --variants fp8: valid values are default, nchw" in capsys.readouterr().err
+
+
+def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
+    out = tmp_path / "paper.json"
+    paper.main(["--train-steps", "2", "--samples", "4", "--out", str(out)])
+    row = json.loads(out.read_text())
+    assert row["paper_s"]["train"] == pytest.approx(row["measured_s"]["train"] * 46_900 / 2)
+    assert row["paper_s"]["sample"] == pytest.approx(row["measured_s"]["sample"] * 10_000 / 4)
+    assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0

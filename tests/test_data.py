@@ -67,6 +67,13 @@ def test_batch_indices_are_a_function_of_the_step():
     assert not torch.equal(a, data.batch_indices(100, 32, 5, seed=1))
 
 
+def test_iterate_batches_gives_the_batches_of_batch_indices_across_epochs():
+    images = torch.arange(100.0).reshape(100, 1, 1, 1)  # image i holds the value i
+    batches = data.iterate_batches(images, 32, seed=4, start=2)  # 3 batches per epoch: crosses two epochs
+    for step in range(2, 9):
+        assert torch.equal(next(batches).flatten().long(), data.batch_indices(100, 32, step, seed=4))
+
+
 def test_seed_usage_example_runs_as_written():
     """The seed's example, verbatim on the CPU: two training batches, 64 samples by 1000 ancestral steps."""
     out = subprocess.run([sys.executable, "examples/seed_usage.py"], capture_output=True, text=True)

@@ -83,6 +83,7 @@ def test_same_config_and_seed_store_identical_metrics(server, env, reference):
     ("dropout=1.5", "invalid dropout=1.5"),
     ("sampler=fast", "invalid sampler='fast': valid values are 'ancestral' or 'ddim'"),
     ("checkpoint_every=7", "invalid checkpoint_every=7"),
+    ("n_samples=3", "invalid n_samples=3: valid values are an integer >= 4"),  # precision/recall's k-NN
     ("atention=False", "atention"),  # a misspelt toggle: Sacred refuses unknown keys
 ])
 def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):

@@ -65,8 +65,12 @@ def test_compiled_forward_matches_eager():
 
 
 def test_cuda_graph_option_refused_on_cpu():
+    process = DiffusionProcess(device="cpu", noise_steps=20)
     with pytest.raises(ValueError, match="cuda_graph=True: valid only on a CUDA device"):
-        DiffusionProcess(device="cpu", noise_steps=20).sample(2, cuda_graph=True)
+        process.sample(2, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True: valid only on a CUDA device"):
+        process.train_step(BATCH, cuda_graph=True)
+    assert process.step == 0  # refused before any work
 
 
 @cuda
@@ -87,6 +91,22 @@ def test_cuda_graph_sampling_is_bitwise_equal_to_eager(sampler):
     graphed = process.sample(32, sampler=sampler, steps=steps, seed=3, batch_size=16, cuda_graph=True)
     eager = process.sample(32, sampler=sampler, steps=steps, seed=3, batch_size=16, cuda_graph=False)
     assert torch.equal(graphed, eager)
+
+
+@cuda
+def test_cuda_graph_training_is_bitwise_equal_to_eager():
+    """fp16 AMP with its GradScaler, fused Adam and EMA, replayed from one captured step."""
+    eager, graphed = (DiffusionProcess(device="cuda", seed=0, ema=True) for _ in range(2))
+    shapes = [16] * 6 + [8] + [16] * 3  # a batch of another shape runs eagerly between replays
+    batches = [BATCH[:n] * (1 - k / 20) for k, n in enumerate(shapes)]
+    eager_losses = [eager.train_step(b, cuda_graph=False) for b in batches]
+    graphed_losses = [graphed.train_step(b) for b in batches]
+    assert graphed._train_graph is not None and eager._train_graph is None
+    assert graphed_losses == eager_losses
+    for a, b in ((eager.model, graphed.model), (eager.ema_model, graphed.ema_model)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert eager.scaler.get_scale() == graphed.scaler.get_scale()
+    assert torch.equal(eager.sample(8, sampler="ddim", steps=5, seed=1), graphed.sample(8, sampler="ddim", steps=5, seed=1))
 
 
 @cuda
