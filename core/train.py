@@ -7,6 +7,8 @@ scale and writes a PNG grid of samples.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -42,23 +44,73 @@ def train(process: DiffusionProcess, images: torch.Tensor, log: LogFn | None = N
     if process.device.type == "cuda":
         images = images.to(process.device)
     batches = iterate_batches(images, c.batch_size, c.seed, start=process.step)
+
+    def read_back() -> None:  # the floats .item() would give, with one sync for all of them
+        window.extend(torch.stack(pending).tolist() if pending else [])
+        pending.clear()
+
     started = time.perf_counter()
-    for _ in tqdm(range(process.step, c.train_steps), initial=process.step, total=c.train_steps,
-                  disable=not progress, desc="train"):
-        pending.append(process.train_step_async(next(batches)))  # (B, C, H, W) batch in
-        logging = process.step % c.log_every == 0 or process.step == c.train_steps
-        saving = checkpoint is not None and checkpoint_every and process.step % checkpoint_every == 0
-        if logging or saving:
-            window.extend(torch.stack(pending).tolist())  # the floats .item() would give, in one sync
-            pending.clear()
-        if logging:
-            if log is not None:
-                log("train.loss", sum(window) / len(window), process.step)
-                log("train.images_per_s", len(window) * c.batch_size / (time.perf_counter() - started), process.step)
-            window.clear()
-            started = time.perf_counter()
-        if saving:
-            checkpoint(window)
+    try:
+        with StepBoundarySignals() as signals:
+            for _ in tqdm(range(process.step, c.train_steps), initial=process.step, total=c.train_steps,
+                          disable=not progress, desc="train"):
+                pending.append(process.train_step_async(next(batches)))  # (B, C, H, W) batch in
+                logging = process.step % c.log_every == 0 or process.step == c.train_steps
+                saving = checkpoint is not None and checkpoint_every and process.step % checkpoint_every == 0
+                if logging or saving:
+                    read_back()
+                if logging:
+                    if log is not None:
+                        log("train.loss", sum(window) / len(window), process.step)
+                        log("train.images_per_s", len(window) * c.batch_size / (time.perf_counter() - started),
+                            process.step)
+                    window.clear()
+                    started = time.perf_counter()
+                if saving:
+                    checkpoint(window)
+                signals.check()  # a held Ctrl-C or SIGTERM is raised here, between two whole steps
+    except BaseException:  # an interrupted caller checkpoints ``window``: it must hold every step's loss
+        read_back()
+        raise
+
+
+class StepBoundarySignals:
+    """While active, SIGINT and SIGTERM wait for :meth:`check`, called between two training steps.
+
+    Raised where they land, they could stop an optimiser step half way (some weights updated,
+    others not, the step count behind), and the checkpoint an interrupted run writes would not
+    resume exactly. :meth:`check` delivers a held signal through the handler installed before
+    (Ctrl-C's ``KeyboardInterrupt``, the experiment's ``Terminated``). Only the main thread can
+    install handlers; elsewhere signals are left alone.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "StepBoundarySignals":
+        self.held: tuple | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._hold) for s in self.SIGNALS}
+        return self
+
+    def _hold(self, signum, frame) -> None:
+        self.held = (signum, frame)
+
+    def check(self) -> None:
+        if self.held is None:
+            return
+        (signum, frame), self.held = self.held, None
+        handler = self.previous[signum]
+        self.__exit__()
+        if callable(handler):
+            handler(signum, frame)
+        else:  # SIG_DFL or SIG_IGN: what would have happened without us
+            signal.raise_signal(signum)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,7 +160,7 @@ def test_sigkill_then_resume_equals_uninterrupted(server, env, reference, tmp_pa
                                                   final_weights(db, reference).values()))
 
 
-def test_sigterm_checkpoints_and_leaves_the_run_interrupted(server, env):
+def test_sigterm_checkpoints_leaves_the_run_interrupted_and_resumes_exactly(server, env, reference):
     proc = experiment(LONGER, env, background=True)
     lines = []
     wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
@@ -171,6 +171,12 @@ def test_sigterm_checkpoints_and_leaves_the_run_interrupted(server, env):
     assert proc.returncode != 0 and "Interrupted at step" in output
     assert server.db().runs.find_one({"_id": rid})["status"] == "INTERRUPTED"
     assert (Path(env["ABLATIONS_HOME"]) / "journal" / "ablations" / str(rid) / "checkpoint.pt").exists()
+    # The final checkpoint holds the losses of the steps since the last log point, so the resumed
+    # run logs the same loss means as an uninterrupted one.
+    resumed = experiment(["with", f"resume={rid}"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    db = server.db()
+    assert deterministic(metrics_of(db, run_id(resumed.stderr))) == deterministic(metrics_of(db, reference))
 
 
 def test_four_concurrent_runs_lose_no_metric_point(server, env):
