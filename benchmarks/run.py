@@ -184,7 +184,7 @@ def print_table(device: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and contenders; about 8 min on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and contenders; 6-9 min on 2 cores")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
     parser.add_argument("--rss-only", action="store_true", help="only re-measure the small-run peak RSS in --out")
