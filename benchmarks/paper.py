@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -54,10 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="the `paper` config with compile=True")
     parser.add_argument("--out", type=Path, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
-    for name in ("train_steps", "samples"):
-        if not 1 <= getattr(args, name) <= getattr(PAPER, {"samples": "n_samples"}.get(name, name)):
-            parser.error(f"invalid --{name.replace('_', '-')}={getattr(args, name)}: valid values are 1 to the "
-                         f"`paper` budget, {PAPER.train_steps if name == 'train_steps' else PAPER.n_samples}")
+    for flag, value, budget in (("--train-steps", args.train_steps, PAPER.train_steps),
+                                ("--samples", args.samples, PAPER.n_samples)):
+        if not 1 <= value <= budget:
+            parser.error(f"invalid {flag}={value}: valid values are 1 to the `paper` budget, {budget}")
     try:
         config = PAPER.replace(compile=args.compile, n_samples=args.samples)
     except ValueError as error:

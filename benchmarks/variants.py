@@ -3,7 +3,7 @@
     python benchmarks/variants.py [--variants default,nchw,fp32,compile] [--steps 300] [--out FILE]
 
 For each variant of the `paper` config it times, with CUDA graphs on (the compiled variants too:
-the graph captures inductor's kernels), the median-free mean of ``--steps`` training steps after
+the graph captures inductor's kernels), the mean of ``--steps`` training steps after
 warm-up and capture, and one network evaluation at the sampler's batch of 2,500 (a DDIM-100 call,
 whose steps cost what an ancestral step costs). The projection is 46,900 training steps plus
 1000 evaluations for each of the 4 batches of 10,000 samples; scoring (about 7 s) is left out.

@@ -100,9 +100,9 @@ class DiffusionProcess:
             to_channels_last(self.model)
         self.coeffs = ddpm.DDPMCoefficients.from_betas(get_betas(c.schedule, c.noise_steps), self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, **self._adam_options())
-        # Eager steps of a capturable Adam make torch warn that capturable "can impair performance";
-        # the fused kernel ignores the flag (torch.optim.adam._fused_adam), so the warning is moot.
-        self.optimizer._warned_capturable_if_run_uncaptured = True
+        if self.device.type == "cuda":  # eager steps of a capturable Adam make torch warn that it
+            # "can impair performance"; the fused kernel ignores the flag (torch.optim.adam._fused_adam).
+            self.optimizer._warned_capturable_if_run_uncaptured = True
         self.ema_model = make_ema(self.model, c.ema_decay) if c.ema else None
         # The callables that run the networks: the modules themselves, or their compiled forms.
         self.net = self._fast(self.model)

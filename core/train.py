@@ -46,8 +46,9 @@ def train(process: DiffusionProcess, images: torch.Tensor, log: LogFn | None = N
     batches = iterate_batches(images, c.batch_size, c.seed, start=process.step)
 
     def read_back() -> None:  # the floats .item() would give, with one sync for all of them
-        window.extend(torch.stack(pending).tolist() if pending else [])
-        pending.clear()
+        if pending:
+            window.extend(torch.stack(pending).tolist())
+            pending.clear()
 
     started = time.perf_counter()
     try:
