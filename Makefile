@@ -2,19 +2,26 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall whenever the dependency declaration changes.
+# Reinstall whenever the dependency declaration or the lock changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install data clean
+.PHONY: demo test install lock data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e . 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import core, torch, torchvision" && touch $(STAMP)
+# The exact versions of requirements.lock, then this package itself (editable, so the CLIs run by path).
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import core, ablations, analysis, torch, torchvision" && touch $(STAMP)
 
 install: $(STAMP)
+
+# Pin what is installed now (after changing pyproject.toml's ranges and installing them).
+lock: install
+	{ sed -n '1,2p' requirements.lock; $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 
 data: install
 	$(BIN)/python -c "from core.data import provision; print('MNIST under', provision())"

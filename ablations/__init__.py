@@ -1,4 +1,4 @@
-"""Experiments: the Sacred run, the run store and the sweeps (see ../shared/DESIGN.md)."""
+"""Experiments: the Sacred run, its record, the run store and the sweeps (README: Layout)."""
 import warnings
 
 # Sacred 0.8.7 imports pkg_resources, which setuptools (pinned <81 for it) marks deprecated.

@@ -2,8 +2,8 @@
 
 A cell is a set of flipped toggles ("baseline" flips none). One-factor-at-a-time (``ofat``) is
 the baseline plus each toggle flipped alone; ``full`` is every combination. A cell x seed is
-identified by :func:`config_hash` of its full :class:`core.config.Config`, so a sweep can tell
-what is already stored whatever command produced it.
+identified by :func:`ablations.record.config_hash` of its full :class:`core.config.Config`, so a
+sweep can tell what is already stored whatever command produced it.
 """
 from __future__ import annotations
 
@@ -13,16 +13,10 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
+from ablations.record import TOGGLES, config_hash
 from core.config import SCALES, Config
 
-# Each toggle and its flipped (ablation) value; the baseline is Config's default, the seed's choice.
-TOGGLES: dict[str, object] = {"attention": False, "ema": True, "dropout": 0.1, "schedule": "linear", "amp": False}
 PLANS = ("ofat", "full")
-
-
-def config_hash(config: Config) -> str:
-    """Identity of a configuration x seed: every Config field, canonically serialised."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_updates(words: list[str]) -> tuple[list[str], dict]:
@@ -83,12 +77,11 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
     base = {}
     for name in named:
         base.update(SCALES[name])
-    config_fields = Config.__dataclass_fields__
-    base.update({k: v for k, v in updates.items() if k in config_fields})
+    base.update(updates)
     cells = []
     for name, overrides in cells_of(plan, only):
         for seed in seeds:
-            config = Config(**(base | overrides | {"seed": seed}))
+            config = Config.from_mapping(base | overrides | {"seed": seed})
             cells.append(Cell(name, seed, overrides, config))
     return cells
 

@@ -12,21 +12,19 @@ choices) plus the run options below; invalid values fail before any run is store
 """
 from __future__ import annotations
 
+import json
 import signal
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python ablations/run.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import ablations  # noqa: F401  (first: it silences Sacred's pkg_resources warning)
+from sacred import Experiment
+from sacred.observers import MongoObserver
+from sacred.utils import SacredInterrupt
 
-import ablations  # noqa: E402,F401  (silences Sacred's pkg_resources warning)
-from sacred import Experiment  # noqa: E402
-from sacred.observers import MongoObserver  # noqa: E402
-from sacred.utils import SacredInterrupt  # noqa: E402
-
-from ablations import store  # noqa: E402
-from ablations.runner import CHECKPOINT, config_of, execute  # noqa: E402
-from core.config import SCALES, Config  # noqa: E402
+from ablations import store
+from ablations.record import CHECKPOINT
+from ablations.runner import execute
+from core.config import SCALES, Config
 
 RUN_OPTIONS = {
     "scale": "small",  # which named scale the training and evaluation budget came from
@@ -60,8 +58,6 @@ def _check_run_options(config: dict) -> None:
 
 def _resumed_config(run_id) -> dict:
     """The stored config of run ``run_id`` and its checkpoint, from the local journal."""
-    import json
-
     target = TARGET or store.resolve()
     run_dir = next((d / str(run_id) for d in (target.journal_dir(), target.journal_dir(online=False))
                     if (d / str(run_id) / "config.json").exists()), None)
@@ -78,7 +74,7 @@ def validate(config, command_name, logger):
     """Runs before the run exists: a bad value is refused before anything is stored."""
     if config.get("resume") is not None and config.get("resume_checkpoint") is None:
         return _resumed_config(config["resume"])
-    config_of(config)  # raises ValueError naming the field, the value and the valid choices
+    Config.from_mapping(config)  # raises ValueError naming the field, the value and the valid choices
     _check_run_options(config)
     return {}
 

@@ -1,14 +1,13 @@
 """The body of one experiment run: train, evaluate, and record everything an audit needs.
 
 Phases: provenance -> training (with full checkpoints and exact resume) -> sampling -> metrics
--> artifacts. Everything goes through Sacred's ``_run`` (metrics, info, artifacts); the local
-checkpoint lives in the run's journal directory.
+-> artifacts. Everything goes through Sacred's ``_run`` (metrics, info, artifacts), under the
+names of :mod:`ablations.record`; the local checkpoint lives in the run's journal directory.
 """
 from __future__ import annotations
 
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,15 @@ from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
 from torchvision.utils import save_image
 
-from ablations.plan import config_hash
-from core.checkpoint import load_state, save_checkpoint
-from core.classifier import weights_sha256
+from ablations import record
+from core.checkpoint import load_state, save_checkpoint, save_weights
 from core.config import Config
-from core.data import MNIST_SHA256, as_tensor, mnist
+from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import real_floor, sample_and_evaluate, to_uint8
-from core.model import parameter_breakdown
-from core.seeding import git_state, peak_rss_mb, run_environment
+from core.evaluation import sample_and_evaluate
+from core.fidelity import real_floor, to_uint8
+from core.provenance import peak_rss_mb
 from core.train import train
-
-CHECKPOINT = "checkpoint.pt"
-RESULT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
 
 
 def journal_dir(_run) -> Path:
@@ -38,11 +33,6 @@ def journal_dir(_run) -> Path:
         if isinstance(observer, FileStorageObserver) and observer.dir:
             return Path(observer.dir)
     return Path(tempfile.mkdtemp(prefix="unobserved-run-"))
-
-
-def config_of(_config: dict) -> Config:
-    fields = Config.__dataclass_fields__
-    return Config(**{k: v for k, v in _config.items() if k in fields})
 
 
 class Recorder:
@@ -58,32 +48,18 @@ class Recorder:
         self.history.append((name, float(value), int(step)))
 
 
-def provenance(config: Config, process: DiffusionProcess, resumed_from) -> dict:
-    return {
-        "run_uuid": uuid.uuid4().hex,
-        "config_hash": config_hash(config),  # of the requested config ("auto" device), as sweeps plan it
-        "resumed_from": resumed_from,
-        "param_count": parameter_breakdown(process.model)["total"],
-        "mnist_sha256": dict(MNIST_SHA256),
-        "classifier_sha256": weights_sha256(),
-        "git": git_state(),
-        "environment": run_environment(),
-        "wall_time_s": {},
-    }
-
-
 def run_training(_run, process: DiffusionProcess, resume_state: dict | None, checkpoint_every: int) -> None:
     """Train with periodic full checkpoints; on SIGINT/SIGTERM write a final one and re-raise."""
-    path = journal_dir(_run) / CHECKPOINT
+    path = journal_dir(_run) / record.CHECKPOINT
     extra = (resume_state or {}).get("extra", {})
-    record = Recorder(_run, extra.get("history"))
+    recorder = Recorder(_run, extra.get("history"))
     window = list(extra.get("window", []))
 
     def checkpoint(current_window):
-        save_checkpoint(process, path, extra={"history": record.history, "window": list(current_window)})
+        save_checkpoint(process, path, extra={"history": recorder.history, "window": list(current_window)})
 
     try:
-        train(process, as_tensor(mnist(train=True)), log=record, checkpoint=checkpoint,
+        train(process, as_tensor(mnist(train=True)), log=recorder, checkpoint=checkpoint,
               checkpoint_every=checkpoint_every, window=window)
     except (KeyboardInterrupt, SacredInterrupt):
         checkpoint(window)
@@ -92,29 +68,28 @@ def run_training(_run, process: DiffusionProcess, resume_state: dict | None, che
 
 
 def save_artifacts(_run, process: DiffusionProcess, samples: torch.Tensor, out: Path) -> None:
-    grid = out / "samples.png"
+    """The run's artifacts (:data:`ablations.record.ARTIFACTS`): sample grid, samples, final weights."""
+    grid = out / record.SAMPLE_GRID
     save_image(samples[:64].float().cpu() * 0.5 + 0.5, grid, nrow=8)
-    npz = out / "samples.npz"
+    npz = out / record.SAMPLES
     np.savez_compressed(npz, samples=to_uint8(samples).numpy())  # (N, 1, 28, 28) uint8
-    weights = out / "final_weights.pt"
-    torch.save({"config": process.config.to_dict(), "step": process.step, "model": process.model.state_dict(),
-                "ema": process.ema_model.state_dict() if process.ema_model is not None else None}, weights)
+    weights = save_weights(process, out / record.FINAL_WEIGHTS)
     for path in (grid, npz, weights):
         _run.add_artifact(str(path), name=path.name)
 
 
 def execute(_run, _config: dict) -> dict:
     """Train and evaluate one configuration; return the result dict."""
-    config = config_of(_config)
+    config = Config.from_mapping(_config)  # the one Config of this run, passed down whole
     if _config.get("threads"):
         torch.set_num_threads(_config["threads"])
-    process = DiffusionProcess.from_config(config)
+    process = DiffusionProcess(config)
     resume_state = None
     if _config.get("resume") is not None:
         resume_state = load_state(Path(_config["resume_checkpoint"]))
         process.load_state_dict(resume_state)
         print(f"Resuming run {_config['resume']} at step {process.step}")
-    _run.info.update(provenance(config, process, _config.get("resume")))
+    _run.info.update(record.provenance(process.config, process, _config.get("resume")))
     phases = _run.info["wall_time_s"]
 
     started = time.perf_counter()
@@ -122,7 +97,7 @@ def execute(_run, _config: dict) -> dict:
     phases["train"] = time.perf_counter() - started
 
     samples, metrics = sample_and_evaluate(process, config.seed, phases)
-    for key in RESULT_KEYS:
+    for key in record.RESULT_KEYS:
         _run.log_scalar(f"eval.{key}", metrics[key], config.train_steps)
     _run.info["class_histogram"] = metrics["class_histogram"]
     _run.info["fid_floor"] = real_floor(config.n_samples)  # real vs real at the same N
@@ -130,4 +105,4 @@ def execute(_run, _config: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         save_artifacts(_run, process, samples, Path(tmp))
     _run.info["peak_rss_mb"] = peak_rss_mb()
-    return {key: metrics[key] for key in RESULT_KEYS}
+    return {key: metrics[key] for key in record.RESULT_KEYS}

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import pymongo
 
+from ablations import sync
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "mongodb://127.0.0.1:27017"
 DEFAULT_DB = "ablations"
@@ -87,6 +89,21 @@ def resolve(mongo_arg: str | None = None) -> Target:
         url, db_name = parse(value)
         return Target(url, db_name, explicit=True)
     return Target(DEFAULT_URL, DEFAULT_DB, explicit=False)
+
+
+def journal_runs(target: Target) -> list[Path]:
+    """Journal run directories of ``target``: online ones (named by database id), then offline ones."""
+    dirs = []
+    for base in (target.journal_dir(online=True), target.journal_dir(online=False)):
+        if base.is_dir():
+            dirs += sorted((d for d in base.iterdir() if (d / "run.json").exists()), key=lambda d: d.name)
+    return dirs
+
+
+def sync_journal(target: Target, log=print) -> bool:
+    """Upload every journaled run of ``target`` into its database; True when none failed."""
+    with target.client() as client:
+        return sync.sync_all(client[target.db_name], journal_runs(target), log)
 
 
 def ping(target: Target, timeout_ms: int = 2000) -> bool:
@@ -230,10 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stop":
         stop_embedded()
     else:
-        from ablations.sync import sync_all
-
         ensure_server(target)
-        return 0 if sync_all(target) else 1
+        return 0 if sync_journal(target) else 1
     return 0
 
 

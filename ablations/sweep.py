@@ -24,15 +24,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pymongo
+from tqdm.auto import tqdm
 
-import pymongo  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from ablations import plan as plans  # noqa: E402
-from ablations import store  # noqa: E402
-from ablations.runner import config_of  # noqa: E402
+from ablations import plan as plans
+from ablations import store
+from ablations.record import CHECKPOINT, config_hash
+from core.config import Config
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
@@ -90,11 +88,11 @@ def _resumable(key: str, target: store.Target) -> int | None:
     learns the config hash only at the first heartbeat, which a killed run may never reach)."""
     base = target.journal_dir()
     for run_dir in sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name)):
-        if not (run_dir / "checkpoint.pt").exists() or not (run_dir / "config.json").exists():
+        if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
             continue
         stored = json.loads((run_dir / "config.json").read_text())
         status = json.loads((run_dir / "run.json").read_text()).get("status")
-        if status != "COMPLETED" and plans.config_hash(config_of(stored)) == key:
+        if status != "COMPLETED" and config_hash(Config.from_mapping(stored)) == key:
             return int(run_dir.name)
     return None
 

@@ -5,7 +5,8 @@ info.json, metrics.json, cout.txt and the artifacts). Syncing one rebuilds the d
 MongoObserver would have written for a healthy run: the run document, one metrics document per
 metric, and the artifacts in GridFS. A run is matched to its database document by
 ``info.run_uuid``; a document already equal to the journal is left alone, so syncing twice
-changes nothing and never duplicates.
+changes nothing and never duplicates. Which journal belongs to which database is the store's
+business (:func:`ablations.store.journal_runs`); this module only moves runs into a database.
 """
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ from pathlib import Path
 import gridfs
 import pymongo
 
-from ablations.store import Target
+from ablations.record import STALE_AFTER_S
 
 FINAL = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")
-STALE_AFTER_S = 120  # a RUNNING journal run whose heartbeat is older than this is dead: sync it as it is
 
 
 def _read_json(path: Path, default):
@@ -31,15 +31,6 @@ def _read_json(path: Path, default):
 
 def _time(value):
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-
-
-def journal_runs(target: Target) -> list[Path]:
-    """Journal run directories of ``target``: online ones (named by database id), then offline ones."""
-    dirs = []
-    for base in (target.journal_dir(online=True), target.journal_dir(online=False)):
-        if base.is_dir():
-            dirs += sorted((d for d in base.iterdir() if (d / "run.json").exists()), key=lambda d: d.name)
-    return dirs
 
 
 def load(run_dir: Path) -> dict:
@@ -165,16 +156,14 @@ def sync_run(db, run_dir: Path) -> tuple[int | None, str]:
     return run_id, "updated" if doc else "inserted"
 
 
-def sync_all(target: Target, log=print) -> bool:
-    """Sync every journal run of ``target``; print one line per run; True when none failed."""
+def sync_all(db, run_dirs: list[Path], log=print) -> bool:
+    """Sync each journal run directory into ``db``; print one line per run; True when none failed."""
     ok = True
-    with target.client() as client:
-        db = client[target.db_name]
-        for run_dir in journal_runs(target):
-            try:
-                run_id, action = sync_run(db, run_dir)
-                log(f"{run_dir}: {action}" + (f" as run {run_id}" if run_id is not None else ""))
-            except (pymongo.errors.PyMongoError, OSError, ValueError) as exc:
-                ok = False
-                log(f"{run_dir}: FAILED to sync: {type(exc).__name__}: {exc}")
+    for run_dir in run_dirs:
+        try:
+            run_id, action = sync_run(db, run_dir)
+            log(f"{run_dir}: {action}" + (f" as run {run_id}" if run_id is not None else ""))
+        except (pymongo.errors.PyMongoError, OSError, ValueError) as exc:
+            ok = False
+            log(f"{run_dir}: FAILED to sync: {type(exc).__name__}: {exc}")
     return ok

@@ -16,31 +16,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import sys
 from collections import Counter
-from pathlib import Path
 
 import gridfs
-import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ablations.store import resolve  # noqa: E402  (URL resolution only)
-from core.classifier import expected_sha256  # noqa: E402
-from core.data import MNIST_SHA256  # noqa: E402
-from core.seeding import dirty_run_code  # noqa: E402
-
-EXPECTED_METRICS = {"train.loss", "train.images_per_s", "eval.fid", "eval.kid_mean", "eval.kid_std",
-                    "eval.precision", "eval.recall", "eval.f_score", "eval.classifier_score"}
-EXPECTED_ARTIFACTS = {"samples.png", "samples.npz", "final_weights.pt"}
-STALE_AFTER_S = 120  # Omniboard calls a RUNNING run this silent PROBABLY_DEAD
-
-
-def final_weights(fs: gridfs.GridFS, doc: dict) -> dict:
-    file_id = next(a["file_id"] for a in doc.get("artifacts", []) if a["name"] == "final_weights.pt")
-    return torch.load(io.BytesIO(fs.get(file_id).read()), map_location="cpu", weights_only=True)
+from ablations.record import ARTIFACTS, METRICS, STALE_AFTER_S, dirty_run_code, final_weights, non_plain
+from ablations.store import resolve  # URL resolution only
+from core.classifier import expected_sha256
+from core.data import MNIST_SHA256
 
 
 def check_status(doc: dict, now: dt.datetime, superseded: bool) -> list[str]:
@@ -58,9 +42,9 @@ def check_complete(db, fs, doc: dict) -> list[str]:
         return []
     problems = []
     names = {m["name"] for m in db.metrics.find({"run_id": doc["_id"]}, {"name": 1})}
-    if missing := sorted(EXPECTED_METRICS - names):
+    if missing := sorted(set(METRICS) - names):
         problems.append(f"missing metrics {missing}")
-    if missing := sorted(EXPECTED_ARTIFACTS - {a["name"] for a in doc.get("artifacts", [])}):
+    if missing := sorted(set(ARTIFACTS) - {a["name"] for a in doc.get("artifacts", [])}):
         problems.append(f"missing artifacts {missing}")
     else:
         try:
@@ -83,6 +67,8 @@ def check_provenance(doc: dict) -> list[str]:
         problems.append("MNIST hashes differ from the current data")
     if info.get("classifier_sha256") != expected_sha256():
         problems.append("classifier hash differs from the shipped classifier")
+    if pickled := [p for part in ("config", "info", "result") for p in non_plain(doc.get(part), part)]:
+        problems.append(f"values that are not plain JSON at {', '.join(pickled[:3])}")
     return problems
 
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -26,13 +27,19 @@ def _save(fig, path: Path) -> Path:
 
 def metric_by_config(runs: pd.DataFrame, out: Path, metric: str = "fid") -> Path:
     """Mean per config with the same 95% t-interval over seeds as the report's tables, every seed a dot."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    sns.stripplot(data=runs, x="cell", y=metric, hue="seed", ax=ax, alpha=0.6, palette="deep")
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    state = np.random.get_state()
+    np.random.seed(0)  # seaborn jitters the dots with numpy's global generator: fixed, the figure's bytes are too
+    try:
+        sns.stripplot(data=runs, x="cell", y=metric, hue="seed", ax=ax, alpha=0.6, palette="deep")
+    finally:
+        np.random.set_state(state)
     s = summary(runs, metric).set_index("cell").loc[list(dict.fromkeys(runs.cell))]
     ax.errorbar(range(len(s)), s["mean"], yerr=[s["mean"] - s.ci_low, s.ci_high - s["mean"]], fmt="o",
                 color="black", capsize=6)
     ax.set(xlabel="", ylabel=f"{metric.upper()} (lower is better)", title=f"{metric.upper()} per config")
     ax.tick_params(axis="x", rotation=20)
+    ax.legend(title="seed", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")  # beside, not over, the dots
     return _save(fig, out / f"{metric}_by_config.png")
 
 

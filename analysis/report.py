@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import figures, stats  # noqa: E402
-from analysis.runs import curves_table, from_dump, from_mongo, runs_table  # noqa: E402
+from ablations.record import SAMPLE_GRID
+from analysis import figures, stats
+from analysis.runs import curves_table, from_dump, from_mongo, runs_table
 
 METRICS = ("fid", "kid_mean", "precision", "recall")
 
@@ -73,8 +71,8 @@ def make_figures(docs: list[dict], runs: pd.DataFrame, tabs: dict, out: Path) ->
     grids = {}
     for d in docs:
         cell = d.get("config", {}).get("cell") or "custom"
-        if cell not in grids and "samples.png" in d.get("artifact_data", {}):
-            grids[cell] = base64.b64decode(d["artifact_data"]["samples.png"])
+        if cell not in grids and SAMPLE_GRID in d.get("artifact_data", {}):
+            grids[cell] = base64.b64decode(d["artifact_data"][SAMPLE_GRID])
     if grids:
         paths.append(figures.sample_grids(grids, out))
     if "effects" in tabs and tabs["effects"].n.max() > 0:

@@ -10,12 +10,13 @@ import gridfs
 import numpy as np
 import torch
 
-from analysis.audit import final_weights
+from ablations.record import dirty_run_code, final_weights
+from core.checkpoint import restore_weights
 from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import sample_and_evaluate
-from core.seeding import dirty_run_code, git_state
+from core.evaluation import sample_and_evaluate
+from core.provenance import cpu_model, git_state, package_versions
 from core.train import train
 
 COMPARED = ("fid", "kid_mean", "precision", "recall")
@@ -34,13 +35,41 @@ def refusal(doc: dict) -> str | None:
     return None
 
 
+def recorded_versions(doc: dict) -> dict[str, str]:
+    """The package versions a run recorded; older records hold torch's alone (pickled, in the oldest)."""
+    env = doc.get("info", {}).get("environment", {})
+    if "packages" in env:
+        return env["packages"]
+    torch_version = env.get("torch")
+    if isinstance(torch_version, dict):  # a pickled TorchVersion: {"py/newargs": {"py/tuple": ["2.14.1+cu130"]}}
+        torch_version = torch_version.get("py/newargs", {}).get("py/tuple", [None])[0]
+    return {"torch": torch_version.split("+")[0]} if torch_version else {}
+
+
+def environment_differences(doc: dict) -> list[str]:
+    """'WHAT RECORDED in the run, FOUND here' for each package version, and the CPU, that differ from the run's."""
+    recorded = recorded_versions(doc)
+    here = package_versions(tuple(recorded))
+    differences = [f"{name} {version} in the run, {here[name]} here" for name, version in recorded.items()
+                   if here[name] != version]
+    cpu = doc.get("info", {}).get("environment", {}).get("cpu")
+    if cpu and cpu != cpu_model():
+        differences.append(f"CPU {cpu!r} in the run, {cpu_model()!r} here")
+    return differences
+
+
+def warn_about_environment(doc: dict, log) -> None:
+    if differences := environment_differences(doc):
+        log(f"NOTE: this environment differs from the run's ({'; '.join(differences)}): bitwise equality is "
+            "not expected. `make install` installs the versions pinned in requirements.lock.")
+
+
 def stored_process(doc: dict) -> DiffusionProcess:
     """A fresh process of the stored run's config, at the run's recorded thread count."""
     threads = doc.get("info", {}).get("environment", {}).get("threads")
     if threads:
         torch.set_num_threads(threads)
-    return DiffusionProcess.from_config(Config(**{k: v for k, v in doc["config"].items()
-                                                  if k in Config.__dataclass_fields__}))
+    return DiffusionProcess(Config.from_mapping(doc["config"]))
 
 
 def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
@@ -66,6 +95,7 @@ def reproduce(db, run_id: int, log=print) -> int:
     if reason := refusal(doc):
         log(f"REFUSED to reproduce run {run_id}: {reason}")
         return 2
+    warn_about_environment(doc, log)
     log(f"Re-executing run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {doc['config']['seed']}) ...")
     weights, losses, result = re_execute(doc)
     stored_weights = final_weights(gridfs.GridFS(db), doc)["model"]
@@ -99,10 +129,9 @@ def resample(db, run_id: int, seeds: list[int], log=print) -> int:
     if doc is None or doc.get("status") != "COMPLETED":
         log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs resample")
         return 2
-    process, stored = stored_process(doc), final_weights(gridfs.GridFS(db), doc)
-    process.model.load_state_dict(stored["model"])
-    if process.ema_model is not None:
-        process.ema_model.load_state_dict(stored["ema"])
+    warn_about_environment(doc, log)
+    process = stored_process(doc)
+    restore_weights(process, final_weights(gridfs.GridFS(db), doc))
     config, fids, ok = process.config, [], True
     log(f"run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {config.seed}): {config.n_samples} "
         f"{config.sampler} samples per sampler seed")

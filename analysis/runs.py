@@ -18,14 +18,10 @@ import gridfs
 import pandas as pd
 from bson import json_util
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES
+from ablations.store import resolve  # URL resolution only: no Sacred machinery
 
-from ablations.store import resolve  # noqa: E402  (URL resolution only: no Sacred machinery)
-
-TOGGLES = ("attention", "ema", "dropout", "schedule", "amp")
-RESULTS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
-EMBEDDED = ("samples.png",)  # artifacts small enough to travel inside a dump
+EMBEDDED = (SAMPLE_GRID,)  # artifacts small enough to travel inside a dump
 
 
 def from_mongo(url: str | None = None, sweep: str | None = None, status: str | None = None) -> list[dict]:
@@ -83,7 +79,7 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
             "run_id": d["_id"], "status": d.get("status"), "sweep_id": c.get("sweep_id"),
             "cell": c.get("cell") or "custom", "seed": c.get("seed"), "scale": c.get("scale"),
             **{t: c.get(t) for t in TOGGLES},
-            **{k: result.get(k) for k in RESULTS},
+            **{k: result.get(k) for k in RESULT_KEYS},
             "fid_floor": info.get("fid_floor"), "n_samples": c.get("n_samples"), "sampler": c.get("sampler"),
             "sampler_steps": c.get("sampler_steps"), "train_steps": c.get("train_steps"),
             "batch_size": c.get("batch_size"), "peak_rss_mb": info.get("peak_rss_mb"),

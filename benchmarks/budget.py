@@ -19,7 +19,7 @@ import torch
 from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import sample_and_evaluate
+from core.evaluation import sample_and_evaluate
 from core.train import train
 
 
@@ -35,7 +35,7 @@ def parse_budget(text: str) -> dict:
 
 def run_budget(budget: dict, seed: int, images: torch.Tensor, **overrides) -> dict:
     config = Config(**budget, seed=seed, **overrides)
-    process = DiffusionProcess.from_config(config)
+    process = DiffusionProcess(config)
     started = time.perf_counter()
     train(process, images)
     wall_s = {"train": time.perf_counter() - started}

@@ -20,22 +20,19 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # `python benchmarks/paper.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.run import machine, timed  # noqa: E402
-from core.config import SCALES, Config  # noqa: E402
-from core.data import as_tensor, mnist  # noqa: E402
-from core.diffusion import DiffusionProcess  # noqa: E402
-from core.fidelity import sample_and_evaluate  # noqa: E402
-from core.train import train  # noqa: E402
+from benchmarks.run import machine, timed
+from core.config import SCALES, Config
+from core.data import as_tensor, mnist
+from core.diffusion import DiffusionProcess
+from core.evaluation import sample_and_evaluate
+from core.train import train
 
 PAPER = Config(**SCALES["paper"])
 
 
 def time_training(images: torch.Tensor, config: Config, cuda_graphs: bool = True) -> tuple[DiffusionProcess, float]:
     """A process trained for ``config.train_steps`` steps, and the seconds that took (device synced)."""
-    process = DiffusionProcess.from_config(config)
+    process = DiffusionProcess(config)
     process.cuda_graphs = cuda_graphs and process.device.type == "cuda"
     every = 25 * config.log_every
 

@@ -30,12 +30,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.contenders import Diffusers, Ours, amp_dtype  # noqa: E402
-from core.diffusion import GRAPH_WARMUP_STEPS  # noqa: E402
-from core.seeding import peak_rss_mb  # noqa: E402
+from benchmarks.contenders import Diffusers, Ours, amp_dtype
+from core.diffusion import GRAPH_WARMUP_STEPS
+from core.provenance import peak_rss_mb
 
 TRAIN_BATCH, STEP_BATCH, N_SAMPLES = 128, 256, 1000
 TARGETS = {"train_speedup_vs_diffusers": 2.5, "train_speedup_vs_diffusers_same_precision": 1.3,
@@ -45,13 +42,14 @@ import torch
 from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.fidelity import real_floor, sample_and_evaluate
+from core.evaluation import sample_and_evaluate
+from core.fidelity import real_floor
 from core.train import train
 config = Config(train_steps=20)  # the `small` scale, except for the number of steps
-process = DiffusionProcess.from_config(config)
+process = DiffusionProcess(config)
 train(process, as_tensor(mnist(train=True)))
 sample_and_evaluate(process, seed=0), real_floor(config.n_samples)
-from core.seeding import peak_rss_mb
+from core.provenance import peak_rss_mb
 print(peak_rss_mb())
 """
 

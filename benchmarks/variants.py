@@ -18,13 +18,10 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # `python benchmarks/variants.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.paper import PAPER  # noqa: E402
-from benchmarks.run import machine, timed  # noqa: E402
-from core.data import as_tensor, iterate_batches, mnist  # noqa: E402
-from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess  # noqa: E402
+from benchmarks.paper import PAPER
+from benchmarks.run import machine, timed
+from core.data import as_tensor, iterate_batches, mnist
+from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess
 
 VARIANTS = {"default": {}, "nchw": {"channels_last": False}, "fp32": {"amp": False},
             "compile": {"compile": True}, "compile-nchw": {"compile": True, "channels_last": False}}
@@ -32,7 +29,7 @@ SAMPLE_BATCH, SAMPLE_EVALS = 2500, 100
 
 
 def time_variant(fields: dict, images: torch.Tensor, steps: int) -> dict:
-    process = DiffusionProcess.from_config(PAPER.replace(**fields))
+    process = DiffusionProcess(PAPER.replace(**fields))
     process.cuda_graphs = True
     batches = iterate_batches(images, PAPER.batch_size, PAPER.seed)
     for _ in range(GRAPH_WARMUP_STEPS + 2):  # eager warm-up (and compilation), capture, one replay

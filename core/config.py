@@ -1,16 +1,17 @@
 """One typed, validated config: the single source of defaults and of valid choices.
 
 Every other layer (the Sacred experiment, the sweeps, the analysis) reads its
-defaults and its valid values from here. Defaults are the seed's baseline
-(``../shared/seed-model-spec.md``): attention on, no EMA, no dropout, cosine
-schedule, AMP on.
+defaults and its valid values from here, and one Config object travels whole from
+the command line to the network: ``DiffusionProcess(config)`` builds
+``DiffusionModel(config)``. Defaults are the seed design's baseline: attention in
+the bottleneck, no EMA, no dropout, the cosine schedule, AMP on.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Mapping
 
 Schedule = Literal["cosine", "linear"]
 # sigma_t of the ancestral sampler (Ho et al. 2020, Sec. 3.2): "posterior" is
@@ -58,6 +59,13 @@ class Config:
         self.hidden_dims = tuple(self.hidden_dims)
         validate(self)
 
+    @classmethod
+    def from_mapping(cls, mapping: Mapping) -> "Config":
+        """The Config held in a larger mapping (a Sacred config, a stored run's config): its
+        fields are taken, every other key (run options such as ``sweep_id``) is left out."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in mapping.items() if k in names})
+
     def replace(self, **changes) -> "Config":
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
@@ -67,6 +75,17 @@ class Config:
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
         return d
+
+
+def config_or_fields(config: Config | None, fields: dict, owner: str) -> Config:
+    """``owner(config)`` or, as the seed writes it, ``owner(image_size=28, channels=1, ...)``: one of the two."""
+    if config is None:
+        return Config(**fields)
+    if not isinstance(config, Config):
+        raise TypeError(f"{owner} takes a core.config.Config or keyword fields, not {type(config).__name__}")
+    if fields:
+        raise TypeError(f"{owner} takes a Config or keyword fields, not both (got {', '.join(sorted(fields))})")
+    return config
 
 
 def choices(name: str) -> tuple:

@@ -9,7 +9,6 @@ generator held by the process, and :meth:`state_dict` captures them all, so trai
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from core import ddpm
-from core.config import SAMPLERS, Config, Sampler, choices
+from core.config import SAMPLERS, Config, Sampler, choices, config_or_fields
 from core.fastpath import CompiledModule, CudaGraphed, side_stream, to_channels_last
 from core.model import DiffusionModel
 from core.schedules import get_betas
@@ -47,7 +46,8 @@ def ema_decay_at(n: int, decay: float) -> float:
     """EMA decay with warm-up, min(decay, (1 + n) / (10 + n)), n = updates already averaged.
 
     Without a warm-up a 0.999 EMA over a short budget still carries most of the untrained
-    initial weights (see ``../shared/measurements.md``); the same rule is used at every scale.
+    initial weights (0.999^800 = 45% after 800 steps), and the EMA toggle would measure that
+    rather than averaging; the same rule is used at every scale.
     """
     return min(decay, (1 + n) / (10 + n))
 
@@ -64,37 +64,29 @@ def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
 class DiffusionProcess:
     """The DDPM process of the seed: model, schedule, optimiser, AMP, EMA and samplers.
 
-    Constructing one calls :func:`core.seeding.seed_everything` with ``seed``, so the same
-    arguments give the same initial weights and the same training and sampling draws.
+    ``DiffusionProcess(config)``, nanoGPT-style, or the seed's keyword front door
+    ``DiffusionProcess(image_size=28, channels=1, hidden_dims=[32, 64, 128], noise_steps=1000,
+    device=torch.device("cuda"))``, whose keywords are fields of :class:`core.config.Config`.
+    Constructing one calls :func:`core.seeding.seed_everything` with ``config.seed``, so the same
+    config gives the same initial weights and the same training and sampling draws.
 
-    :param image_size: height = width of the images (28 for MNIST).
-    :param channels: image channels (1).
-    :param hidden_dims: U-Net channels at the three resolutions.
-    :param noise_steps: T, the number of diffusion steps.
-    :param device: a torch device, "cpu", "cuda" or "auto"/None (CUDA when present).
-    :param schedule: "cosine" (Nichol & Dhariwal 2021) or "linear" (Ho et al. 2020).
-    :param variance: sigma_t^2 of the ancestral sampler, "posterior" (beta-tilde) or "beta".
-    Other keyword arguments are the fields of :class:`core.config.Config`.
+    :param config: the whole configuration; kept as given in :attr:`config` (``device`` may stay "auto").
+    :param device: where to run, overriding ``config.device``: a torch device, "cpu", "cuda" or
+        "auto"/None (CUDA when present). The resolved device is :attr:`device`, beside the config.
+    :param fields: without ``config``, the Config fields to build it from (the seed's keywords).
     """
 
-    def __init__(self, image_size: int = 28, channels: int = 1, hidden_dims: Sequence[int] = (32, 64, 128),
-                 noise_steps: int = 1000, device: torch.device | str | None = None, **options):
-        self.device = resolve_device(device)
-        self.config = Config(image_size=image_size, channels=channels, hidden_dims=tuple(hidden_dims),
-                             noise_steps=noise_steps, device=self.device.type, **options)
+    def __init__(self, config: Config | None = None, /, device: torch.device | str | None = None, **fields):
+        self.device = resolve_device(device if device is not None else getattr(config, "device", None))
+        if config is None and device not in (None, "auto"):
+            fields["device"] = self.device.type  # the seed's device=torch.device(...) is a requested device
+        self.config = config_or_fields(config, fields, "DiffusionProcess")
         self._build()
-
-    @classmethod
-    def from_config(cls, config: Config) -> "DiffusionProcess":
-        """Build from a :class:`Config` (its ``device`` field is resolved here)."""
-        fields = config.to_dict()
-        device = fields.pop("device")
-        return cls(device=device, **fields)
 
     def _build(self) -> None:
         c = self.config
         seed_everything(c.seed)
-        self.model = DiffusionModel(c.image_size, c.channels, c.hidden_dims, c.time_dim, c.attention, c.dropout)
+        self.model = DiffusionModel(c)
         self.model.to(self.device)
         if c.channels_last:
             to_channels_last(self.model)

@@ -3,15 +3,11 @@
 torch-fidelity does the metric maths; this module registers the classifier of
 :mod:`core.classifier` as its feature extractor (penultimate 128-d features for FID, KID and
 precision/recall; logits for the Inception-Score analogue). Nothing is downloaded, and CUDA is
-used only when present.
-
-    python -m core.fidelity calibrate [--ns 1000,5000,10000] [--checkpoint PATH]
+used only when present. Metrics only: drawing samples to score is :mod:`core.evaluation`.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -155,75 +151,7 @@ def evaluate(samples: torch.Tensor, reference: str = "test", n: int | None = Non
     return compare(to_uint8(samples), real, reference_key=f"mnist-{reference}-{len(real)}")
 
 
-def sample_and_evaluate(process, seed: int, wall_s: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """Draw a trained process's evaluation samples (its config's sampler and N) and score them.
-
-    :param process: a :class:`core.diffusion.DiffusionProcess`.
-    :param seed: seeds the sampler's noise.
-    :param wall_s: when given, receives the seconds spent in the "sample" and "evaluate" phases.
-    :return: (samples (N, 1, 28, 28) in [-1, 1], the metrics of :func:`evaluate` against the test split).
-    """
-    config, wall_s = process.config, {} if wall_s is None else wall_s
-    started = time.perf_counter()
-    samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=seed)
-    wall_s["sample"] = time.perf_counter() - started
-    started = time.perf_counter()
-    metrics = evaluate(samples, reference="test")
-    wall_s["evaluate"] = time.perf_counter() - started
-    return samples, metrics
-
-
 def real_floor(n: int, reference: str = "test") -> float:
     """FID of n real training digits against the reference: what "perfect" scores at this N."""
     real = reference_images(reference)
     return compare(reference_images("train", n), real, reference_key=f"mnist-{reference}-{len(real)}")["fid"]
-
-
-def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
-    """uint8 images with Gaussian noise of std ``sigma`` added on the [-1, 1] scale, as float samples."""
-    x = images.float().div(255).sub(0.5).div(0.5)
-    return (x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))).clamp(-1, 1)
-
-
-def calibrate(ns: list[int], checkpoint: Path | None = None, n_model: int = 500, log=print) -> list[dict]:
-    """What "good" is at a given N, and how far the fast sampler moves the metric.
-
-    Rows: real train subset vs real test subset at each N; test + Gaussian noise (sigma 0.1, 0.3)
-    vs test at the largest N; and, given a checkpoint, DDIM-50 vs ancestral-1000 samples of it.
-    """
-    rows = []
-
-    def add(name: str, n: int, metrics: dict) -> None:
-        rows.append({"comparison": name, "n": n} | {k: v for k, v in metrics.items() if k != "class_histogram"})
-        log(f"{name:<44} N={n:>6}  FID {metrics['fid']:9.2f}  KID {metrics['kid_mean']:.4f}  "
-            f"precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}")
-
-    for n in ns:
-        add("real train vs real test", n, compare(reference_images("train", n), reference_images("test", n)))
-    n = max(ns)
-    for sigma in (0.1, 0.3):
-        add(f"test + N(0, {sigma}^2) noise vs test", n, evaluate(noisy(reference_images("test", n), sigma), "test", n))
-    if checkpoint is not None:
-        from core.checkpoint import load_checkpoint
-
-        process = load_checkpoint(checkpoint)
-        fast = process.sample(n_model, sampler="ddim", steps=50, seed=0)
-        slow = process.sample(n_model, sampler="ancestral", seed=0, progress=True)
-        add("DDIM-50 vs test", n_model, evaluate(fast, "test", n_model))
-        add("ancestral-1000 vs test", n_model, evaluate(slow, "test", n_model))
-        add("DDIM-50 vs ancestral-1000 (same model)", n_model, compare(to_uint8(fast), to_uint8(slow)))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Calibrate the classifier-feature metrics.")
-    parser.add_argument("command", choices=["calibrate"])
-    parser.add_argument("--ns", default="1000,5000,10000", help="comma-separated N for real vs real")
-    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint, to compare DDIM-50 with ancestral-1000")
-    parser.add_argument("--n-model", type=int, default=500, help="samples per sampler from the checkpoint")
-    args = parser.parse_args(argv)
-    calibrate([int(n) for n in args.ns.split(",")], args.checkpoint, args.n_model)
-
-
-if __name__ == "__main__":
-    main()

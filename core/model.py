@@ -1,4 +1,4 @@
-"""The seed's compact U-Net for 28x28 grayscale digits (``../shared/seed-model-spec.md``).
+"""The seed design's compact U-Net for 28x28 grayscale digits (the README's "The model").
 
 Resolution path: 28x28@32 -> DownBlock -> 14x14@64 -> DownBlock -> 7x7@128 ->
 Bottleneck (ResBlock, SelfAttention, ResBlock) -> UpBlock -> 14x14@64 ->
@@ -13,13 +13,12 @@ the parameter breakdown beside the seed's numbers.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import Config
+from core.config import Config, config_or_fields
 
 GROUPS = 8  # GroupNorm groups everywhere, as in the spec's out_norm
 
@@ -123,6 +122,9 @@ class UpBlock(nn.Module):
 class DiffusionModel(nn.Module):
     """The seed's U-Net: predicts the noise eps(x_t, t).
 
+    ``DiffusionModel(config)``, or the seed's keywords ``DiffusionModel(image_size=28, channels=1,
+    hidden_dims=[32, 64, 128], time_dim=128)``. It reads these :class:`core.config.Config` fields:
+
     :param image_size: height = width of the images (28 for MNIST; divisible by 4).
     :param channels: image channels (1 for grayscale).
     :param hidden_dims: channels at the three resolutions.
@@ -131,15 +133,13 @@ class DiffusionModel(nn.Module):
     :param dropout: dropout probability inside every ResBlock.
     """
 
-    def __init__(self, image_size: int, channels: int, hidden_dims: Sequence[int] = (32, 64, 128),
-                 time_dim: int = 128, attention: bool = True, dropout: float = 0.0):
+    def __init__(self, config: Config | None = None, /, **fields):
         super().__init__()
-        # Validate once, in the one place that knows the valid choices.
-        Config(image_size=image_size, channels=channels, hidden_dims=tuple(hidden_dims), time_dim=time_dim,
-               attention=attention, dropout=dropout)
-        self.image_size, self.channels = image_size, channels
-        self.hidden_dims, self.time_dim = list(hidden_dims), time_dim
-        d0, d1, d2 = hidden_dims
+        c = config_or_fields(config, fields, "DiffusionModel")  # validated when it was built
+        self.image_size, self.channels = c.image_size, c.channels
+        self.hidden_dims, self.time_dim = list(c.hidden_dims), c.time_dim
+        channels, time_dim, attention, dropout = c.channels, c.time_dim, c.attention, c.dropout
+        d0, d1, d2 = c.hidden_dims
         self.time_embedding = TimeEmbedding(time_dim)
         self.init_conv = nn.Conv2d(channels, d0, 3, padding=1)
         self.down_blocks = nn.ModuleList([
@@ -198,5 +198,5 @@ def format_breakdown(model: DiffusionModel) -> str:
 
 
 if __name__ == "__main__":
-    print(format_breakdown(DiffusionModel(28, 1)))
-    print("\nattention=False:", f"{parameter_breakdown(DiffusionModel(28, 1, attention=False))['total']:,}")
+    print(format_breakdown(DiffusionModel(Config())))
+    print("\nattention=False:", f"{parameter_breakdown(DiffusionModel(Config(attention=False)))['total']:,}")

@@ -1,14 +1,12 @@
 """Deterministic seeding: one call makes a run reproducible bit for bit on the same machine.
 
-Bitwise equality also depends on the torch thread count (a different count changes the
-reduction order of matmuls): :func:`run_environment` records it, and re-executions must use it.
+Seeding is not all of it: the thread count, versions and device matter too, and
+:mod:`core.provenance` records them.
 """
 from __future__ import annotations
 
 import os
 import random
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,50 +76,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def run_environment() -> dict:
-    """What a re-execution must match for bitwise equality: threads, versions, device."""
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-           "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-    return env
-
-
-# What a run executes: a change elsewhere (tests, docs, benchmarks) cannot change its result.
-RUN_CODE = ("core/", "ablations/", "pyproject.toml")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB: VmHWM, which exec resets, unlike ru_maxrss (a child
-    started by fork + exec would otherwise report its parent's peak when that was larger)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
-
-
-def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
-    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-
-    head = git("rev-parse", "HEAD")
-    if head.returncode:
-        return {"commit": None, "dirty": None, "changed": None}
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
-    return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed": changed}
-
-
-def dirty_run_code(git: dict) -> bool:
-    """Whether uncommitted changes could touch what a run executes (:data:`RUN_CODE`).
-
-    A dirty record without the list of changed files (older runs) counts as dirty.
-    """
-    if not git.get("dirty"):
-        return False
-    changed = git.get("changed")
-    return not changed or any(path.startswith(RUN_CODE) for path in changed)

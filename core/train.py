@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     args = parser.parse_args(argv)
     config = Config(**SCALES[args.scale], seed=args.seed)
-    process = DiffusionProcess.from_config(config)
+    process = DiffusionProcess(config)
     train(process, as_tensor(mnist(train=True)), log=lambda n, v, s: print(f"step {s:>6}  {n} = {v:.4f}"),
           progress=False)
     samples = process.sample(64, sampler=config.sampler, steps=config.sampler_steps, seed=config.seed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.diffusion import DiffusionProcess
-from tests.mongo import Server, run_env
+from tests.helpers import Server, run_env
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from ablations.record import dirty_run_code
 from analysis import audit, report, runs, stats
-from analysis.reproduce import refusal, reproduce, resample
-from tests.mongo import Server, run_env
+from analysis.reproduce import environment_differences, refusal, reproduce, resample
+from core.classifier import expected_sha256
+from tests.helpers import Server, run_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,11 +46,13 @@ def test_report_from_database_and_from_dump_agree(stored, tmp_path):
         pd.testing.assert_frame_equal(from_db[name], from_file[name])
         pd.testing.assert_frame_equal(from_file[name], again[name])
     assert (tmp_path / "dump" / "report.md").read_text() == (tmp_path / "again" / "report.md").read_text()
+    for figure in (tmp_path / "dump" / "figures").glob("*.png"):  # byte for byte, jittered dots included
+        assert figure.read_bytes() == (tmp_path / "again" / "figures" / figure.name).read_bytes(), figure.name
     assert len(list((tmp_path / "dump" / "figures").glob("*.png"))) >= 4
     html = (tmp_path / "dump" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and 'src="figures/' not in html
     md = (tmp_path / "dump" / "report.md").read_text()
-    assert "n=2" in md and "73956176" in md and "floor" in md and "attention" in md
+    assert "n=2" in md and expected_sha256() in md and "floor" in md and "attention" in md
 
 
 def test_report_escapes_config_strings(stored, tmp_path):
@@ -105,9 +110,14 @@ def test_holm_and_factorial():
     assert effects["a x b"] == pytest.approx(10)  # half of (30 - 10): a's effect with b flipped vs without
 
 
-def _copy_run(db, doc: dict, new_id: int) -> dict:
-    """A copy of a stored run under a new id, outside any sweep, to plant a problem in."""
-    copy = dict(doc, _id=new_id, config=dict(doc["config"], sweep_id=None), info=dict(doc["info"]))
+def _copy_run(db, doc: dict, new_id: int, clean: bool = False) -> dict:
+    """A copy of a stored run under a new id, outside any sweep, to plant a problem in.
+
+    :param clean: record a clean working tree, so that the copy is problem-free even when the
+        original was made from a dirty checkout, and a planted problem is the copy's only one.
+    """
+    info = dict(doc["info"], git={"commit": "0" * 40, "dirty": False, "changed": []}) if clean else dict(doc["info"])
+    copy = dict(doc, _id=new_id, config=dict(doc["config"], sweep_id=None), info=info)
     db.runs.insert_one(copy)
     for m in db.metrics.find({"run_id": doc["_id"]}):
         db.metrics.insert_one({k: v for k, v in m.items() if k != "_id"} | {"run_id": new_id})
@@ -118,22 +128,25 @@ def test_audit_flags_each_planted_problem(stored):
     server, sweep_id = stored
     db = server.db()
     original = db.runs.find_one({"config.sweep_id": sweep_id, "status": "COMPLETED"})
-    for new_id in (901, 902, 903, 904):
-        _copy_run(db, original, new_id)
+    for new_id in (900, 901, 902, 903, 904, 905):
+        _copy_run(db, original, new_id, clean=True)
     db.metrics.delete_one({"run_id": 901, "name": "eval.fid"})
     db.runs.update_one({"_id": 902}, {"$set": {"info.mnist_sha256.train": "0" * 64}})
     db.runs.update_one({"_id": 903}, {"$set": {"status": "RUNNING",
                                                "heartbeat": dt.datetime.utcnow() - dt.timedelta(hours=1)}})
-    db.runs.update_one({"_id": 904}, {"$set": {"info.git.dirty": True}})
+    db.runs.update_one({"_id": 904}, {"$set": {"info.git.dirty": True, "info.git.changed": ["core/ddpm.py"]}})
+    db.runs.update_one({"_id": 905}, {"$set": {"info.environment.torch": {"py/object": "TorchVersion"}}})
     rows = {r["run_id"]: r["problems"] for r in audit.audit(db)}
-    clean = set(rows[original["_id"]])  # whatever holds for the original (nothing, on a clean checkout)
-    assert any("missing metrics ['eval.fid']" in p for p in set(rows[901]) - clean)
-    assert any("MNIST hashes differ" in p for p in set(rows[902]) - clean)
-    assert any("stale heartbeat" in p for p in set(rows[903]) - clean)
-    assert any("dirty working tree" in p for p in rows[904])
+    assert rows[900] == []  # the clean copy: each problem below is the planted one
+    assert rows[901] == ["missing metrics ['eval.fid']"]
+    assert rows[902] == ["MNIST hashes differ from the current data"]
+    assert len(rows[903]) == 1 and "stale heartbeat" in rows[903][0]
+    assert rows[904] == ["run from a dirty working tree (uncommitted changes to core/ddpm.py)"]
+    assert rows[905] == ["values that are not plain JSON at info.environment.torch.py/object"]
     cli = subprocess.run([sys.executable, str(REPO / "analysis" / "audit.py"), "--mongo-url", server.url],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and "stale heartbeat" in cli.stdout
+    db.runs.delete_many({"_id": {"$in": [900, 901, 902, 903, 904, 905]}})
 
 
 def test_reproduce_passes_and_catches_tampering(stored, capsys):
@@ -173,14 +186,22 @@ def test_resample_refuses_bad_seeds_before_any_work(capsys):
     assert exit_.value.code == 2 and "invalid seeds '0,x'" in capsys.readouterr().err
 
 
+def test_reproduce_names_the_package_versions_and_cpu_that_differ():
+    env = {"packages": {"torch": "1.0.0", "scipy": None}, "cpu": "a CPU of another make"}
+    here = environment_differences({"info": {"environment": env}})
+    assert len(here) == 3 and here[0].startswith("torch 1.0.0 in the run, 2.") and "scipy None in the run" in here[1]
+    assert here[2].startswith("CPU 'a CPU of another make' in the run")
+    pickled = {"py/object": "torch.torch_version.TorchVersion", "py/newargs": {"py/tuple": ["0.1.0+cpu"]}}
+    assert environment_differences({"info": {"environment": {"torch": pickled}}})[0].startswith("torch 0.1.0 in")
+    assert environment_differences({"info": {"environment": {"torch": str(torch.__version__)}}}) == []
+
+
 def test_reproduce_refuses_another_commit():
     assert "is not the recorded commit" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": False}}})
     assert "dirty working tree" in refusal({"info": {"git": {"commit": "0" * 40, "dirty": True}}})
 
 
 def test_only_changes_to_the_run_code_make_a_run_dirty():
-    from core.seeding import dirty_run_code
-
     assert not dirty_run_code({"commit": "a", "dirty": True, "changed": ["tests/test_x.py", "README.md"]})
     assert dirty_run_code({"commit": "a", "dirty": True, "changed": ["README.md", "core/ddpm.py"]})
     assert dirty_run_code({"commit": "a", "dirty": True})  # older records: which files is unknown

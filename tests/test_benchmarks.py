@@ -7,7 +7,7 @@ import torch
 from benchmarks import paper, variants
 from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
-from benchmarks.run import TARGETS, main
+from benchmarks.run import TARGETS, finish, main, summarise
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,24 @@ def test_bad_arguments_are_refused_before_work():
         main(["--devices", "tpu"])
     with pytest.raises(ValueError, match="invalid budget '400x64': valid budgets look like STEPSxBATCH@LR"):
         parse_budget("400x64")
-    assert set(TARGETS) >= {"train_speedup_vs_diffusers", "sample_speedup_vs_diffusers"}
+
+
+def test_timings_become_the_target_ratios_and_each_target_is_judged(tmp_path):
+    """Ours trains 3x and samples 5x as fast as diffusers' fp32 default, 2x its bf16 contender."""
+    steps = {"ours": {"train": {"s": 1.0, "flop": 150e9}}, "diffusers": {"train": {"s": 3.0, "flop": 1}},
+             "diffusers-amp": {"train": {"s": 2.0, "flop": 1}}}
+    e2e = {"ours": {"fast50_s": 10.0}, "diffusers": {"fast50_s": 50.0}}
+    ratios = summarise(CPU, steps, e2e, {"float32": 300.0, "bfloat16": 500.0}, {"ours": "bfloat16"})
+    assert ratios == pytest.approx({"train_speedup_vs_diffusers": 3.0, "train_speedup_vs_diffusers_same_precision": 2.0,
+                                    "sample_speedup_vs_diffusers": 5.0, "train_fraction_of_bf16_peak": 0.3})
+    results = ratios | {"small_run_peak_rss_mb": 2000.0}
+    finish(results, tmp_path / "results.json")
+    judged = json.loads((tmp_path / "results.json").read_text())["targets"]
+    assert set(judged) == set(TARGETS)
+    assert {k: v["met"] for k, v in judged.items()} == {
+        "train_speedup_vs_diffusers": True, "train_speedup_vs_diffusers_same_precision": True,
+        "sample_speedup_vs_diffusers": True, "train_fraction_of_bf16_peak": False,  # 0.30 < 0.35
+        "small_run_peak_rss_mb": False}  # a memory target is met below its bound: 2000 > 1536
 
 
 def test_paper_benchmark_refuses_a_budget_beyond_paper_before_work(capsys):

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import Config
 from core.diffusion import DiffusionProcess, ema_decay_at
 
 
@@ -88,6 +89,26 @@ def test_bad_constructor_values_name_field_and_choices(kwargs, pattern):
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA device"):
         DiffusionProcess(device="cuda")
+
+
+def test_one_config_travels_whole_and_the_device_sits_beside_it(batch):
+    config = Config(noise_steps=20, amp=False)
+    process = DiffusionProcess(config)
+    assert process.config is config and config.device == "auto"  # the config asked for, unchanged
+    assert process.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert process.model.hidden_dims == list(config.hidden_dims) and process.coeffs.betas.shape == (20,)
+    seed_door = DiffusionProcess(noise_steps=20, amp=False, device=process.device)
+    assert seed_door.config == config.replace(device=process.device.type)
+    assert process.train_step(batch) == seed_door.train_step(batch)  # same weights, same draws
+    with pytest.raises(TypeError, match="not both"):
+        DiffusionProcess(config, noise_steps=30)
+
+
+def test_config_from_a_larger_mapping_takes_its_fields_and_validates_them():
+    sacred_config = Config(schedule="linear").to_dict() | {"sweep_id": "sw-1", "cell": "schedule=linear"}
+    assert Config.from_mapping(sacred_config) == Config(schedule="linear")
+    with pytest.raises(ValueError, match="invalid schedule='cosin'"):
+        Config.from_mapping(sacred_config | {"schedule": "cosin"})
 
 
 def test_sampler_arguments_are_checked(tiny_process):

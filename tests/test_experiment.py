@@ -1,48 +1,21 @@
 """The Sacred experiment and the run store, end to end against a real SecantusDB server."""
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import gridfs
 import pytest
 import torch
 
-from analysis.audit import final_weights as audit_final_weights
-from tests.mongo import Server, experiment, run_env
+from ablations.record import ARTIFACTS, METRICS, non_plain
+from tests.helpers import (Server, deterministic, experiment, final_weights, metrics_of, run_env, run_id,
+                           start_experiment, wait_for)
 
 SMOKE = ["with", "smoke", "threads=2"]
 LONGER = ["with", "smoke", "threads=2", "train_steps=60", "checkpoint_every=10"]  # time to interrupt it
-
-
-def run_id(output: str) -> int:
-    return int(re.search(r'Started run with ID "(\d+)"', output).group(1))
-
-
-def metrics_of(db, rid: int) -> dict:
-    return {m["name"]: (m["steps"], m["values"]) for m in db.metrics.find({"run_id": rid})}
-
-
-def deterministic(metrics: dict) -> dict:
-    """Every metric but throughput, which depends on the machine's load."""
-    return {k: v for k, v in metrics.items() if k != "train.images_per_s"}
-
-
-def final_weights(db, rid: int) -> dict:
-    return audit_final_weights(gridfs.GridFS(db), db.runs.find_one({"_id": rid}))["model"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +33,17 @@ def test_smoke_run_is_stored_complete(server, env):
     doc = db.runs.find_one({"_id": run_id(out.stderr)})
     assert doc["status"] == "COMPLETED" and doc["config"]["attention"] is False
     assert set(doc["result"]) >= {"fid", "kid_mean", "precision", "recall"} and doc["result"]["fid"] > 0
-    assert {m["name"] for m in doc["info"]["metrics"]} >= {"train.loss", "train.images_per_s", "eval.fid"}
+    assert {m["name"] for m in doc["info"]["metrics"]} == set(METRICS) == set(metrics_of(db, doc["_id"]))
     assert len(metrics_of(db, doc["_id"])["train.loss"][0]) == 30 // 5  # one point per log_every steps
-    assert {a["name"] for a in doc["artifacts"]} == {"samples.png", "samples.npz", "final_weights.pt"}
+    assert {a["name"] for a in doc["artifacts"]} == set(ARTIFACTS)
     info = doc["info"]
     assert info["mnist_sha256"]["train"].startswith("741c9888") and len(info["classifier_sha256"]) == 64
     assert info["param_count"] == 1_176_001 and info["git"]["commit"] and "train" in info["wall_time_s"]
+    assert info["environment"]["torch"] == str(torch.__version__) and info["environment"]["packages"]["torch"]
+    # Plain JSON only: no pickled objects (jsonpickle's py/object, py/function, ...) anywhere in the document.
+    assert "py/" not in repr(doc)
+    assert non_plain(doc["config"]) == non_plain(doc["info"]) == non_plain(doc["result"]) == []
+    assert non_plain({"torch": {"py/object": "torch.torch_version.TorchVersion"}}) == [".torch.py/object"]
 
 
 def test_same_config_and_seed_store_identical_metrics(server, env, reference):
@@ -118,10 +96,7 @@ def test_journal_only_then_sync_twice_without_duplicates(server, env):
 
 
 def test_server_killed_mid_run_then_synced_loses_nothing(server, env, reference):
-    proc = experiment(LONGER, env, background=True)
-    lines = []
-    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
-    rid = run_id(lines[-1])
+    proc, rid = start_experiment(LONGER, env)
     time.sleep(3)  # into the training loop
     server.kill()  # SIGKILL the database mid-run
     output = proc.communicate(timeout=300)[0]
@@ -140,10 +115,7 @@ def test_server_killed_mid_run_then_synced_loses_nothing(server, env, reference)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(server, env, reference, tmp_path):
-    proc = experiment(LONGER, env, background=True)
-    lines = []
-    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
-    rid = run_id(lines[-1])
+    proc, rid = start_experiment(LONGER, env)
     checkpoint = Path(env["ABLATIONS_HOME"]) / "journal" / "ablations" / str(rid) / "checkpoint.pt"
     wait_for(checkpoint.exists, 120, "the first checkpoint")
     time.sleep(1.5)
@@ -161,10 +133,7 @@ def test_sigkill_then_resume_equals_uninterrupted(server, env, reference, tmp_pa
 
 
 def test_sigterm_checkpoints_leaves_the_run_interrupted_and_resumes_exactly(server, env, reference):
-    proc = experiment(LONGER, env, background=True)
-    lines = []
-    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
-    rid = run_id(lines[-1])
+    proc, rid = start_experiment(LONGER, env)
     time.sleep(4)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]

@@ -7,6 +7,7 @@ import torch
 
 from core import fidelity
 from core.classifier import WEIGHTS_PATH, accuracy, file_sha256, load_classifier
+from core import evaluation
 
 
 def test_shipped_weights_reach_99_percent():
@@ -28,14 +29,14 @@ def test_hash_mismatch_is_a_clear_error(tmp_path):
 def test_real_vs_real_is_low_and_noise_is_far_above():
     train, test = fidelity.reference_images("train", 2000), fidelity.reference_images("test", 2000)
     real = fidelity.compare(train, test)["fid"]
-    noisy = fidelity.compare(fidelity.to_uint8(fidelity.noisy(test, 0.3)), test)["fid"]
+    noisy = fidelity.compare(fidelity.to_uint8(evaluation.noisy(test, 0.3)), test)["fid"]
     assert real < 15 and noisy > 5 * real
 
 
 def test_real_digits_score_5x_lower_than_noisy_digits():
     """The issue's bar: 5k real training digits against 5k test digits with sigma = 0.2 noise ([-1, 1] scale)."""
-    real = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 5000), 0.0))
-    noisy = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("test", 5000), 0.2))
+    real = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 5000), 0.0))
+    noisy = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("test", 5000), 0.2))
     assert noisy["fid"] >= 5 * real["fid"]
     assert sum(real["class_histogram"]) == 5000 and min(real["class_histogram"]) > 350  # every digit present
     assert set(real) >= {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score"}
@@ -43,22 +44,29 @@ def test_real_digits_score_5x_lower_than_noisy_digits():
 
 
 def test_kid_works_at_200_samples():
-    real = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
-    noisy = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 200), 0.4), "test", n=200)
+    real = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
+    noisy = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.4), "test", n=200)
     assert fidelity.kid_subset_size(200) == 100 and real["kid_std"] > 0
     assert abs(real["kid_mean"]) < 3 * real["kid_std"]  # unbiased: real vs real is zero within its spread
     assert noisy["kid_mean"] > real["kid_mean"] + 3 * real["kid_std"]
 
 
 def test_reference_cache_is_keyed_by_classifier_hash_split_and_n():
-    fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 300), 0.0), "test", n=300)
+    fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 300), 0.0), "test", n=300)
     key = f"mnist-test-300-{fidelity.expected_sha256(WEIGHTS_PATH)[:16]}"
     assert any(p.name.startswith(key) for p in fidelity.CACHE_ROOT.iterdir())
 
 
 def test_registering_twice_is_harmless():
+    """torch-fidelity raises when a name is registered twice; ours registers once and evaluates after."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
     fidelity.register()
     fidelity.register()
+    assert FEATURE_EXTRACTORS_REGISTRY[fidelity.EXTRACTOR] is fidelity.ClassifierFeatures
+    with pytest.raises(ValueError):  # what register() guards against
+        fidelity.torch_fidelity.register_feature_extractor(fidelity.EXTRACTOR, fidelity.ClassifierFeatures)
+    assert fidelity.compare(fidelity.reference_images("train", 20), fidelity.reference_images("test", 20))["fid"] > 0
 
 
 def test_bad_inputs_are_refused():
@@ -82,7 +90,8 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.create_connection = refuse
 from core import fidelity
-m = fidelity.evaluate(fidelity.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
+from core import evaluation
+m = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
 print("fid", m["fid"])
 """
 

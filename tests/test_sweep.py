@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from ablations import sweep
-from tests.test_experiment import deterministic, final_weights, metrics_of, wait_for
+from tests.helpers import deterministic, final_weights, metrics_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,8 @@
-"""A real SecantusDB server for tests: started on a free port in a temp dir, stopped by PID."""
+"""What the tests share: a real SecantusDB server, experiment subprocesses, and reading stored runs back."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -9,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import gridfs
 import pymongo
+
+from ablations.record import final_weights as stored_final_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,3 +65,40 @@ def experiment(args: list[str], env: dict, **kwargs) -> subprocess.Popen | subpr
     if kwargs.pop("background", False):
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, **kwargs)
+
+
+def start_experiment(args: list[str], env: dict) -> tuple[subprocess.Popen, int]:
+    """Start `python ablations/run.py ARGS` in the background; return it and its run id once Sacred prints it."""
+    proc = experiment(args, env, background=True)
+    lines = []
+    wait_for(lambda: lines.append(proc.stdout.readline()) or "Started run with ID" in lines[-1], 60, "run start")
+    return proc, run_id(lines[-1])
+
+
+def run_id(output: str) -> int:
+    """The run id in Sacred's "Started run with ID" line."""
+    return int(re.search(r'Started run with ID "(\d+)"', output).group(1))
+
+
+def metrics_of(db, rid: int) -> dict:
+    """Every metric series of a stored run: name -> (steps, values)."""
+    return {m["name"]: (m["steps"], m["values"]) for m in db.metrics.find({"run_id": rid})}
+
+
+def deterministic(metrics: dict) -> dict:
+    """Every metric but throughput, which depends on the machine's load."""
+    return {k: v for k, v in metrics.items() if k != "train.images_per_s"}
+
+
+def final_weights(db, rid: int) -> dict:
+    """The model weights among a stored run's final weights."""
+    return stored_final_weights(gridfs.GridFS(db), db.runs.find_one({"_id": rid}))["model"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
