@@ -2,8 +2,9 @@
 
 A cell is a set of flipped toggles ("baseline" flips none). One-factor-at-a-time (``ofat``) is
 the baseline plus each toggle flipped alone; ``full`` is every combination. A cell x seed is
-identified by :func:`ablations.record.config_hash` of its full :class:`core.config.Config`, so a
-sweep can tell what is already stored whatever command produced it.
+identified by :func:`ablations.record.config_hash` of its full :class:`core.config.Config` and
+the precision it will compute in here, so a sweep can tell what is already stored whatever command
+produced it, and never takes a run of another precision for the same cell.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 from ablations.record import TOGGLES, config_hash
 from core.config import SCALES, Config
+from core.diffusion import resolve_device
+from core.precision import Precision, amp_precision, resolve_precision
 
 PLANS = ("ofat", "full")
 
@@ -44,10 +47,22 @@ class Cell:
     seed: int
     overrides: dict = field(default_factory=dict)  # the flipped toggles
     config: Config | None = None
+    precision: Precision = "fp32"  # what the run will compute in on this machine
 
     @property
     def key(self) -> str:
-        return config_hash(self.config)
+        return config_hash(self.config, self.precision)
+
+
+def planned_precision(config: Config, requested: str = "auto") -> Precision:
+    """The precision a run of ``config`` computes in on this machine (a bad request raises ValueError)."""
+    return resolve_precision(config.amp, resolve_device(config.device), requested)
+
+
+def key_of(run_config: dict) -> str:
+    """The cell key of a run's Sacred config (Config fields and run options, ``precision`` among them)."""
+    config = Config.from_mapping(run_config)
+    return config_hash(config, planned_precision(config, run_config.get("precision", "auto")))
 
 
 def cell_name(flipped: dict) -> str:
@@ -82,11 +97,16 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
     for name, overrides in cells_of(plan, only):
         for seed in seeds:
             config = Config.from_mapping(base | overrides | {"seed": seed})
-            cells.append(Cell(name, seed, overrides, config))
+            precision = planned_precision(config, updates.get("precision", "auto"))
+            cells.append(Cell(name, seed, overrides, config, precision))
     return cells
 
 
-def sweep_id(plan: str, only: list[str] | None, with_words: list[str]) -> str:
-    """The same command (seeds aside) gives the same sweep id, so rerunning it extends the same sweep."""
-    words = json.dumps([plan, sorted(only or TOGGLES), sorted(with_words)])
+def sweep_id(plan: str, only: list[str] | None, with_words: list[str], baseline: Cell) -> str:
+    """The same command (seeds aside) on the same kind of machine gives the same sweep id, so rerunning it
+    extends the same sweep. Where AMP's precision is not the device's own (fp32 on a CPU without AMX),
+    the precision is part of the id, so that runs of two precisions never share a sweep's cells."""
+    device_amp = amp_precision(resolve_device(baseline.config.device))
+    pinned = [] if not baseline.config.amp or baseline.precision == device_amp else [f"precision={baseline.precision}"]
+    words = json.dumps([plan, sorted(only or TOGGLES), sorted(with_words + pinned)])
     return "sw-" + hashlib.sha256(words.encode()).hexdigest()[:10]

@@ -27,6 +27,7 @@ from core.classifier import weights_sha256
 from core.config import Config
 from core.data import MNIST_SHA256
 from core.model import parameter_breakdown
+from core.precision import Precision
 from core.provenance import git_state, run_environment
 
 # Each toggle and its flipped (ablation) value; the baseline is Config's default, the seed's choice.
@@ -35,8 +36,8 @@ TOGGLES: dict[str, object] = {"attention": False, "ema": True, "dropout": 0.1, "
 RESULT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
 TRAIN_METRICS = ("train.loss", "train.images_per_s")
 METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS)
-INFO_KEYS = ("run_uuid", "config_hash", "resumed_from", "param_count", "mnist_sha256", "classifier_sha256",
-             "git", "environment", "wall_time_s", "class_histogram", "fid_floor", "peak_rss_mb")
+INFO_KEYS = ("run_uuid", "config_hash", "precision", "resumed_from", "param_count", "mnist_sha256",
+             "classifier_sha256", "git", "environment", "wall_time_s", "class_histogram", "fid_floor", "peak_rss_mb")
 
 SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS = "samples.png", "samples.npz", "final_weights.pt"
 ARTIFACTS = (SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS)
@@ -49,16 +50,35 @@ STALE_AFTER_S = 120
 RUN_CODE = ("core/", "ablations/", "pyproject.toml", "requirements.lock")
 
 
-def config_hash(config: Config) -> str:
-    """Identity of a configuration x seed (``info.config_hash``): every Config field, canonically serialised."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(config: Config, precision: Precision) -> str:
+    """Identity of a configuration x seed x precision (``info.config_hash``), canonically serialised.
+
+    The precision enters unless it is what the CPU runs stored before it was recorded computed in
+    (fp32 without AMP, bf16 with it), so that those runs keep their hash and sweeps still find them.
+    """
+    identity = config.to_dict()
+    if precision != ("bf16" if config.amp else "fp32"):
+        identity["precision"] = precision
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def precision_of(doc: dict) -> Precision:
+    """The precision a stored run computed in: ``info.precision``, or for a record from before it was
+    recorded, what ``amp`` meant then on its device (bf16 on a CPU, fp16 on CUDA)."""
+    info = doc.get("info", {})
+    if "precision" in info:
+        return info["precision"]
+    if not doc.get("config", {}).get("amp"):
+        return "fp32"
+    return "bf16" if info.get("environment", {}).get("device_name", "cpu") == "cpu" else "fp16"
 
 
 def provenance(config: Config, process, resumed_from) -> dict:
-    """The ``info`` a run starts with: identity, inputs' hashes, code and environment."""
+    """The ``info`` a run starts with: identity, precision, inputs' hashes, code and environment."""
     return {
         "run_uuid": uuid.uuid4().hex,
-        "config_hash": config_hash(config),
+        "config_hash": config_hash(config, process.precision),
+        "precision": process.precision,
         "resumed_from": resumed_from,
         "param_count": parameter_breakdown(process.model)["total"],
         "mnist_sha256": dict(MNIST_SHA256),

@@ -22,13 +22,16 @@ from sacred.observers import MongoObserver
 from sacred.utils import SacredInterrupt
 
 from ablations import store
+from ablations.plan import planned_precision
 from ablations.record import CHECKPOINT
 from ablations.runner import execute
+from core.checkpoint import load_state
 from core.config import SCALES, Config
 
 RUN_OPTIONS = {
     "scale": "small",  # which named scale the training and evaluation budget came from
     "threads": 0,  # torch threads; 0 keeps torch's default. Part of bitwise reproducibility.
+    "precision": "auto",  # what amp computes in: "auto" (fp16 on CUDA, bf16 on an AMX CPU, else fp32) or forced
     "checkpoint_every": 100,  # steps between full checkpoints in the run's journal directory
     "resume": None,  # id of an interrupted run to continue from its last checkpoint
     "resume_checkpoint": None,  # filled in from `resume`; not set by hand
@@ -65,8 +68,12 @@ def _resumed_config(run_id) -> dict:
         raise ValueError(f"invalid resume={run_id!r}: no journaled run with a checkpoint under "
                          f"{target.journal_dir()} (valid values are ids of interrupted runs of this database)")
     stored = json.loads((run_dir / "config.json").read_text())
-    return {k: v for k, v in stored.items() if k in CONFIG_KEYS} | {
+    resumed = {k: v for k, v in stored.items() if k in CONFIG_KEYS} | {
         "resume": run_id, "resume_checkpoint": str(run_dir / CHECKPOINT)}
+    # A run continues in the precision it trained in (checkpoints from before it was recorded: as requested).
+    resumed["precision"] = load_state(run_dir / CHECKPOINT).get("precision", resumed.get("precision", "auto"))
+    planned_precision(Config.from_mapping(resumed), resumed["precision"])  # this device can run it, or ValueError
+    return resumed
 
 
 @ex.config_hook
@@ -74,8 +81,9 @@ def validate(config, command_name, logger):
     """Runs before the run exists: a bad value is refused before anything is stored."""
     if config.get("resume") is not None and config.get("resume_checkpoint") is None:
         return _resumed_config(config["resume"])
-    Config.from_mapping(config)  # raises ValueError naming the field, the value and the valid choices
+    requested = Config.from_mapping(config)  # raises ValueError naming the field, the value and the valid choices
     _check_run_options(config)
+    planned_precision(requested, config["precision"])  # likewise for a precision this device cannot run
     return {}
 
 

@@ -83,7 +83,7 @@ def execute(_run, _config: dict) -> dict:
     config = Config.from_mapping(_config)  # the one Config of this run, passed down whole
     if _config.get("threads"):
         torch.set_num_threads(_config["threads"])
-    process = DiffusionProcess(config)
+    process = DiffusionProcess(config, precision=_config.get("precision", "auto"))
     resume_state = None
     if _config.get("resume") is not None:
         resume_state = load_state(Path(_config["resume_checkpoint"]))

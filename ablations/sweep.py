@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 
 from ablations import plan as plans
 from ablations import store
-from ablations.record import CHECKPOINT, config_hash
-from core.config import Config
+from ablations.record import CHECKPOINT
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
@@ -92,7 +91,7 @@ def _resumable(key: str, target: store.Target) -> int | None:
             continue
         stored = json.loads((run_dir / "config.json").read_text())
         status = json.loads((run_dir / "run.json").read_text()).get("status")
-        if status != "COMPLETED" and config_hash(Config.from_mapping(stored)) == key:
+        if status != "COMPLETED" and plans.key_of(stored) == key:
             return int(run_dir.name)
     return None
 
@@ -148,7 +147,7 @@ def run_cell(task: Task) -> dict:
 
 def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
     cells = plans.build(args.plan, args.seeds, with_words, args.only)
-    sid = plans.sweep_id(args.plan, args.only, [w for w in with_words if not w.startswith("threads=")])
+    sid = plans.sweep_id(args.plan, args.only, [w for w in with_words if not w.startswith("threads=")], cells[0])
     threads = [] if any(w.startswith("threads=") for w in with_words) else [f"threads={args.threads}"]
     tasks = []
     for c in cells:

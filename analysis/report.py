@@ -38,11 +38,23 @@ def tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     out = {"configs": wide}
     if "baseline" in cells:
         effects = pd.concat([stats.paired_effects(runs, m) for m in ("fid", "kid_mean")], ignore_index=True)
+        for cell, precision in amp_without_effect(runs).items():
+            effects.loc[effects.cell == cell, "verdict"] = (f"AMP changes nothing on this device: both cells ran "
+                                                            f"in {precision}, so there is no effect to measure")
         out["effects"] = effects.round(4)
     toggles = sorted({p.split("=")[0] for c in cells for p in c.split("+")} - {"baseline"})
     if any("+" in c for c in cells):
         out["factorial"] = stats.factorial_effects(runs, toggles).round(3)
     return out
+
+
+def amp_without_effect(runs: pd.DataFrame) -> dict[str, str]:
+    """Cells that flip ``amp`` alone against the baseline but computed in the same single precision as it
+    (fp32 on a CPU without AMX): cell -> that precision. Their "effect" could only be zero."""
+    precisions = runs.groupby("cell")["dtype"].unique()
+    base = set(precisions.get("baseline", []))
+    return {cell: p[0] for cell, p in precisions.items()
+            if cell.startswith("amp=") and "+" not in cell and len(base) == 1 and set(p) == base}
 
 
 def setting(runs: pd.DataFrame) -> dict[str, str]:
@@ -52,6 +64,7 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
     return {
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
+        "computed in": ", ".join(f"{p} ({n} runs)" for p, n in runs.dtype.value_counts().sort_index().items()),
         "training": " or ".join(f"{int(n)} steps x {int(b)} images" for n, b in
                                 runs[["train_steps", "batch_size"]].drop_duplicates().itertuples(index=False)) + " per run",
         "samples per run": f"{int(first.n_samples)}, sampler {sampler}, against the 10,000 MNIST test digits",

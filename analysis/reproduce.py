@@ -10,7 +10,8 @@ import gridfs
 import numpy as np
 import torch
 
-from ablations.record import dirty_run_code, final_weights
+from ablations.plan import planned_precision
+from ablations.record import dirty_run_code, final_weights, precision_of
 from core.checkpoint import restore_weights
 from core.config import Config
 from core.data import as_tensor, mnist
@@ -32,7 +33,7 @@ def refusal(doc: dict) -> str | None:
     if here["commit"] != recorded["commit"] or dirty_run_code(here):
         return (f"the working tree ({here['commit']}{', dirty' if here['dirty'] else ''}) is not the recorded "
                 f"commit {recorded['commit']}: check it out (git checkout {recorded['commit'][:10]}) and rerun")
-    return None
+    return precision_refusal(doc)
 
 
 def recorded_versions(doc: dict) -> dict[str, str]:
@@ -64,12 +65,23 @@ def warn_about_environment(doc: dict, log) -> None:
             "not expected. `make install` installs the versions pinned in requirements.lock.")
 
 
+def precision_refusal(doc: dict) -> str | None:
+    """Why this machine cannot compute in the run's precision, naming both, or None."""
+    config, recorded = Config.from_mapping(doc["config"]), precision_of(doc)
+    try:
+        planned_precision(config, recorded)
+    except ValueError:
+        return (f"the run computed in {recorded}, which this machine cannot run; here it would compute in "
+                f"{planned_precision(config)}, and runs of different precisions are not compared")
+    return None
+
+
 def stored_process(doc: dict) -> DiffusionProcess:
-    """A fresh process of the stored run's config, at the run's recorded thread count."""
+    """A fresh process of the stored run's config, in its precision, at its recorded thread count."""
     threads = doc.get("info", {}).get("environment", {}).get("threads")
     if threads:
         torch.set_num_threads(threads)
-    return DiffusionProcess(Config.from_mapping(doc["config"]))
+    return DiffusionProcess(Config.from_mapping(doc["config"]), precision=precision_of(doc))
 
 
 def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
@@ -96,7 +108,8 @@ def reproduce(db, run_id: int, log=print) -> int:
         log(f"REFUSED to reproduce run {run_id}: {reason}")
         return 2
     warn_about_environment(doc, log)
-    log(f"Re-executing run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {doc['config']['seed']}) ...")
+    log(f"Re-executing run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {doc['config']['seed']}, "
+        f"{precision_of(doc)}) ...")
     weights, losses, result = re_execute(doc)
     stored_weights = final_weights(gridfs.GridFS(db), doc)["model"]
     stored_losses = db.metrics.find_one({"run_id": run_id, "name": "train.loss"})["values"]
@@ -128,6 +141,9 @@ def resample(db, run_id: int, seeds: list[int], log=print) -> int:
     doc = db.runs.find_one({"_id": run_id})
     if doc is None or doc.get("status") != "COMPLETED":
         log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs resample")
+        return 2
+    if reason := precision_refusal(doc):
+        log(f"REFUSED to resample run {run_id}: {reason}")
         return 2
     warn_about_environment(doc, log)
     process = stored_process(doc)

@@ -18,7 +18,7 @@ import gridfs
 import pandas as pd
 from bson import json_util
 
-from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES
+from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
 from ablations.store import resolve  # URL resolution only: no Sacred machinery
 
 EMBEDDED = (SAMPLE_GRID,)  # artifacts small enough to travel inside a dump
@@ -78,6 +78,7 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
         rows.append({
             "run_id": d["_id"], "status": d.get("status"), "sweep_id": c.get("sweep_id"),
             "cell": c.get("cell") or "custom", "seed": c.get("seed"), "scale": c.get("scale"),
+            "dtype": precision_of(d),  # the precision it computed in (info.precision); "precision" is a metric
             **{t: c.get(t) for t in TOGGLES},
             **{k: result.get(k) for k in RESULT_KEYS},
             "fid_floor": info.get("fid_floor"), "n_samples": c.get("n_samples"), "sampler": c.get("sampler"),
@@ -89,7 +90,16 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
             "classifier_sha256": info.get("classifier_sha256"),
             "mnist_train_sha256": info.get("mnist_sha256", {}).get("train"), "config_hash": info.get("config_hash"),
         })
-    return pd.DataFrame(rows)
+    return separate_precisions(pd.DataFrame(rows))
+
+
+def separate_precisions(runs: pd.DataFrame) -> pd.DataFrame:
+    """Never one cell of two precisions: a cell whose runs computed in several gets one cell per
+    precision, named e.g. "baseline [fp32]" (sweeps keep them apart; merged dumps might not)."""
+    mixed = runs.groupby("cell")["dtype"].transform("nunique") > 1
+    if mixed.any():
+        runs.loc[mixed, "cell"] = [f"{c} [{p}]" for c, p in zip(runs.cell[mixed], runs.dtype[mixed])]
+    return runs
 
 
 def curves_table(docs: list[dict], metric: str = "train.loss") -> pd.DataFrame:

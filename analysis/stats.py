@@ -20,6 +20,8 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float("nan"), float("nan")
+    if np.ptp(values) == 0:  # no spread at all (two identical computations): the interval is the point
+        return float(values[0]), float(values[0])
     low, high = stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
     return float(low), float(high)
 
@@ -64,7 +66,8 @@ def paired_effects(runs: pd.DataFrame, metric: str = "fid", baseline: str = "bas
         paired = group.set_index("seed")[metric].to_frame("cell").join(base.rename("base"), how="inner").dropna()
         diffs = (paired["cell"] - paired["base"]).to_numpy(float)
         low, high = t_interval(diffs)
-        p = stats.ttest_rel(paired["cell"], paired["base"]).pvalue if len(diffs) >= 2 else np.nan
+        tested = len(diffs) >= 2 and diffs.any()  # all-zero differences: nothing to test (scipy would warn)
+        p = stats.ttest_rel(paired["cell"], paired["base"]).pvalue if tested else np.nan
         rows.append({"cell": cell, "metric": metric, "n": len(diffs), "diff": diffs.mean() if len(diffs) else np.nan,
                      "ci_low": low, "ci_high": high, "p": float(p)})
     effects = pd.DataFrame(rows, columns=["cell", "metric", "n", "diff", "ci_low", "ci_high", "p"])

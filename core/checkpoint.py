@@ -16,7 +16,8 @@ from typing import BinaryIO
 import torch
 
 from core.config import Config
-from core.diffusion import DiffusionProcess
+from core.diffusion import DiffusionProcess, resolve_device
+from core.precision import amp_precision
 
 
 def _save_atomically(state: dict, path: Path | str) -> Path:
@@ -48,9 +49,15 @@ def load_checkpoint(path: Path | str, device: torch.device | str | None = None) 
     """A :class:`DiffusionProcess` rebuilt from its stored config and restored to the stored state.
 
     :param device: where to open it; by default CUDA when present, whatever device it was saved on.
+        It continues in the precision it was saved in where that device can run it, else in
+        the device's own (a CUDA checkpoint opened on a CPU, say, to sample from it).
     """
     state = load_state(path)
-    process = DiffusionProcess(Config.from_mapping(state["config"]), device=device or "auto")
+    config = Config.from_mapping(state["config"])
+    device = resolve_device(device or "auto")
+    stored = state.get("precision", "auto")  # checkpoints before precision was recorded: "auto"
+    precision = stored if stored in ("fp32", amp_precision(device)) else "auto"
+    process = DiffusionProcess(config, device=device, precision=precision)
     process.load_state_dict(state)
     return process
 

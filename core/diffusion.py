@@ -1,7 +1,8 @@
 """DiffusionProcess: the seed's trainer and sampler around :class:`core.model.DiffusionModel`.
 
 Training minimises L_simple, the MSE between the true and the predicted noise (Ho et al. 2020,
-Eq. 14), with Adam. AMP is fp16 + GradScaler on CUDA and bfloat16 autocast on the CPU. EMA uses
+Eq. 14), with Adam. AMP is fp16 + GradScaler on CUDA and bfloat16 autocast on a CPU that runs it
+faster than fp32 (one with AMX; elsewhere fp32, see :mod:`core.precision`). EMA uses
 ``torch.optim.swa_utils.AveragedModel``. Sampling is the ancestral DDPM loop (Algorithm 2) by
 default, or DDIM (Song et al. 2021) for fast evaluation. Every random draw comes from a seeded
 generator held by the process, and :meth:`state_dict` captures them all, so training resumes exactly.
@@ -19,6 +20,7 @@ from core import ddpm
 from core.config import SAMPLERS, Config, Sampler, choices, config_or_fields
 from core.fastpath import CompiledModule, CudaGraphed, side_stream, to_channels_last
 from core.model import DiffusionModel
+from core.precision import DTYPES, resolve_precision
 from core.schedules import get_betas
 from core.seeding import make_generator, rng_state, seed_everything, set_rng_state
 
@@ -73,14 +75,18 @@ class DiffusionProcess:
     :param config: the whole configuration; kept as given in :attr:`config` (``device`` may stay "auto").
     :param device: where to run, overriding ``config.device``: a torch device, "cpu", "cuda" or
         "auto"/None (CUDA when present). The resolved device is :attr:`device`, beside the config.
+    :param precision: what ``config.amp`` computes in: "auto" (fp16 on CUDA; bf16 on a CPU with AMX,
+        else fp32) or a precision to force ("fp32", "bf16", "fp16"). The result is :attr:`precision`.
     :param fields: without ``config``, the Config fields to build it from (the seed's keywords).
     """
 
-    def __init__(self, config: Config | None = None, /, device: torch.device | str | None = None, **fields):
+    def __init__(self, config: Config | None = None, /, device: torch.device | str | None = None,
+                 precision: str = "auto", **fields):
         self.device = resolve_device(device if device is not None else getattr(config, "device", None))
         if config is None and device not in (None, "auto"):
             fields["device"] = self.device.type  # the seed's device=torch.device(...) is a requested device
         self.config = config_or_fields(config, fields, "DiffusionProcess")
+        self.precision = resolve_precision(self.config.amp, self.device, precision)
         self._build()
 
     def _build(self) -> None:
@@ -100,9 +106,9 @@ class DiffusionProcess:
         self.net = self._fast(self.model)
         self.ema_net = self._fast(self.ema_model.module) if self.ema_model is not None else None
         cuda = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp and cuda)
-        # fp16 needs the GradScaler on CUDA; the CPU has no fast fp16, and bf16 needs no scaling.
-        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
+        # fp16 needs the GradScaler; bf16 has fp32's exponent range and needs no scaling.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.amp_dtype = DTYPES[self.precision]  # the autocast dtype; float32 means no autocast
         self.train_generator = make_generator(c.seed, self.device)
         self.sample_generator = make_generator(c.seed + SAMPLE_SEED_OFFSET, self.device)
         self.step = 0
@@ -126,8 +132,8 @@ class DiffusionProcess:
     # ---- training ----------------------------------------------------------------------------
 
     def autocast(self):
-        """The AMP context of this process (a no-op when ``amp`` is off)."""
-        if not self.config.amp:
+        """The AMP context of this process (a no-op in fp32: ``amp`` off, or no faster precision here)."""
+        if self.precision == "fp32":
             return contextlib.nullcontext()
         # CUDA-graph capture forbids autocast's weight cache; each weight is cast once per call anyway.
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.device.type != "cuda")
@@ -294,6 +300,7 @@ class DiffusionProcess:
         """Everything needed to resume exactly: weights, EMA, optimiser, scaler, every RNG, step, config."""
         return {
             "config": self.config.to_dict(),
+            "precision": self.precision,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema_model.state_dict() if self.ema_model is not None else None,

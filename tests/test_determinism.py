@@ -6,7 +6,7 @@ SCRIPT = r"""
 import hashlib, torch
 from core.diffusion import DiffusionProcess
 from core.seeding import seeded_loader
-p = DiffusionProcess(device="cpu", seed=SEED)  # the seed's defaults: T = 1000, cosine, bf16 AMP
+p = DiffusionProcess(device="cpu", seed=SEED)  # the defaults: T = 1000, cosine, AMP (bf16 with AMX, else fp32)
 data = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
 loader = seeded_loader(torch.utils.data.TensorDataset(data), batch_size=16, seed=SEED)
 losses = [p.train_step(b) for b, _ in zip(loader, range(5))]

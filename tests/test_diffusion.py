@@ -54,7 +54,7 @@ def test_sampling_uses_the_ema_weights(batch):
 
 
 def test_bf16_amp_path_on_cpu(batch):
-    amp = DiffusionProcess(noise_steps=20, device="cpu", amp=True)
+    amp = DiffusionProcess(noise_steps=20, device="cpu", amp=True, precision="bf16")
     fp32 = DiffusionProcess(noise_steps=20, device="cpu", amp=False)
     assert amp.amp_dtype == torch.bfloat16 and not amp.scaler.is_enabled()
     with amp.autocast():

@@ -15,7 +15,16 @@ def small_process(**options) -> DiffusionProcess:
                             amp=False, seed=1, **options)
 
 
-def test_ctrl_c_inside_an_optimiser_step_stops_after_it_and_resumes_exactly():
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt here even when pytest was started in the background, where the
+    shell hands it SIGINT ignored (Python then leaves it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_an_optimiser_step_stops_after_it_and_resumes_exactly(ctrl_c_raises):
     plain = small_process()
     train(plain, IMAGES)
 
