@@ -2,6 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# bash with pipefail: a failing command fails its pipeline (the pip lines below filter its output).
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 # Reinstall whenever the dependency declaration or the lock changes.
 STAMP := $(VENV)/.installed
 
@@ -11,9 +14,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The exact versions of requirements.lock, then this package itself (editable, so the CLIs run by path).
+# (Some machines' pip configuration names package folders that do not exist; its warnings are dropped,
+# its errors are not.)
 $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(BIN)/python -c "import core, ablations, analysis, torch, torchvision" && touch $(STAMP)
 
 install: $(STAMP)

@@ -33,11 +33,15 @@ from core.provenance import git_state, run_environment
 # Each toggle and its flipped (ablation) value; the baseline is Config's default, the seed's choice.
 TOGGLES: dict[str, object] = {"attention": False, "ema": True, "dropout": 0.1, "schedule": "linear", "amp": False}
 
-RESULT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
+FIDELITY_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
+HELDOUT_KEYS = ("nll_bpd", "nll_bpd_se", "eps_mse", "x0_mse")  # core.likelihood.heldout_metrics
+RESULT_KEYS = FIDELITY_KEYS + HELDOUT_KEYS
 TRAIN_METRICS = ("train.loss", "train.images_per_s")
-METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS)
+LEVEL_METRICS = ("heldout.eps_mse", "heldout.x0_mse")  # step i: the i-th log-SNR level of info.heldout.log_snr
+METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS) + LEVEL_METRICS
 INFO_KEYS = ("run_uuid", "config_hash", "precision", "resumed_from", "param_count", "mnist_sha256",
-             "classifier_sha256", "git", "environment", "wall_time_s", "class_histogram", "fid_floor", "peak_rss_mb")
+             "classifier_sha256", "git", "environment", "wall_time_s", "class_histogram", "fid_floor", "heldout",
+             "peak_rss_mb", "rescored")
 
 SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS = "samples.png", "samples.npz", "final_weights.pt"
 ARTIFACTS = (SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS)
@@ -87,6 +91,21 @@ def provenance(config: Config, process, resumed_from) -> dict:
         "environment": run_environment(),
         "wall_time_s": {},
     }
+
+
+def heldout_entries(heldout: dict, step: int) -> tuple[dict, dict[str, tuple[list, list]], dict]:
+    """What the held-out metrics add to a record: result values, metric series (name -> (steps, values)),
+    and ``info.heldout`` (the levels' log-SNR and timesteps, the numbers of images, the seed).
+
+    :param step: the step the ``eval.*`` points are logged at (the run's last training step).
+    """
+    results = {key: heldout[key] for key in HELDOUT_KEYS}
+    levels = heldout["levels"]
+    series = {f"eval.{key}": ([step], [value]) for key, value in results.items()}
+    series |= {f"heldout.{key}": (list(range(len(levels[key]))), levels[key]) for key in ("eps_mse", "x0_mse")}
+    info = {"log_snr": levels["log_snr"], "timesteps": levels["timesteps"], "images": heldout["images"],
+            "seed": heldout["seed"]}
+    return results, series, info
 
 
 def dirty_run_code(git: dict) -> bool:

@@ -23,6 +23,7 @@ from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
 from core.fidelity import real_floor, to_uint8
+from core.likelihood import heldout_metrics
 from core.provenance import peak_rss_mb
 from core.train import train
 
@@ -97,12 +98,20 @@ def execute(_run, _config: dict) -> dict:
     phases["train"] = time.perf_counter() - started
 
     samples, metrics = sample_and_evaluate(process, config.seed, phases)
-    for key in record.RESULT_KEYS:
+    for key in record.FIDELITY_KEYS:
         _run.log_scalar(f"eval.{key}", metrics[key], config.train_steps)
     _run.info["class_histogram"] = metrics["class_histogram"]
     _run.info["fid_floor"] = real_floor(config.n_samples)  # real vs real at the same N
 
+    started = time.perf_counter()
+    heldout, series, _run.info["heldout"] = record.heldout_entries(heldout_metrics(process, config.n_samples),
+                                                                   config.train_steps)
+    phases["heldout"] = time.perf_counter() - started
+    for name, (steps, values) in series.items():
+        for step, value in zip(steps, values):
+            _run.log_scalar(name, value, step)
+
     with tempfile.TemporaryDirectory() as tmp:
         save_artifacts(_run, process, samples, Path(tmp))
     _run.info["peak_rss_mb"] = peak_rss_mb()
-    return {key: metrics[key] for key in record.RESULT_KEYS}
+    return {key: metrics[key] for key in record.FIDELITY_KEYS} | heldout

@@ -51,6 +51,15 @@ def loss_curves(curves: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out / "loss_curves.png")
 
 
+def denoising_by_noise_level(levels: pd.DataFrame, out: Path) -> Path:
+    """Held-out eps-MSE against log-SNR per config (band: SD over seeds): where in the noise range a toggle acts."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.lineplot(data=levels, x="log_snr", y="value", hue="cell", errorbar="sd", marker="o", ax=ax)
+    ax.set(xlabel="log-SNR (noisier to the left)", ylabel="held-out eps-MSE", yscale="log",
+           title="Denoising error on held-out digits per noise level")
+    return _save(fig, out / "eps_mse_by_log_snr.png")
+
+
 def sample_grids(grids: dict[str, bytes], out: Path) -> Path:
     """One sample grid per config, side by side (the first seed's)."""
     fig, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 2.6), squeeze=False)

@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from scipy.stats import spearmanr
 
 from ablations.record import SAMPLE_GRID
 from analysis import figures, stats
-from analysis.runs import curves_table, from_dump, from_mongo, runs_table
+from analysis.runs import curves_table, from_dump, from_mongo, levels_table, runs_table
 
-METRICS = ("fid", "kid_mean", "precision", "recall")
+METRICS = ("fid", "kid_mean", "precision", "recall", "nll_bpd", "eps_mse")
+VERDICT_METRICS = ("fid", "nll_bpd", "eps_mse")  # each its own Holm family; lower is better for all three
 
 
 def _fmt(mean: float, low: float, high: float, n: int) -> str:
@@ -32,12 +34,13 @@ def tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The report's tables: configs x metrics, effects on FID and KID, and factorial terms if any."""
     cells = list(dict.fromkeys(runs.cell))
     wide = pd.DataFrame({"config": cells})
-    for metric in METRICS:
+    for metric in recorded(runs, METRICS):
         s = stats.summary(runs, metric).set_index("cell")
         wide[metric] = [_fmt(s.loc[c, "mean"], s.loc[c, "ci_low"], s.loc[c, "ci_high"], s.loc[c, "n"]) for c in cells]
     out = {"configs": wide}
     if "baseline" in cells:
-        effects = pd.concat([stats.paired_effects(runs, m) for m in ("fid", "kid_mean")], ignore_index=True)
+        effects = pd.concat([stats.paired_effects(runs, m) for m in recorded(runs, ("fid", "kid_mean", "nll_bpd",
+                                                                                    "eps_mse"))], ignore_index=True)
         for cell, precision in amp_without_effect(runs).items():
             effects.loc[effects.cell == cell, "verdict"] = (f"AMP changes nothing on this device: both cells ran "
                                                             f"in {precision}, so there is no effect to measure")
@@ -46,6 +49,20 @@ def tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if any("+" in c for c in cells):
         out["factorial"] = stats.factorial_effects(runs, toggles).round(3)
     return out
+
+
+def recorded(runs: pd.DataFrame, metrics: tuple[str, ...]) -> list[str]:
+    """The metrics some run holds (runs from before the held-out metrics have no nll_bpd or eps_mse)."""
+    return [m for m in metrics if m in runs and runs[m].notna().any()]
+
+
+def rank_agreement(runs: pd.DataFrame) -> str | None:
+    """Spearman's rank correlation of nll_bpd and FID over the runs holding both, with its n and p."""
+    both = runs[["nll_bpd", "fid"]].dropna() if "nll_bpd" in runs else pd.DataFrame()
+    if len(both) < 3:
+        return None
+    rho, p = spearmanr(both.nll_bpd, both.fid)
+    return f"Spearman rho = {rho:.2f} over n = {len(both)} runs (p = {p:.2g})"
 
 
 def amp_without_effect(runs: pd.DataFrame) -> dict[str, str]:
@@ -61,7 +78,7 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
     """What stands behind every number: scale, seeds, samples, sampler, classifier, floor, provenance."""
     first = runs.iloc[0]
     sampler = f"{first.sampler}-{first.sampler_steps}" if first.sampler == "ddim" else "ancestral-1000"
-    return {
+    facts = {
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
         "computed in": ", ".join(f"{p} ({n} runs)" for p, n in runs.dtype.value_counts().sort_index().items()),
@@ -75,12 +92,17 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
                              runs[["commit", "dirty"]].drop_duplicates().itertuples(index=False)),
         "run ids": ", ".join(str(i) for i in runs.run_id),
     }
+    if agreement := rank_agreement(runs):
+        facts["held-out bound against FID"] = agreement  # likelihood and sample quality can disagree
+    return facts
 
 
 def make_figures(docs: list[dict], runs: pd.DataFrame, tabs: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [figures.metric_by_config(runs, out, "fid"), figures.loss_curves(curves_table(docs), out),
              figures.speed(runs, out)]
+    if len(levels := levels_table(docs)):
+        paths.append(figures.denoising_by_noise_level(levels, out))
     grids = {}
     for d in docs:
         cell = d.get("config", {}).get("cell") or "custom"
@@ -101,33 +123,49 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells])
 
 
+def verdicts_by_metric(tabs: dict) -> dict[str, pd.DataFrame]:
+    """Each verdict metric's rows of the effects table: every verdict rests on one named metric."""
+    effects = tabs.get("effects", pd.DataFrame(columns=["metric"]))
+    return {m: effects[effects.metric == m] for m in VERDICT_METRICS if (effects.metric == m).any()}
+
+
 def render(tabs: dict, facts: dict, figs: list[Path], out: Path, title: str) -> None:
-    verdicts = tabs["effects"][tabs["effects"].metric == "fid"] if "effects" in tabs else pd.DataFrame()
+    """Write ``report.md`` and the self-contained ``report.html`` into ``out``."""
+    verdicts = verdicts_by_metric(tabs)
+    (out / "report.md").write_text(markdown(tabs, facts, verdicts, figs, title))
+    (out / "report.html").write_text(html_page(tabs, facts, verdicts, figs, title))
+
+
+def markdown(tabs: dict, facts: dict, verdicts: dict, figs: list[Path], title: str) -> str:
     md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in facts.items()], "",
-          "## Configs (mean ± half-width of the 95% t-interval over seeds)", "", markdown_table(tabs["configs"])]
-    if len(verdicts):
-        md += ["", "## Verdicts (FID, paired by seed, Holm-corrected)", "",
-               *[f"- **{r.cell}**: {r.verdict}" for r in verdicts.itertuples()],
-               "", "## Effects against the baseline", "", markdown_table(tabs["effects"])]
+          "## Configs (mean ± half-width of the unadjusted 95% t-interval over seeds; the verdicts are "
+          "Holm-corrected)", "", markdown_table(tabs["configs"])]
+    for metric, rows in verdicts.items():
+        md += ["", f"## Verdicts on {metric} (paired by seed, Holm-corrected across the cells for {metric})", "",
+               *[f"- **{r.cell}**: {r.verdict}" for r in rows.itertuples()]]
+    if verdicts:
+        md += ["", "## Effects against the baseline", "", markdown_table(tabs["effects"])]
     if "factorial" in tabs:
         md += ["", "## Factorial main effects and interactions (FID)", "", markdown_table(tabs["factorial"])]
-    md += ["", "## Figures", "", *[f"![{p.stem}](figures/{p.name})" for p in figs], ""]
-    (out / "report.md").write_text("\n".join(md))
+    return "\n".join(md + ["", "## Figures", "", *[f"![{p.stem}](figures/{p.name})" for p in figs], ""])
 
+
+def html_page(tabs: dict, facts: dict, verdicts: dict, figs: list[Path], title: str) -> str:
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1><ul>", *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in facts.items()], "</ul>",
             "<h2>Configs</h2>", tabs["configs"].to_html(index=False, escape=True)]
-    if len(verdicts):
-        body += ["<h2>Verdicts</h2><ul>", *[f"<li><b>{esc(r.cell)}</b>: {esc(r.verdict)}</li>"
-                                          for r in verdicts.itertuples()], "</ul>",
-                 "<h2>Effects</h2>", tabs["effects"].to_html(index=False, escape=True)]
+    for metric, rows in verdicts.items():
+        body += [f"<h2>Verdicts on {esc(metric)}</h2><ul>",
+                 *[f"<li><b>{esc(r.cell)}</b>: {esc(r.verdict)}</li>" for r in rows.itertuples()], "</ul>"]
+    if verdicts:
+        body += ["<h2>Effects</h2>", tabs["effects"].to_html(index=False, escape=True)]
     if "factorial" in tabs:
         body += ["<h2>Factorial</h2>", tabs["factorial"].to_html(index=False, escape=True)]
     body += ["<h2>Figures</h2>", *[figures.embed(p) for p in figs]]
     style = "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}" \
             "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%;display:block;margin:1em 0}"
-    (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-                                     f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
 def build(docs: list[dict], out: Path, sweep: str | None = None) -> dict[str, pd.DataFrame]:

@@ -102,6 +102,15 @@ def separate_precisions(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def levels_table(docs: list[dict], metric: str = "heldout.eps_mse") -> pd.DataFrame:
+    """Long table of a held-out metric per noise level: run_id, cell, seed, log_snr, value."""
+    rows = [{"run_id": d["_id"], "cell": d.get("config", {}).get("cell") or "custom",
+             "seed": d.get("config", {}).get("seed"), "log_snr": d["info"]["heldout"]["log_snr"][step], "value": v}
+            for d in docs if metric in d.get("metrics", {})
+            for step, v in zip(d["metrics"][metric]["steps"], d["metrics"][metric]["values"])]
+    return pd.DataFrame(rows, columns=["run_id", "cell", "seed", "log_snr", "value"])
+
+
 def curves_table(docs: list[dict], metric: str = "train.loss") -> pd.DataFrame:
     """Long table of one training curve: run_id, cell, seed, step, value."""
     rows = [{"run_id": d["_id"], "cell": d.get("config", {}).get("cell") or "custom",

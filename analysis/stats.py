@@ -59,7 +59,12 @@ def verdict(n: int, diff: float, p_adj: float, metric: str) -> str:
 
 
 def paired_effects(runs: pd.DataFrame, metric: str = "fid", baseline: str = "baseline") -> pd.DataFrame:
-    """Each cell minus the baseline, paired by seed, with CI, raw and Holm-corrected p-values and a verdict."""
+    """Each cell minus the baseline, paired by seed, with CI, raw and Holm-corrected p-values and a verdict.
+
+    The cells' p-values form one Holm family per metric. A cell holding two runs of one seed is refused:
+    joined by seed they would pair as a cross product and inflate n.
+    """
+    refuse_repeated_seeds(runs[runs[metric].notna()])
     base = runs[runs.cell == baseline].set_index("seed")[metric]
     rows = []
     for cell, group in runs[runs.cell != baseline].groupby("cell", sort=False):
@@ -74,6 +79,15 @@ def paired_effects(runs: pd.DataFrame, metric: str = "fid", baseline: str = "bas
     effects["p_holm"] = holm(effects["p"].tolist())
     effects["verdict"] = [verdict(r.n, r.diff, r.p_holm, metric) for r in effects.itertuples()]
     return effects
+
+
+def refuse_repeated_seeds(runs: pd.DataFrame) -> None:
+    """Raise ValueError naming every cell that holds more than one run of a seed."""
+    counts = runs.groupby(["cell", "seed"]).size()
+    if len(repeated := counts[counts > 1]):
+        listed = "; ".join(f"{cell} seed {seed} ({n} runs)" for (cell, seed), n in repeated.items())
+        raise ValueError(f"cells with two runs of one seed cannot be paired by seed: {listed}. Keep one run "
+                         "per cell and seed (e.g. report one sweep, or drop the repeated runs)")
 
 
 def factorial_effects(runs: pd.DataFrame, toggles: list[str], metric: str = "fid") -> pd.DataFrame:

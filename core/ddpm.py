@@ -23,7 +23,8 @@ def _gather(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class DDPMCoefficients:
     """Every per-step quantity the forward process, the loss and the samplers need.
 
-    Computed once in float64 from the betas and stored as float32 on ``device``.
+    Computed once in float64 from the betas and stored on ``device`` as float32 (or ``dtype``: the
+    variational bound keeps float64).
     """
 
     betas: torch.Tensor
@@ -38,7 +39,8 @@ class DDPMCoefficients:
     posterior_mean_coef_xt: torch.Tensor
 
     @classmethod
-    def from_betas(cls, betas: np.ndarray, device: torch.device | str = "cpu") -> "DDPMCoefficients":
+    def from_betas(cls, betas: np.ndarray, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> "DDPMCoefficients":
         betas = np.asarray(betas, dtype=np.float64)
         alphas = 1.0 - betas
         alpha_bar = np.cumprod(alphas)
@@ -57,7 +59,7 @@ class DDPMCoefficients:
             posterior_mean_coef_x0=np.sqrt(alpha_bar_prev) * betas / (1.0 - alpha_bar),
             posterior_mean_coef_xt=np.sqrt(alphas) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),
         )
-        return cls(**{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in values.items()})
+        return cls(**{k: torch.tensor(v, dtype=dtype, device=device) for k, v in values.items()})
 
     @property
     def num_steps(self) -> int:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablations.record import dirty_run_code
+from ablations.record import HELDOUT_KEYS, LEVEL_METRICS, METRICS, dirty_run_code
 from analysis import audit, report, runs, stats
 from analysis.reproduce import environment_differences, refusal, reproduce, resample
 from core.classifier import expected_sha256
@@ -53,6 +53,10 @@ def test_report_from_database_and_from_dump_agree(stored, tmp_path):
     assert html.count("data:image/png;base64,") >= 4 and 'src="figures/' not in html
     md = (tmp_path / "dump" / "report.md").read_text()
     assert "n=2" in md and expected_sha256() in md and "floor" in md and "attention" in md
+    for metric in ("fid", "nll_bpd", "eps_mse"):  # every verdict names the metric it rests on
+        assert f"## Verdicts on {metric} (paired by seed, Holm-corrected across the cells for {metric})" in md
+    assert "unadjusted 95% t-interval" in md and "Spearman rho = " in md and "over n = 4 runs" in md
+    assert (tmp_path / "dump" / "figures" / "eps_mse_by_log_snr.png").exists()
 
 
 def test_report_escapes_config_strings(stored, tmp_path):
@@ -98,6 +102,13 @@ def test_stats_are_honest_at_two_seeds():
     assert (two.ci_high - two.ci_low) > 4 * (ten.ci_high - ten.ci_low) and two.n == 2
     one = stats.paired_effects(_synthetic({"baseline": 0, "attention": 30}, seeds=1, noise=3)).iloc[0]
     assert np.isnan(one.p) and "too few seeds" in one.verdict
+
+
+def test_pairing_refuses_a_cell_with_two_runs_of_one_seed():
+    data = _synthetic({"baseline": 0, "attention": 30}, seeds=3, noise=3)
+    twice = pd.concat([data, data[(data.cell == "attention") & (data.seed == 1)]])
+    with pytest.raises(ValueError, match=r"two runs of one seed cannot be paired by seed: attention seed 1 \(2 runs\)"):
+        stats.paired_effects(twice)
 
 
 def test_holm_and_factorial():
@@ -178,6 +189,34 @@ def test_resample_gives_the_stored_fid_at_the_runs_own_seed(stored, capsys):
     db.runs.update_one({"_id": 951}, {"$set": {"result.fid": tampered["result"]["fid"] + 1.0}})
     assert resample(db, 951, [1]) == 1 and "DIFFERS from the stored" in capsys.readouterr().out
     assert resample(db, 12345, [0]) == 2 and "run 12345 is missing" in capsys.readouterr().out
+
+
+def test_rescoring_adds_the_held_out_metrics_and_touches_nothing_else(stored):
+    server, sweep_id = stored
+    db = server.db()
+    doc = db.runs.find_one({"config.sweep_id": sweep_id, "config.cell": "attention=False", "config.seed": 0})
+    held_out = {f"result.{k}": "" for k in HELDOUT_KEYS} | {"info.heldout": ""}
+    copy = _copy_run(db, doc, 960)
+    db.runs.update_one({"_id": 960}, {"$unset": held_out})
+    db.metrics.delete_many({"run_id": 960, "name": {"$in": [f"eval.{k}" for k in HELDOUT_KEYS] + list(LEVEL_METRICS)}})
+    before = db.runs.find_one({"_id": 960})
+    out = subprocess.run([sys.executable, "-m", "ablations.rescore", "--runs", "960", "-m", server.url],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "1 run(s) to rescore" in out.stdout, out.stdout + out.stderr
+    after = db.runs.find_one({"_id": 960})
+    assert {k: after["result"][k] for k in HELDOUT_KEYS} == {k: copy["result"][k] for k in HELDOUT_KEYS}  # bitwise
+    assert after["info"]["heldout"] == copy["info"]["heldout"] and after["info"]["rescored"]["commit"]
+    assert {m["name"] for m in db.metrics.find({"run_id": 960})} == set(METRICS)
+
+    def untouched(d):
+        info = {k: v for k, v in d["info"].items() if k not in ("heldout", "metrics", "rescored")}
+        return dict(d, result={k: v for k, v in d["result"].items() if k not in HELDOUT_KEYS}, info=info)
+
+    assert untouched(after) == untouched(before)
+    again = subprocess.run([sys.executable, "-m", "ablations.rescore", "--runs", "960", "-m", server.url],
+                           capture_output=True, text=True, cwd=REPO)
+    assert "0 run(s) to rescore" in again.stdout  # a scored run is left alone unless --force
+    db.runs.delete_one({"_id": 960})
 
 
 def test_resample_refuses_bad_seeds_before_any_work(capsys):
