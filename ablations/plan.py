@@ -8,6 +8,7 @@ produced it, and never takes a run of another precision for the same cell.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import itertools
@@ -20,6 +21,17 @@ from core.diffusion import resolve_device
 from core.precision import Precision, amp_precision, resolve_precision
 
 PLANS = ("ofat", "full")
+
+
+def comma_integers(what: str, example: str = "0,1,2"):
+    """An argparse type for a comma-separated list of integers that names the bad value and the valid form."""
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are comma-separated "
+                                             f"integers, e.g. {example}") from None
+    return parse
 
 
 def parse_updates(words: list[str]) -> tuple[list[str], dict]:

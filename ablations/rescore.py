@@ -19,6 +19,7 @@ import gridfs
 import torch
 
 from ablations import record
+from ablations.plan import comma_integers
 from ablations.store import resolve
 from core.checkpoint import restore_weights
 from core.config import Config
@@ -58,19 +59,11 @@ def selected(db, sweep: str | None, runs: list[int] | None, force: bool) -> list
     return list(db.runs.find(query, sort=[("_id", 1)]))
 
 
-def run_ids(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid runs {text!r}: valid values are comma-separated run ids, "
-                                         "e.g. 10,11") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.rescore", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--sweep", help="every COMPLETED run of this sweep")
-    which.add_argument("--runs", type=run_ids, help="these run ids, e.g. 10,11")
+    which.add_argument("--runs", type=comma_integers("runs", "10,11"), help="these run ids, e.g. 10,11")
     parser.add_argument("--force", action="store_true", help="rescore runs that already hold held-out results")
     parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
     args = parser.parse_args(argv)

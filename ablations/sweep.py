@@ -198,7 +198,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python ablations/sweep.py", description="Run an ablation plan x seeds.",
                                 epilog="Everything after `with` is passed to ablations/run.py (named configs, key=value).")
     p.add_argument("--plan", choices=plans.PLANS, default="ofat")
-    p.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--seeds", default="0", type=plans.comma_integers("seeds"))
     p.add_argument("--only", type=lambda s: s.split(","), help=f"toggles to vary, from {', '.join(plans.TOGGLES)}")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     p.add_argument("--print-id", action="store_true", help="print only the sweep id and run nothing")

@@ -22,6 +22,7 @@ from collections import Counter
 import gridfs
 
 from ablations.record import ARTIFACTS, METRICS, STALE_AFTER_S, dirty_run_code, final_weights, non_plain
+from ablations.plan import comma_integers
 from ablations.store import resolve  # URL resolution only
 from core.classifier import expected_sha256
 from core.data import MNIST_SHA256
@@ -103,15 +104,6 @@ def print_rows(rows: list[dict]) -> None:
               f"{'; '.join(r['problems']) or 'ok'}")
 
 
-def seed_list(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``; anything else is refused by argparse with this message."""
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seeds {text!r}: valid values are comma-separated "
-                                         "integers, e.g. 0,1,2") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/audit.py", description=__doc__.splitlines()[0])
     parser.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
@@ -119,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reproduce", type=int, metavar="RUN_ID", help="re-execute this run and compare")
     parser.add_argument("--resample", type=int, metavar="RUN_ID",
                         help="score this run's stored weights under other sampler seeds (see --seeds)")
-    parser.add_argument("--seeds", default="0,1,2", type=seed_list, help="sampler seeds for --resample (default 0,1,2)")
+    parser.add_argument("--seeds", default="0,1,2", type=comma_integers("seeds"),
+                        help="sampler seeds for --resample (default 0,1,2)")
     args = parser.parse_args(argv)
     target = resolve(args.mongo_url)
     with target.client() as client:

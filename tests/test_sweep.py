@@ -37,6 +37,10 @@ def test_only_and_bad_values(capsys):
     assert sweep.main(["--only", "emma", "--dry-run", "with", "smoke"]) == 2
     assert sweep.main(["--dry-run", "with", "smoke", "schedule=cosin"]) == 2
     assert "invalid schedule='cosin'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--seeds", "0,x", "--dry-run", "with", "smoke"])
+    assert exit_.value.code == 2 and "invalid seeds '0,x': valid values are comma-separated integers" in \
+        capsys.readouterr().err
 
 
 def test_sequential_then_dask_same_results_and_idempotent(server, env):
