@@ -3,7 +3,7 @@
 The seed design asks for mixed precision on CUDA: fp16 autocast with a GradScaler. On a CPU, AMP
 means bfloat16 autocast, and whether that is faster than fp32 depends on the CPU: with AMX tiles it
 is about twice as fast; with AVX-512 bf16 instructions alone it can be faster (an AMD EPYC measured
-here: 0.83x the fp32 step time at batch 32) or much slower (a Xeon measured here: bf16 matmuls at a
+here: 0.64x the fp32 step time at batch 32) or much slower (a Xeon measured here: bf16 matmuls at a
 quarter of the fp32 speed); without them it is slower. So on a CPU without AMX the first process
 that asks times one training step of the seed model both ways (a few seconds), keeps the answer in
 a cache file keyed by CPU model, torch version and thread count, and AMP runs in bf16 only where it
