@@ -15,6 +15,8 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
+import torch
+
 from ablations.record import TOGGLES, config_hash
 from core.config import SCALES, Config
 from core.diffusion import resolve_device
@@ -66,15 +68,29 @@ class Cell:
         return config_hash(self.config, self.precision)
 
 
-def planned_precision(config: Config, requested: str = "auto") -> Precision:
-    """The precision a run of ``config`` computes in on this machine (a bad request raises ValueError)."""
-    return resolve_precision(config.amp, resolve_device(config.device), requested)
+def planning_device(config: Config) -> torch.device:
+    """The device a run of ``config`` is planned for. An explicit "cuda" names CUDA even where none is
+    present: a GPU sweep's cells then have the same keys on the user's CPU machine, where they are
+    found stored after a sync (and refused, not run, when they are not)."""
+    if str(config.device).startswith("cuda"):
+        return torch.device(config.device)
+    return resolve_device(config.device)
+
+
+def planned_precision(config: Config, requested: str = "auto", here: bool = True) -> Precision:
+    """The precision a run of ``config`` computes in (a bad request raises ValueError).
+
+    :param here: resolve the device on this machine, which must have it (a run about to start);
+        False plans for the config's own device (naming a cell that may have run elsewhere).
+    """
+    device = resolve_device(config.device) if here else planning_device(config)
+    return resolve_precision(config.amp, device, requested)
 
 
 def key_of(run_config: dict) -> str:
     """The cell key of a run's Sacred config (Config fields and run options, ``precision`` among them)."""
     config = Config.from_mapping(run_config)
-    return config_hash(config, planned_precision(config, run_config.get("precision", "auto")))
+    return config_hash(config, planned_precision(config, run_config.get("precision", "auto"), here=False))
 
 
 def cell_name(flipped: dict) -> str:
@@ -109,7 +125,7 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
     for name, overrides in cells_of(plan, only):
         for seed in seeds:
             config = Config.from_mapping(base | overrides | {"seed": seed})
-            precision = planned_precision(config, updates.get("precision", "auto"))
+            precision = planned_precision(config, updates.get("precision", "auto"), here=False)
             cells.append(Cell(name, seed, overrides, config, precision))
     return cells
 
@@ -118,7 +134,7 @@ def sweep_id(plan: str, only: list[str] | None, with_words: list[str], baseline:
     """The same command (seeds aside) on the same kind of machine gives the same sweep id, so rerunning it
     extends the same sweep. Where AMP's precision is not the device's own (fp32 on a CPU without AMX),
     the precision is part of the id, so that runs of two precisions never share a sweep's cells."""
-    device_amp = amp_precision(resolve_device(baseline.config.device))
+    device_amp = amp_precision(planning_device(baseline.config))
     pinned = [] if not baseline.config.amp or baseline.precision == device_amp else [f"precision={baseline.precision}"]
     words = json.dumps([plan, sorted(only or TOGGLES), sorted(with_words + pinned)])
     return "sw-" + hashlib.sha256(words.encode()).hexdigest()[:10]

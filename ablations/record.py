@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 
 import gridfs
@@ -40,11 +41,14 @@ TRAIN_METRICS = ("train.loss", "train.images_per_s")
 LEVEL_METRICS = ("heldout.eps_mse", "heldout.x0_mse")  # step i: the i-th log-SNR level of info.heldout.log_snr
 METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS) + LEVEL_METRICS
 INFO_KEYS = ("run_uuid", "config_hash", "precision", "resumed_from", "param_count", "mnist_sha256",
-             "classifier_sha256", "git", "environment", "wall_time_s", "class_histogram", "fid_floor", "heldout",
-             "peak_rss_mb", "rescored")
+             "classifier_sha256", "git", "environment", "pack", "wall_time_s", "class_histogram", "fid_floor",
+             "heldout", "peak_rss_mb", "rescored")
 
 SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS = "samples.png", "samples.npz", "final_weights.pt"
 ARTIFACTS = (SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS)
+# Set by `sweep.py --pack K` for its run processes; recorded as ``info.pack`` (wall times of packed runs
+# include waiting for the device).
+PACK_ENV = "ABLATIONS_PACK"
 CHECKPOINT = "checkpoint.pt"  # the full checkpoint, kept in the run's journal directory (not an artifact)
 
 # A RUNNING run whose heartbeat is older than this is dead: the audit flags it, the sync stores it
@@ -89,6 +93,7 @@ def provenance(config: Config, process, resumed_from) -> dict:
         "classifier_sha256": weights_sha256(),
         "git": git_state(),
         "environment": run_environment(),
+        "pack": int(os.environ.get(PACK_ENV, "1")),  # runs sharing the device with this one, itself included
         "wall_time_s": {},
     }
 

@@ -45,7 +45,8 @@ ex = Experiment("mnist_ddpm")
 ex.add_config(Config().to_dict() | RUN_OPTIONS)
 for _name, _overrides in SCALES.items():
     ex.add_named_config(_name, dict(_overrides, scale=_name, checkpoint_every=_overrides.get("log_every", 20) * 5))
-TARGET: store.Target | None = None  # set by main() before Sacred runs
+TARGET: store.Target | None = None  # set by cli() before Sacred runs
+JOURNAL_ONLY = False  # likewise: runs go to the journal's offline/ directory, not the database
 
 
 def _check_run_options(config: dict) -> None:
@@ -62,7 +63,8 @@ def _check_run_options(config: dict) -> None:
 def _resumed_config(run_id) -> dict:
     """The stored config of run ``run_id`` and its checkpoint, from the local journal."""
     target = TARGET or store.resolve()
-    run_dir = next((d / str(run_id) for d in (target.journal_dir(), target.journal_dir(online=False))
+    journals = (target.journal_dir(), target.journal_dir(online=False))
+    run_dir = next((d / str(run_id) for d in (journals[::-1] if JOURNAL_ONLY else journals)
                     if (d / str(run_id) / "config.json").exists()), None)
     if run_dir is None or not (run_dir / CHECKPOINT).exists():
         raise ValueError(f"invalid resume={run_id!r}: no journaled run with a checkpoint under "
@@ -121,8 +123,9 @@ def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    global TARGET
+    global TARGET, JOURNAL_ONLY
     argv, mongo, journal_only = _split_store_options(list(sys.argv if argv is None else argv))
+    JOURNAL_ONLY = journal_only
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
     TARGET = store.resolve(mongo)
     if command not in UNOBSERVED_COMMANDS and not {"-u", "--unobserved"} & set(argv):

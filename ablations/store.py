@@ -1,6 +1,6 @@
 """Where runs go: the MongoDB URL, the embedded local server, the observers and the local journal.
 
-    python -m ablations.store status | start | stop | sync
+    python -m ablations.store status | start | stop | sync [PART ...] | bundle OUT_DIR
 
 The URL comes from ``-m`` on the experiment's command line, else ``$ABLATIONS_MONGO_URL``, else
 ``mongodb://127.0.0.1:27017`` with database ``ablations``. Only with that default, when nothing
@@ -9,6 +9,8 @@ with its data in ``$ABLATIONS_HOME/mongo`` (default ``runs/mongo`` in the reposi
 
 Every run is also journaled to ``$ABLATIONS_HOME/journal`` by Sacred's FileStorageObserver, so a
 database that goes away loses nothing: ``sync`` uploads journaled runs (see :mod:`ablations.sync`).
+Runs made with ``--journal-only`` on a machine that cannot reach the database travel as
+``bundle`` parts (see :mod:`ablations.bundle`), which ``sync PART ...`` unpacks and uploads.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pymongo
 
-from ablations import sync
+from ablations import bundle, sync
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "mongodb://127.0.0.1:27017"
@@ -232,10 +234,18 @@ def status(target: Target, log=print) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ablations.store", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["status", "start", "stop", "sync"])
+    parser = argparse.ArgumentParser(prog="python -m ablations.store", description=__doc__.splitlines()[0],
+                                     epilog="bundle OUT_DIR packs the journal-only runs into parts of at most "
+                                            "--part-mib; sync [PART ...] unpacks such parts first, then uploads")
+    parser.add_argument("command", choices=["status", "start", "stop", "sync", "bundle"])
+    parser.add_argument("paths", nargs="*", help="bundle: the output directory; sync: bundle parts to upload")
     parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    parser.add_argument("--checkpoints", action="store_true", help="bundle: carry the full checkpoints too")
+    parser.add_argument("--part-mib", type=float, default=bundle.PART_MIB, help="bundle: largest part (MiB)")
     args = parser.parse_args(argv)
+    if len(args.paths) != 1 if args.command == "bundle" else args.paths and args.command != "sync":
+        parser.error(f"invalid paths {args.paths} for {args.command}: bundle takes one output directory, "
+                     "sync takes bundle parts or none, the others take none")
     target = resolve(args.mongo)
     if args.command == "status":
         status(target)
@@ -246,10 +256,28 @@ def main(argv: list[str] | None = None) -> int:
             start_embedded(target)
     elif args.command == "stop":
         stop_embedded()
+    elif args.command == "bundle":
+        offline = [d for d in journal_runs(target) if d.parent == target.journal_dir(online=False)]
+        if not offline:
+            print(f"ERROR: no journal-only runs under {target.journal_dir(online=False)}", file=sys.stderr)
+            return 2
+        bundle.write(offline, Path(args.paths[0]), args.checkpoints, args.part_mib)
     else:
-        ensure_server(target)
-        return 0 if sync_journal(target) else 1
+        return sync_command(target, [Path(p) for p in args.paths])
     return 0
+
+
+def sync_command(target: Target, parts: list[Path]) -> int:
+    """Unpack bundle parts (checked first: a missing one is an error before anything moves), then upload."""
+    missing = [str(p) for p in parts if not p.is_file() or not p.name.endswith(bundle.SUFFIX)]
+    if missing:
+        print(f"ERROR: invalid bundle part(s) {missing}: valid values are existing *{bundle.SUFFIX} files "
+              "written by `python -m ablations.store bundle`", file=sys.stderr)
+        return 2
+    ensure_server(target)
+    for part in parts:
+        bundle.unpack(part, target.journal_dir(online=False))
+    return 0 if sync_journal(target) else 1
 
 
 if __name__ == "__main__":

@@ -5,10 +5,18 @@
     python ablations/sweep.py --plan ofat --seeds 0,1 --dry-run with small
     python ablations/sweep.py --plan ofat --seeds 0,1 --workers 2 with smoke  # a Dask LocalCluster
     python ablations/sweep.py --plan ofat --seeds 0,1 --scheduler tcp://HOST:8786 with paper
+    python ablations/sweep.py --plan ofat --seeds 0,1,2 --pack 6 --journal-only with gpu   # 6 runs at once, no database
 
 Idempotent: a cell x seed already COMPLETED in the store is skipped; an INTERRUPTED or FAILED
 one is resumed from its checkpoint when the journal has one, else run again. Cells are claimed
 atomically in the database (collection ``sweep_claims``), so two sweeps never run one cell twice.
+
+``--pack K`` runs K cells at a time on this machine's one device, each in its own process (a normal
+Sacred run, with the torch threads of the CPU shared out): a process computes exactly what it would
+alone, so a packed run equals the same cell run solo bit for bit. On a GPU the processes share the
+chip (their kernels overlap only under CUDA MPS; see the README's "Packing"). ``--journal-only``
+needs no database: runs go to the local journal, a cell COMPLETED there is skipped, and
+``python -m ablations.store bundle`` packs them for ``python -m ablations.store sync`` elsewhere.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ablations import plan as plans
 from ablations import store
-from ablations.record import CHECKPOINT
+from ablations.record import CHECKPOINT, PACK_ENV
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
@@ -48,6 +57,8 @@ class Task:
     mongo: str | None
     db_name: str
     journal_only: bool = False
+    pack: int = 1  # how many runs share this machine's device at a time (recorded as info.pack)
+    refusal: str | None = None  # why this machine cannot run the cell (it may still be stored)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,12 +91,11 @@ def _stored(db, key: str, status) -> dict | None:
     return db.runs.find_one({"info.config_hash": key, "status": status}, sort=[("_id", pymongo.DESCENDING)])
 
 
-def _resumable(key: str, target: store.Target) -> int | None:
-    """The newest unfinished run of this cell with a checkpoint in the local journal.
+def _resumable(key: str, base: Path) -> int | None:
+    """The newest unfinished run of this cell with a checkpoint in the journal directory ``base``.
 
     Read from the journal's config.json, which exists from the run's first moment (the database
     learns the config hash only at the first heartbeat, which a killed run may never reach)."""
-    base = target.journal_dir()
     for run_dir in sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name)):
         if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
             continue
@@ -107,42 +117,74 @@ def _die_with_parent() -> None:
         pass
 
 
-def _launch(db, task: Task, target: store.Target):
-    """One attempt at the cell: resume its interrupted run when the journal has a checkpoint."""
-    resume = _resumable(task.key, target)
-    words = [f"resume={resume}"] if resume is not None else task.words
-    cmd = [sys.executable, str(RUN_PY)] + (["-m", task.mongo] if task.mongo else []) + ["with", *words]
-    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent)
-    found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
-    doc = db.runs.find_one({"_id": int(found.group(1))}) if found else None
-    return out, found, doc
+def _journal_run(run_dir: Path) -> dict | None:
+    """A journal-only run's run.json (status, result), or None while it has none."""
+    return json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else None
+
+
+def _stored_in_journal(key: str, base: Path) -> dict | None:
+    """The newest COMPLETED run of this cell in the journal directory ``base``, with its ``_id``."""
+    for run_dir in sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name)):
+        info_path = run_dir / "info.json"
+        if info_path.exists() and json.loads(info_path.read_text()).get("config_hash") == key:
+            run = _journal_run(run_dir)
+            if run and run.get("status") == "COMPLETED":
+                return run | {"_id": int(run_dir.name)}
+    return None
+
+
+def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.CompletedProcess, int | None, dict]:
+    """Run the cell (a run that died is resumed once from its checkpoint); (status, output, run id, record)."""
+    journal = target.journal_dir(online=not task.journal_only)
+    for _ in range(1 + RETRIES):
+        resume = _resumable(task.key, journal)
+        words = [f"resume={resume}"] if resume is not None else task.words
+        store_args = (["-m", task.mongo] if task.mongo else []) + (["--journal-only"] if task.journal_only else [])
+        out = subprocess.run([sys.executable, str(RUN_PY), *store_args, "with", *words], capture_output=True,
+                             text=True, preexec_fn=_die_with_parent, env=os.environ | {PACK_ENV: str(task.pack)})
+        found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
+        run_id = int(found.group(1)) if found else None
+        doc = (fetch(run_id) if run_id is not None else None) or {}
+        status = doc.get("status") if out.returncode == 0 else "FAILED"
+        if status == "COMPLETED":
+            break
+    return status or "FAILED", out, run_id, doc
+
+
+def _row(task: Task, status: str, run_id=None, doc: dict | None = None, wall_s: float = 0.0) -> dict:
+    fid = (doc or {}).get("result", {}).get("fid") if status in ("COMPLETED", "stored") else None
+    return {"cell": task.cell, "seed": task.seed, "status": status, "run_id": run_id, "fid": fid, "wall_s": wall_s}
+
+
+def _run_here(task: Task, target: store.Target, fetch) -> dict:
+    started = time.time()
+    status, out, run_id, doc = _attempts(task, target, fetch)
+    if status != "COMPLETED":
+        print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
+    return _row(task, status, run_id, doc, time.time() - started)
 
 
 def run_cell(task: Task) -> dict:
     """Run one cell unless it is stored or claimed; return a summary row."""
-    started = time.time()
     target = store.resolve(task.mongo)
-    row = {"cell": task.cell, "seed": task.seed, "run_id": None, "fid": None}
+    if task.journal_only:  # no database: the journal is the store, and this sweep the only claimant
+        base = target.journal_dir(online=False)
+        done = _stored_in_journal(task.key, base)
+        if done or task.refusal:
+            return _row(task, "stored", done["_id"], done) if done else _row(task, "not run here")
+        return _run_here(task, target, lambda run_id: _journal_run(base / str(run_id)))
     with target.client() as client:
         db = client[target.db_name]
         done = _stored(db, task.key, "COMPLETED")
-        if done:
-            return row | {"status": "stored", "run_id": done["_id"], "fid": done["result"]["fid"], "wall_s": 0.0}
+        if done or task.refusal:
+            return _row(task, "stored", done["_id"], done) if done else _row(task, "not run here")
         owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         if not claim(db, task.key, owner):
-            return row | {"status": "claimed elsewhere", "wall_s": 0.0}
-        for attempt in range(1 + RETRIES):  # a run that died is resumed from its checkpoint
-            out, found, doc = _launch(db, task, target)
-            status = doc["status"] if doc and out.returncode == 0 else "FAILED"
-            if status == "COMPLETED":
-                break
+            return _row(task, "claimed elsewhere")
+        row = _run_here(task, target, lambda run_id: db.runs.find_one({"_id": run_id}))
         db.sweep_claims.update_one({"_id": task.key, "owner": owner["owner"]},
-                                   {"$set": {"state": "done" if status == "COMPLETED" else "failed"}})
-    if status != "COMPLETED":
-        print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
-    fid = (doc or {}).get("result", {}).get("fid") if status == "COMPLETED" else None
-    return row | {"status": status, "run_id": found and int(found.group(1)), "fid": fid,
-                  "wall_s": time.time() - started}
+                                   {"$set": {"state": "done" if row["status"] == "COMPLETED" else "failed"}})
+    return row
 
 
 def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
@@ -153,14 +195,27 @@ def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
     for c in cells:
         flips = [f"{k}={v!r}" for k, v in c.overrides.items()]
         words = [*with_words, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads]
-        tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name))
+        tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name, args.journal_only,
+                          args.pack, _refusal(c)))
     return tasks
 
 
+def _refusal(cell: plans.Cell) -> str | None:
+    """Why this machine cannot run ``cell`` (e.g. a `gpu` cell on a CPU), or None when it can."""
+    try:
+        plans.planned_precision(cell.config, cell.precision)
+        return None
+    except ValueError as exc:
+        return str(exc)
+
+
 def execute(tasks: list[Task], args) -> list[dict]:
-    """Sequentially here, or on Dask: a LocalCluster of ``--workers`` or the ``--scheduler``'s cluster."""
+    """Here (one at a time, or ``--pack`` at a time), or on Dask: a LocalCluster of ``--workers`` or
+    the ``--scheduler``'s cluster."""
     if not args.workers and not args.scheduler:
-        return [run_cell(t) for t in tqdm(tasks, desc="cells", unit="cell")]
+        # Each cell is a subprocess, so threads are enough to keep `pack` of them running.
+        with ThreadPoolExecutor(max_workers=args.pack) as pool:
+            return list(tqdm(pool.map(run_cell, tasks), total=len(tasks), desc="cells", unit="cell"))
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -192,11 +247,19 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['cell']:<34}{r['seed']:>5}  {r['status']:<18}{r['run_id'] or '-':>5}{fid:>10}{r['wall_s']:>9.0f}")
 
 
+def _positive(what: str):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are integers >= 1")
+        return int(text)
+    return parse
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     words = argv[argv.index("with") + 1:] if "with" in argv else []
     head = argv[:argv.index("with")] if "with" in argv else argv
     p = argparse.ArgumentParser(prog="python ablations/sweep.py", description="Run an ablation plan x seeds.",
-                                epilog="Everything after `with` is passed to ablations/run.py (named configs, key=value).")
+                                epilog="Everything after `with` is passed to ablations/run.py "
+                                       "(named configs, key=value).")
     p.add_argument("--plan", choices=plans.PLANS, default="ofat")
     p.add_argument("--seeds", default="0", type=plans.comma_integers("seeds"))
     p.add_argument("--only", type=lambda s: s.split(","), help=f"toggles to vary, from {', '.join(plans.TOGGLES)}")
@@ -204,10 +267,19 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--print-id", action="store_true", help="print only the sweep id and run nothing")
     p.add_argument("--workers", type=int, default=0, help="run on a Dask LocalCluster of N worker processes")
     p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
+    p.add_argument("--pack", type=_positive("pack"), default=1,
+                   help="run K cells at a time on this machine's device, each its own process (default 1)")
+    p.add_argument("--journal-only", action="store_true",
+                   help="no database: runs go to the local journal (then `python -m ablations.store bundle`/`sync`)")
     p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
     args = p.parse_args(head)
-    args.threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else 0
+    if args.pack > 1 and (args.workers or args.scheduler):
+        p.error(f"invalid --pack {args.pack} with --workers/--scheduler: pack runs cells on this machine's "
+                "device, Dask on its workers; choose one")
+    sharing = args.workers or (args.pack if args.pack > 1 else 0)
+    args.threads = max(1, (os.cpu_count() or 1) // sharing) if sharing else 0
     return args, words
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,9 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         for t in tasks:
             print(f"  {t.cell:<34} seed {t.seed:<4} with {' '.join(t.words)}")
         return 0
-    store.ensure_server(target)
+    if not args.journal_only:
+        store.ensure_server(target)
     rows = execute(tasks, args)
     print_table(rows)
+    refused = next((t.refusal for t in tasks if t.refusal), None)
+    if any(r["status"] == "not run here" for r in rows):
+        print(f"Cells not stored were not run: this machine cannot ({refused}).", file=sys.stderr)
     print(f"sweep id: {tasks[0].sweep_id}   (python analysis/report.py --sweep {tasks[0].sweep_id})")
     return 0 if all(r["status"] in ("COMPLETED", "stored", "claimed elsewhere") for r in rows) else 1
 

@@ -1,9 +1,14 @@
 """Regenerate the comparison report from stored runs, with one command.
 
-    python analysis/report.py [--mongo-url URL | --dump FILE] [--sweep ID] [--out DIR]
+    python analysis/report.py [--mongo-url URL | --dump FILE ...] [--sweep ID ...] [--out DIR]
+    python analysis/report.py --dump reports/runs.json --dump reports/gpu/runs.json --out /tmp/scales
 
 Writes DIR/report.md (readable on a code host), DIR/report.html (self-contained: figures
 embedded, every string escaped) and DIR/figures/*.png. Only COMPLETED runs count.
+
+Runs of several scales (e.g. `small` on a CPU and `gpu`) are never pooled: each scale gets its own
+report in DIR/<scale>/, and DIR/report.md sets each toggle's effect at every scale side by side,
+with whether their signs agree (does the cheap scale predict the expensive one?).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import html
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
@@ -168,15 +174,62 @@ def html_page(tabs: dict, facts: dict, verdicts: dict, figs: list[Path], title: 
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def build(docs: list[dict], out: Path, sweep: str | None = None) -> dict[str, pd.DataFrame]:
-    """Write the report for the COMPLETED runs of ``docs`` (one sweep if given) into ``out``; return its tables."""
-    docs = [d for d in docs if d.get("status") == "COMPLETED" and (sweep is None or d["config"].get("sweep_id") == sweep)]
+def across_scales(effects: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Per verdict metric: each cell's paired effect at every scale side by side, and whether the signs agree
+    ("yes"/"no" over the scales where the cell has a paired effect; "-" where fewer than two have one)."""
+    out = {}
+    for metric in VERDICT_METRICS:
+        rows = {}
+        for scale, table in effects.items():
+            for r in table[table.metric == metric].itertuples():
+                cell = rows.setdefault(r.cell, {"cell": r.cell})
+                interval = f" [{r.ci_low:.3g}, {r.ci_high:.3g}]" if not pd.isna(r.ci_low) else ""
+                cell[scale] = f"{r.diff:+.3g}{interval} (n={r.n}, Holm p={r.p_holm:.2g})"
+                cell.setdefault("signs", []).append(np.sign(r.diff))
+        for cell in rows.values():
+            signs = [s for s in cell.pop("signs") if s != 0 and not pd.isna(s)]
+            cell["signs agree"] = "-" if len(signs) < 2 else ("yes" if len(set(signs)) == 1 else "no")
+        if rows:
+            out[metric] = pd.DataFrame(list(rows.values()), columns=["cell", *effects, "signs agree"]).fillna("-")
+    return out
+
+
+def build_scales(docs: list[dict], out: Path, scales: list[str]) -> dict[str, pd.DataFrame]:
+    """One report per scale in ``out/<scale>/``, and ``out/report.md``/``.html`` with the effects side by side."""
+    effects = {}
+    for scale in scales:
+        tabs = build([d for d in docs if d["config"].get("scale") == scale], out / scale)
+        effects[scale] = tabs.get("effects", pd.DataFrame(columns=["cell", "metric"]))
+    side_by_side = across_scales(effects)
+    title = "MNIST DDPM ablations across scales: " + ", ".join(scales)
+    md = [f"# {title}", "", "Effect of each cell against its own scale's baseline (cell minus baseline, paired "
+          "by seed; mean [95% t-interval], n, Holm p within that scale). Lower is better for every metric here. "
+          "Each scale's full report: " + ", ".join(f"[{s}]({s}/report.md)" for s in scales) + "."]
+    for metric, table in side_by_side.items():
+        md += ["", f"## {metric}", "", markdown_table(table)]
+    (out / "report.md").write_text("\n".join(md + [""]))
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>"]
+    for metric, table in side_by_side.items():
+        body += [f"<h2>{html.escape(metric)}</h2>", table.to_html(index=False, escape=True)]
+    (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                                     f"</title></head><body>{''.join(body)}</body></html>")
+    return side_by_side
+
+
+def build(docs: list[dict], out: Path, sweep: str | list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Write the report for the COMPLETED runs of ``docs`` (of the given sweeps, if any) into ``out``; return its
+    tables. Runs of more than one scale get :func:`build_scales`."""
+    sweeps = [sweep] if isinstance(sweep, str) else sweep
+    docs = [d for d in docs if d.get("status") == "COMPLETED" and (not sweeps or d["config"].get("sweep_id") in sweeps)]
     if not docs:
-        raise ValueError(f"no COMPLETED runs{' in sweep ' + sweep if sweep else ''}: nothing to report")
+        raise ValueError(f"no COMPLETED runs{' in sweep ' + ', '.join(sweeps) if sweeps else ''}: nothing to report")
+    scales = list(dict.fromkeys(d["config"].get("scale") or "custom" for d in docs))
+    if len(scales) > 1:
+        return build_scales(docs, out, scales)
     runs = runs_table(docs)
     tabs = tables(runs)
     figs = make_figures(docs, runs, tabs, out / "figures")
-    render(tabs, setting(runs), figs, out, f"MNIST DDPM ablations{' — sweep ' + sweep if sweep else ''}")
+    render(tabs, setting(runs), figs, out, f"MNIST DDPM ablations{' — sweep ' + ', '.join(sweeps) if sweeps else ''}")
     return tabs
 
 
@@ -184,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
-    source.add_argument("--dump", type=Path, help="a JSON dump from `python -m analysis.runs export`")
-    parser.add_argument("--sweep", help="only this sweep id")
+    source.add_argument("--dump", type=Path, action="append",
+                        help="a JSON dump from `python -m analysis.runs export` (repeat it for several)")
+    parser.add_argument("--sweep", action="append", help="only this sweep id (repeat it for several)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
     args = parser.parse_args(argv)
-    docs = from_dump(args.dump) if args.dump else from_mongo(args.mongo_url, args.sweep)
+    if args.dump:
+        docs = [doc for dump in args.dump for doc in from_dump(dump)]
+    else:
+        docs = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo_url, sweep)]
     try:
         build(docs, args.out, args.sweep)
     except ValueError as exc:

@@ -1,6 +1,7 @@
 """Analysis: report regeneration, statistics, audit and re-execution, on real stored runs."""
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 import signal
@@ -85,6 +86,28 @@ def _synthetic(effects: dict[str, float], seeds: int, noise: float, seed: int = 
     rows = [{"cell": cell, "seed": s, "fid": 100 + seed_level[s] + effect + rng.normal(0, noise)}
             for cell, effect in effects.items() for s in range(seeds)]
     return pd.DataFrame(rows)
+
+
+def test_report_sets_the_effects_of_several_scales_side_by_side(tmp_path):
+    """Two scales are reported apart, each against its own baseline, and side by side with the signs compared."""
+    small = runs.from_dump(REPO / "reports" / "runs.json")
+    other = copy.deepcopy(small)
+    base_fid = {d["config"]["seed"]: d["result"]["fid"] for d in small if d["config"]["cell"] == "baseline"}
+    for doc in other:
+        doc["_id"] += 1000
+        doc["config"]["scale"] = "gpu"
+        if doc["config"]["cell"] == "schedule=linear":  # at "gpu", linear helps by what it hurt at small
+            doc["result"]["fid"] = 2 * base_fid[doc["config"]["seed"]] - doc["result"]["fid"]
+    dumps = [REPO / "reports" / "runs.json", runs.export(other, tmp_path / "gpu.json")]
+    assert report.main(["--dump", str(dumps[0]), "--dump", str(dumps[1]), "--out", str(tmp_path / "scales")]) == 0
+    assert all((tmp_path / "scales" / scale / "report.md").exists() for scale in ("small", "gpu"))
+    table = report.across_scales({scale: report.tables(runs.runs_table([d for d in small + other
+                                                                       if d["config"]["scale"] == scale]))["effects"]
+                                  for scale in ("small", "gpu")})["fid"].set_index("cell")
+    assert table.loc["schedule=linear", "signs agree"] == "no"
+    assert (table.drop("schedule=linear")["signs agree"] == "yes").all()
+    assert table.loc["schedule=linear", "small"].startswith("+") and table.loc["schedule=linear", "gpu"].startswith("-")
+    assert "| schedule=linear |" in (tmp_path / "scales" / "report.md").read_text()
 
 
 def test_stats_recover_known_effects():

@@ -1,14 +1,19 @@
-"""Sweeps: plans, idempotence, atomic claims, Dask execution and a killed run, against a real server."""
+"""Sweeps: plans, idempotence, atomic claims, Dask, packing, journal-only bundles and a killed run, against a real
+server."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
+from ablations import plan as plans
 from ablations import sweep
+from benchmarks import suite
 from tests.helpers import deterministic, final_weights, metrics_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,27 +48,111 @@ def test_only_and_bad_values(capsys):
         capsys.readouterr().err
 
 
-def test_sequential_then_dask_same_results_and_idempotent(server, env):
-    seq = ["--only", "attention", "--seeds", "0", "-m", f"{server.url}/sequential", "with", "smoke", "threads=1"]
-    first = run_sweep(seq, env)
+SEQUENTIAL = ["--only", "attention", "--seeds", "0", "with", "smoke", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def sequential_db(server, env):
+    """The attention-only smoke sweep at seed 0, one run at a time, stored directly in database `sequential`."""
+    first = run_sweep(["-m", f"{server.url}/sequential", *SEQUENTIAL], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    seq_db = server.db("sequential")
-    assert seq_db.runs.count_documents({"status": "COMPLETED"}) == 2
-    again = run_sweep(seq, env)
+    return server.db("sequential")
+
+
+def assert_same_runs(db, reference_db) -> None:
+    """Every run of ``db`` equals its cell's run in ``reference_db``: results, metrics, weights (throughput aside)."""
+    for doc in db.runs.find():
+        twin = reference_db.runs.find_one({"info.config_hash": doc["info"]["config_hash"]})
+        assert twin is not None and doc["result"] == twin["result"]
+        assert deterministic(metrics_of(db, doc["_id"])) == deterministic(metrics_of(reference_db, twin["_id"]))
+        assert all((a == b).all() for a, b in zip(final_weights(db, doc["_id"]).values(),
+                                                  final_weights(reference_db, twin["_id"]).values()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_gpu_sweep_is_planned_here_but_not_run(tmp_path):
+    """The `gpu` scale names its device, so its cells get their GPU keys (fp16) here too; none is run here."""
+    cells = plans.build("ofat", [0], ["gpu"], ["attention"])
+    assert [c.precision for c in cells] == ["fp16", "fp16"]
+    out = run_sweep(["--only", "attention", "--seeds", "0", "--journal-only", "with", "gpu"],
+                    os.environ | {"ABLATIONS_HOME": str(tmp_path)})
+    assert out.returncode == 1 and out.stdout.count("not run here") == 2
+    assert "invalid device='cuda': no CUDA device is present here" in out.stderr
+    assert not list(tmp_path.glob("journal/*/offline/[0-9]*"))  # nothing was started
+
+
+def test_sequential_then_dask_same_results_and_idempotent(server, env, sequential_db):
+    assert sequential_db.runs.count_documents({"status": "COMPLETED"}) == 2
+    again = run_sweep(["-m", f"{server.url}/sequential", *SEQUENTIAL], env)
     assert again.returncode == 0 and again.stdout.count("stored") == 2
-    assert seq_db.runs.count_documents({}) == 2  # the second call ran nothing
+    assert sequential_db.runs.count_documents({}) == 2  # the second call ran nothing
 
     dask = ["--only", "attention", "--seeds", "0", "--workers", "2", "-m", f"{server.url}/dask", "with", "smoke"]
     out = run_sweep(dask, env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     dask_db = server.db("dask")
-    for doc in dask_db.runs.find():
-        twin = seq_db.runs.find_one({"info.config_hash": doc["info"]["config_hash"]})
-        assert doc["config"]["threads"] == twin["config"]["threads"] == 1  # 2 workers share 2 cores
-        assert deterministic(metrics_of(dask_db, doc["_id"])) == deterministic(metrics_of(seq_db, twin["_id"]))
-        assert all((a == b).all() for a, b in zip(final_weights(dask_db, doc["_id"]).values(),
-                                                  final_weights(seq_db, twin["_id"]).values()))
+    assert all(doc["config"]["threads"] == 1 for doc in dask_db.runs.find())  # 2 workers share 2 cores
+    assert_same_runs(dask_db, sequential_db)
     assert dask_db.runs.count_documents({"status": "COMPLETED"}) == 2
+
+
+def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_runs(server, env, sequential_db,
+                                                                                  tmp_path):
+    """Made where no database answers (packed, journal-only), carried as bundle parts, synced at home: the
+    records equal direct runs, a second sync adds nothing, and the sweep at home finds every cell stored."""
+    away = env | {"ABLATIONS_HOME": str(tmp_path / "gpu-machine"), "ABLATIONS_MONGO_URL": "mongodb://127.0.0.1:9"}
+    packed = run_sweep(["--pack", "2", "--journal-only", *SEQUENTIAL[:-1]], away)  # threads: 2 cores / pack 2 = 1
+    assert packed.returncode == 0 and packed.stdout.count("COMPLETED") == 2, packed.stdout[-3000:] + packed.stderr
+    again = run_sweep(["--pack", "2", "--journal-only", *SEQUENTIAL[:-1]], away)
+    assert again.returncode == 0 and again.stdout.count("stored") == 2  # idempotent without a database too
+
+    store_cli = [sys.executable, "-m", "ablations.store"]
+    bundled = subprocess.run([*store_cli, "bundle", str(tmp_path / "out"), "--part-mib", "6"], env=away,
+                             capture_output=True, text=True, cwd=REPO)
+    parts = sorted((tmp_path / "out").glob("journal-*.tar.xz"))
+    assert bundled.returncode == 0 and len(parts) == 2, bundled.stdout + bundled.stderr  # one run per 6 MiB part
+    assert all(p.stat().st_size <= 6 * 2**20 for p in parts)
+
+    home = env | {"ABLATIONS_HOME": str(tmp_path / "home")}
+    carried = f"{server.url}/carried"
+    for attempt in range(2):
+        synced = subprocess.run([*store_cli, "sync", *map(str, parts), "-m", carried], env=home,
+                                capture_output=True, text=True, cwd=REPO)
+        assert synced.returncode == 0 and synced.stdout.count("inserted") == (2 if attempt == 0 else 0), synced.stdout
+    db = server.db("carried")
+    assert db.runs.count_documents({}) == 2 and db.runs.count_documents({"status": "COMPLETED"}) == 2
+    assert_same_runs(db, sequential_db)  # packed equals solo, bit for bit
+    for doc in db.runs.find():
+        twin = sequential_db.runs.find_one({"info.config_hash": doc["info"]["config_hash"]})
+        assert set(doc) == set(twin) and set(doc["info"]) == set(twin["info"])
+        assert sorted(a["name"] for a in doc["artifacts"]) == sorted(a["name"] for a in twin["artifacts"])
+        assert (doc["info"]["pack"], twin["info"]["pack"]) == (2, 1)
+    home_sweep = run_sweep(["-m", carried, *SEQUENTIAL], home)
+    assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 2
+    assert db.runs.count_documents({}) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pack_equals_solo_and_repeats_bitwise(tmp_path):
+    """On one GPU: a pack of 3 runs equals the same 3 runs one at a time, and the same pack again, bit for bit."""
+    sweep_args = ["--only", "attention,ema", "--seeds", "0", "with", "smoke", "device=cuda"]
+    result = suite.main(["--pack", "3", "--work", str(tmp_path), "--", *sweep_args])
+    assert result["runs"] == 3 and result["bitwise_equal"], result["per_run"]
+    suite.timed_sweep(sweep_args, 3, result["threads_per_run"], tmp_path / "again", dict(os.environ))
+    again = suite.compare(suite.journal_records(tmp_path / "again"), suite.journal_records(tmp_path / "packed"))
+    assert again["bitwise_equal"], again["per_run"]
+
+
+def test_suite_benchmark_compares_every_part_and_refuses_bad_arguments():
+    run = {"result": {"fid": 1.0}, "metrics": {"train.loss": [0.5]}, "weights": {"w": b"\x00"}}
+    assert suite.compare({"a": run}, {"a": dict(run)})["bitwise_equal"]
+    changed = suite.compare({"a": run}, {"a": run | {"weights": {"w": b"\x01"}}})
+    assert not changed["bitwise_equal"]
+    assert changed["per_run"]["a"] == {"result": True, "metrics": True, "weights": False}
+    assert not suite.compare({"a": run}, {"a": run, "b": run})["bitwise_equal"]  # a run missing from the pack
+    for bad in (["--pack", "1", "--", "with", "smoke"], ["--pack", "2", "--", "--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            suite.main(bad)
 
 
 def test_two_sweeps_at_once_never_run_a_cell_twice(server, env):

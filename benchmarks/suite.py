@@ -1,0 +1,123 @@
+"""The same sweep one run at a time and packed K at a time on one device: speed-up, and equality.
+
+    python benchmarks/suite.py --pack 6 --mps --out benchmarks/device/suite-h100.json -- --seeds 0,1,2 with gpu \
+        train_steps=2000
+    python benchmarks/suite.py --pack 2 -- --only attention --seeds 0 with smoke      # a quick check on a CPU
+
+Everything after ``--`` goes to ``ablations/sweep.py``. Both sweeps run journal-only (no database),
+each into a fresh ``ABLATIONS_HOME`` under ``--work``, with the same torch threads (the machine's
+cores / K, since thread counts change CPU reductions), and each is timed from the start to the end
+of its ``sweep.py`` process: start-up, compilation and evaluation included. The JSON holds
+``suite_speedup_vs_sequential`` (sequential wall / packed wall) and whether every packed run equals
+its solo twin bit for bit (result, every metric but throughput, final weights).
+
+``--mps`` runs the packed sweep under CUDA MPS (started here, in ``--work``, and stopped after), so
+that the K processes' kernels can overlap on the GPU instead of taking turns.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ablations.record import FINAL_WEIGHTS, TRAIN_METRICS
+from benchmarks.run import machine
+from core.checkpoint import load_weights
+
+SWEEP = Path(__file__).resolve().parent.parent / "ablations" / "sweep.py"
+THROUGHPUT = TRAIN_METRICS[1]  # depends on the machine's load, so it is left out of the equality
+
+
+def journal_records(home: Path) -> dict:
+    """Per config hash, the deterministic record of every journal-only run under ``home``: its result,
+    its metrics but throughput, and its final model weights as bytes."""
+    records = {}
+    for run_dir in sorted(home.glob("journal/*/offline/[0-9]*")):
+        info = json.loads((run_dir / "info.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        weights = load_weights(run_dir / FINAL_WEIGHTS)["model"]
+        records[info["config_hash"]] = {
+            "result": json.loads((run_dir / "run.json").read_text())["result"],
+            "metrics": {k: v["values"] for k, v in metrics.items() if k != THROUGHPUT},
+            "weights": {k: v.cpu().numpy().tobytes() for k, v in weights.items()}}
+    return records
+
+
+@contextlib.contextmanager
+def cuda_mps(work: Path):
+    """Environment for processes under a CUDA MPS daemon of our own (pipe and log under ``work``)."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise RuntimeError("invalid --mps: nvidia-cuda-mps-control is not on PATH here")
+    dirs = {"CUDA_MPS_PIPE_DIRECTORY": work / "mps-pipe", "CUDA_MPS_LOG_DIRECTORY": work / "mps-log"}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {key: str(path) for key, path in dirs.items()}
+    subprocess.run([control, "-d"], env=env, check=True)
+    try:
+        yield env
+    finally:
+        subprocess.run([control], input="quit\n", text=True, env=env, check=False)
+
+
+def timed_sweep(sweep_args: list[str], pack: int, threads: int, home: Path, env: dict) -> float:
+    """Wall seconds of one journal-only sweep into ``home``; raises when a cell did not complete."""
+    cmd = [sys.executable, str(SWEEP), "--pack", str(pack), "--journal-only", *sweep_args, f"threads={threads}"]
+    started = time.perf_counter()
+    out = subprocess.run(cmd, env=env | {"ABLATIONS_HOME": str(home)}, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"the sweep with --pack {pack} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return wall
+
+
+def compare(packed: dict, solo: dict) -> dict:
+    """Which packed runs equal their solo twins bit for bit, part by part."""
+    same = {key: {part: packed[key][part] == solo.get(key, {}).get(part) for part in ("result", "metrics", "weights")}
+            for key in packed}
+    return {"runs": len(packed), "solo_runs": len(solo), "bitwise_equal": all(all(s.values()) for s in same.values())
+            and packed.keys() == solo.keys(), "per_run": same}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    own, sweep_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pack", type=int, default=6)
+    parser.add_argument("--mps", action="store_true", help="run the packed sweep under CUDA MPS")
+    parser.add_argument("--work", type=Path, help="where the two journals go (default: a temporary directory)")
+    parser.add_argument("--out", type=Path, help="write the result JSON here")
+    args = parser.parse_args(own)
+    if args.pack < 2:
+        parser.error(f"invalid --pack {args.pack}: valid values are integers >= 2 (1 is the sequential baseline)")
+    if "with" not in sweep_args:
+        parser.error(f"invalid sweep arguments {sweep_args}: valid ones end in `with` and a scale, after `--`")
+    work = args.work or Path(tempfile.mkdtemp(prefix="suite-"))
+    threads = max(1, (os.cpu_count() or 1) // args.pack)
+    with cuda_mps(work) if args.mps else contextlib.nullcontext(dict(os.environ)) as env:
+        packed_s = timed_sweep(sweep_args, args.pack, threads, work / "packed", env)
+    sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
+    equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
+    result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "sequential_s": sequential_s,
+              "packed_s": packed_s, "suite_speedup_vs_sequential": sequential_s / packed_s} | equality
+    print(f"{equality['runs']} runs: sequential {sequential_s:.0f} s, packed x{args.pack} {packed_s:.0f} s "
+          f"-> {result['suite_speedup_vs_sequential']:.2f}x; packed runs equal solo runs bit for bit: "
+          f"{equality['bitwise_equal']}")
+    if args.out:
+        args.out.write_text(json.dumps({k: v for k, v in result.items() if k != "per_run"}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
