@@ -5,10 +5,15 @@ import pytest
 import torch
 
 from benchmarks import paper, variants
-from benchmarks.budget import parse_budget
+from benchmarks.budget import learning_curve, parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
+from core.config import SCALES, Config
+from core.data import as_tensor, mnist
+from core.diffusion import DiffusionProcess
+from core.evaluation import sample_and_evaluate
 from core.precision import cpu_bf16_is_faster
+from core.train import train
 
 CPU = torch.device("cpu")
 
@@ -81,3 +86,16 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_s"]["train"] == pytest.approx(row["measured_s"]["train"] * 46_900 / 2)
     assert row["paper_s"]["sample"] == pytest.approx(row["measured_s"]["sample"] * 10_000 / 4)
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
+
+
+def test_learning_curve_points_are_the_runs_of_that_many_steps():
+    """Evaluating mid-run changes nothing: the curve's last point is a straight run of that many steps."""
+    config = Config(**SCALES["smoke"] | {"train_steps": 6, "n_samples": 16}, dropout=0.1, ema=True, device="cpu")
+    images = as_tensor(mnist(train=True))
+    rows, process = learning_curve(config, [3, 6], images, log=lambda line: None)
+    straight = DiffusionProcess(config)
+    train(straight, images)
+    for mine, theirs in ((process.model, straight.model), (process.ema_model, straight.ema_model)):
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+    assert [r["step"] for r in rows] == [3, 6] and rows[1]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]
+    assert 0 <= rows[1]["min_class_share"] <= 0.1 <= rows[1]["max_class_share"] <= 1 and rows[1]["nll_bpd"] > 0
