@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.paths) != 1 if args.command == "bundle" else args.paths and args.command != "sync":
         parser.error(f"invalid paths {args.paths} for {args.command}: bundle takes one output directory, "
                      "sync takes bundle parts or none, the others take none")
+    if args.part_mib <= 0:
+        parser.error(f"invalid --part-mib {args.part_mib:g}: valid values are positive numbers of MiB")
     target = resolve(args.mongo)
     if args.command == "status":
         status(target)
@@ -261,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         if not offline:
             print(f"ERROR: no journal-only runs under {target.journal_dir(online=False)}", file=sys.stderr)
             return 2
-        bundle.write(offline, Path(args.paths[0]), args.checkpoints, args.part_mib)
+        try:
+            bundle.write(offline, Path(args.paths[0]), args.checkpoints, args.part_mib)
+        except ValueError as exc:  # a run larger than a part: said before any part is written
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 2
     else:
         return sync_command(target, [Path(p) for p in args.paths])
     return 0

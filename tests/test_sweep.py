@@ -107,6 +107,10 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
     assert again.returncode == 0 and again.stdout.count("stored") == 2  # idempotent without a database too
 
     store_cli = [sys.executable, "-m", "ablations.store"]
+    too_small = subprocess.run([*store_cli, "bundle", str(tmp_path / "out"), "--part-mib", "2"], env=away,
+                               capture_output=True, text=True, cwd=REPO)
+    assert too_small.returncode == 2 and "more than a part may (2 MiB)" in too_small.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     bundled = subprocess.run([*store_cli, "bundle", str(tmp_path / "out"), "--part-mib", "6"], env=away,
                              capture_output=True, text=True, cwd=REPO)
     parts = sorted((tmp_path / "out").glob("journal-*.tar.xz"))
