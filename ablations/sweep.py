@@ -91,12 +91,17 @@ def _stored(db, key: str, status) -> dict | None:
     return db.runs.find_one({"info.config_hash": key, "status": status}, sort=[("_id", pymongo.DESCENDING)])
 
 
+def _newest_first(base: Path) -> list[Path]:
+    """The run directories of a journal directory (named by run id), newest first."""
+    return sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name))
+
+
 def _resumable(key: str, base: Path) -> int | None:
     """The newest unfinished run of this cell with a checkpoint in the journal directory ``base``.
 
     Read from the journal's config.json, which exists from the run's first moment (the database
     learns the config hash only at the first heartbeat, which a killed run may never reach)."""
-    for run_dir in sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name)):
+    for run_dir in _newest_first(base):
         if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
             continue
         stored = json.loads((run_dir / "config.json").read_text())
@@ -124,7 +129,7 @@ def _journal_run(run_dir: Path) -> dict | None:
 
 def _stored_in_journal(key: str, base: Path) -> dict | None:
     """The newest COMPLETED run of this cell in the journal directory ``base``, with its ``_id``."""
-    for run_dir in sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name)):
+    for run_dir in _newest_first(base):
         info_path = run_dir / "info.json"
         if info_path.exists() and json.loads(info_path.read_text()).get("config_hash") == key:
             run = _journal_run(run_dir)
@@ -156,6 +161,13 @@ def _row(task: Task, status: str, run_id=None, doc: dict | None = None, wall_s: 
     return {"cell": task.cell, "seed": task.seed, "status": status, "run_id": run_id, "fid": fid, "wall_s": wall_s}
 
 
+def _not_to_run(task: Task, done: dict | None) -> dict | None:
+    """The row of a cell already stored (``done``), or of one this machine cannot run; None for the rest."""
+    if done:
+        return _row(task, "stored", done["_id"], done)
+    return _row(task, "not run here") if task.refusal else None
+
+
 def _run_here(task: Task, target: store.Target, fetch) -> dict:
     started = time.time()
     status, out, run_id, doc = _attempts(task, target, fetch)
@@ -169,15 +181,13 @@ def run_cell(task: Task) -> dict:
     target = store.resolve(task.mongo)
     if task.journal_only:  # no database: the journal is the store, and this sweep the only claimant
         base = target.journal_dir(online=False)
-        done = _stored_in_journal(task.key, base)
-        if done or task.refusal:
-            return _row(task, "stored", done["_id"], done) if done else _row(task, "not run here")
+        if row := _not_to_run(task, _stored_in_journal(task.key, base)):
+            return row
         return _run_here(task, target, lambda run_id: _journal_run(base / str(run_id)))
     with target.client() as client:
         db = client[target.db_name]
-        done = _stored(db, task.key, "COMPLETED")
-        if done or task.refusal:
-            return _row(task, "stored", done["_id"], done) if done else _row(task, "not run here")
+        if row := _not_to_run(task, _stored(db, task.key, "COMPLETED")):
+            return row
         owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         if not claim(db, task.key, owner):
             return _row(task, "claimed elsewhere")
