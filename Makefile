@@ -8,7 +8,7 @@ SHELL := bash
 # Reinstall whenever the dependency declaration or the lock changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lock data clean
+.PHONY: demo test install lock data clean device-kit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: data
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# What a GPU machine needs beside the working tree (README: "The GPU suite, stage by stage"): .device/
+device-kit: install
+	bash benchmarks/device/kit.sh
 
 clean:
 	rm -rf outputs .pytest_cache

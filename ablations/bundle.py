@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ablations.record import CHECKPOINT
 from ablations.sync import is_settled, load
 
 PART_MIB = 16
+# Weights are nearly incompressible (xz saves about 9% at any preset) and the rest is small: preset 0
+# saves as much as 6 here, at about 2.5x the speed (5.7 against 2.3 MiB/s on a 2-core EPYC).
+XZ_PRESET = 0
 MANIFEST = "manifest.json"
 NEVER = {"synced.json"}  # the sender's bookkeeping, not part of the run
 SUFFIX = ".tar.xz"
@@ -86,26 +91,32 @@ def write(run_dirs: list[Path], out_dir: Path, checkpoints: bool = False, part_m
     parts = plan_parts(settled, checkpoints, int(part_mib * 2**20 * 0.99))
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    written = []
-    for index, group in enumerate(parts, 1):
-        path = out_dir / f"journal-{stamp}-part{index}of{len(parts)}{SUFFIX}"
-        manifest = {"part": index, "parts": len(parts), "checkpoints": checkpoints, "runs": []}
-        with tarfile.open(path, "w:xz") as tar:
-            sources = set()
-            for run_dir in group:
-                run = journals[run_dir]
-                run_uuid = run["info"]["run_uuid"]
-                for file in run_files(run_dir, checkpoints):
-                    tar.add(file, arcname=f"{run_uuid}/{file.name}")
-                sources.update(source_files(run_dir))
-                manifest["runs"].append({"run_uuid": run_uuid, "status": run["run"].get("status"),
-                                         "cell": run["config"].get("cell"), "seed": run["config"].get("seed")})
-            for source in sorted(sources):
-                tar.add(source, arcname=f"_sources/{source.name}")
-            _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
+    paths = [out_dir / f"journal-{stamp}-part{i}of{len(parts)}{SUFFIX}" for i in range(1, len(parts) + 1)]
+    # One thread a part: lzma compresses outside the GIL, so the parts are made side by side.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(parts), os.cpu_count() or 1))) as pool:
+        list(pool.map(lambda i: _write_part(paths[i], parts[i], journals, checkpoints, i + 1, len(parts)),
+                      range(len(parts))))
+    for path, group in zip(paths, parts):
         log(f"{path}: {len(group)} runs, {path.stat().st_size / 2**20:.1f} MiB")
-        written.append(path)
-    return written
+    return paths
+
+
+def _write_part(path: Path, group: list[Path], journals: dict, checkpoints: bool, index: int, count: int) -> None:
+    """One part: the runs of ``group`` under their run_uuid, the sources they name, and the manifest."""
+    manifest = {"part": index, "parts": count, "checkpoints": checkpoints, "runs": []}
+    with tarfile.open(path, "w:xz", preset=XZ_PRESET) as tar:
+        sources = set()
+        for run_dir in group:
+            run = journals[run_dir]
+            run_uuid = run["info"]["run_uuid"]
+            for file in run_files(run_dir, checkpoints):
+                tar.add(file, arcname=f"{run_uuid}/{file.name}")
+            sources.update(source_files(run_dir))
+            manifest["runs"].append({"run_uuid": run_uuid, "status": run["run"].get("status"),
+                                     "cell": run["config"].get("cell"), "seed": run["config"].get("seed")})
+        for source in sorted(sources):
+            tar.add(source, arcname=f"_sources/{source.name}")
+        _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def unpack(bundle: Path, offline_dir: Path, log=print) -> list[Path]:

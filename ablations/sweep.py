@@ -21,6 +21,7 @@ needs no database: runs go to the local journal, a cell COMPLETED there is skipp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,13 +30,15 @@ import subprocess
 import sys
 import time
 import uuid
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymongo
 from tqdm.auto import tqdm
 
+from ablations import cuda_mps
 from ablations import plan as plans
 from ablations import store
 from ablations.record import CHECKPOINT, PACK_ENV
@@ -59,6 +62,7 @@ class Task:
     journal_only: bool = False
     pack: int = 1  # how many runs share this machine's device at a time (recorded as info.pack)
     refusal: str | None = None  # why this machine cannot run the cell (it may still be stored)
+    env: dict = field(default_factory=dict)  # set for the run's process, beside this process's environment
 
 
 def _pid_alive(pid: int) -> bool:
@@ -146,7 +150,8 @@ def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.
         words = [f"resume={resume}"] if resume is not None else task.words
         store_args = (["-m", task.mongo] if task.mongo else []) + (["--journal-only"] if task.journal_only else [])
         out = subprocess.run([sys.executable, str(RUN_PY), *store_args, "with", *words], capture_output=True,
-                             text=True, preexec_fn=_die_with_parent, env=os.environ | {PACK_ENV: str(task.pack)})
+                             text=True, preexec_fn=_die_with_parent,
+                             env=os.environ | task.env | {PACK_ENV: str(task.pack)})
         found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
         run_id = int(found.group(1)) if found else None
         doc = (fetch(run_id) if run_id is not None else None) or {}
@@ -220,12 +225,18 @@ def _refusal(cell: plans.Cell) -> str | None:
 
 
 def execute(tasks: list[Task], args) -> list[dict]:
-    """Here (one at a time, or ``--pack`` at a time), or on Dask: a LocalCluster of ``--workers`` or
-    the ``--scheduler``'s cluster."""
+    """Here (one at a time, or ``--pack`` at a time, under CUDA MPS with ``--mps``), or on Dask: a
+    LocalCluster of ``--workers`` or the ``--scheduler``'s cluster."""
     if not args.workers and not args.scheduler:
-        # Each cell is a subprocess, so threads are enough to keep `pack` of them running.
-        with ThreadPoolExecutor(max_workers=args.pack) as pool:
-            return list(tqdm(pool.map(run_cell, tasks), total=len(tasks), desc="cells", unit="cell"))
+        with contextlib.ExitStack() as stack:
+            if args.mps:
+                work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mps-")))
+                mps_env = stack.enter_context(cuda_mps.serving(work))
+                for task in tasks:
+                    task.env = mps_env
+            # Each cell is a subprocess, so threads are enough to keep `pack` of them running.
+            with ThreadPoolExecutor(max_workers=args.pack) as pool:
+                return list(tqdm(pool.map(run_cell, tasks), total=len(tasks), desc="cells", unit="cell"))
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -279,6 +290,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
     p.add_argument("--pack", type=_positive("pack"), default=1,
                    help="run K cells at a time on this machine's device, each its own process (default 1)")
+    p.add_argument("--mps", action="store_true",
+                   help="with --pack on a GPU: run the packed processes under a CUDA MPS daemon of the sweep's own")
     p.add_argument("--journal-only", action="store_true",
                    help="no database: runs go to the local journal (then `python -m ablations.store bundle`/`sync`)")
     p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
@@ -286,6 +299,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.pack > 1 and (args.workers or args.scheduler):
         p.error(f"invalid --pack {args.pack} with --workers/--scheduler: pack runs cells on this machine's "
                 "device, Dask on its workers; choose one")
+    if args.mps and args.pack < 2:
+        p.error(f"invalid --mps with --pack {args.pack}: MPS lets packed runs overlap; valid with --pack K >= 2")
+    if args.mps:
+        try:
+            cuda_mps.control()
+        except ValueError as exc:
+            p.error(str(exc))
     sharing = args.workers or (args.pack if args.pack > 1 else 0)
     args.threads = max(1, (os.cpu_count() or 1) // sharing) if sharing else 0
     return args, words

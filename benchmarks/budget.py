@@ -2,6 +2,7 @@
 
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
     python benchmarks/budget.py --curve 2000,4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
+    python benchmarks/budget.py --choose CURVE.json --speedup SUITE.json [--minutes 9] [--runs 18]
 
 A budget is ``STEPSxBATCH@LR``. Every budget trains the baseline config (attention on, no EMA,
 cosine, the default AMP and memory layout) from the same seed, samples with the `small` scale's
@@ -14,6 +15,13 @@ smallest and largest class share of the samples, and the held-out bound and deno
 Nothing in training depends on the total number of steps (constant learning rate, data order and
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
 (tested). This is the probe that chooses the `gpu` scale's budget.
+
+``--choose`` reads such a curve and a ``benchmarks/suite.py`` result measured on the same GPU, and
+names the largest probed budget whose baseline (EMA off) draws digits (:func:`draws_digits`) and
+whose whole suite is projected to fit in ``--minutes`` with a 15% margin. The projection
+(:func:`project_suite_s`): a solo run of N steps costs what the suite benchmark's solo runs cost
+(start-up, training, sampling, scoring), plus the extra steps at the curve's time per step; the
+packed suite costs ``--runs`` of those divided by the measured speed-up.
 """
 from __future__ import annotations
 
@@ -87,6 +95,52 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
     return rows, process
 
 
+DIGITS = {"classifier_score": 9.0, "min_class_share": 0.05, "max_class_share": 0.15}
+MARGIN = 0.85  # of the time budget a projection may use: packed runs with dropout or EMA cost a little more
+
+
+def draws_digits(row: dict) -> bool:
+    """A probe point whose samples are digits: classifier score >= 9, every class 5-15% of the samples."""
+    return (row["classifier_score"] >= DIGITS["classifier_score"] and row["min_class_share"] >= DIGITS["min_class_share"]
+            and row["max_class_share"] <= DIGITS["max_class_share"])
+
+
+def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) -> float:
+    """Projected wall seconds of ``runs`` packed runs of ``steps`` training steps each.
+
+    :param curve: one run's probe rows (increasing steps, cumulative ``train_s``): the time per step.
+    :param suite: a ``benchmarks/suite.py`` result: solo seconds a run at its ``train_steps``, and the speed-up.
+    """
+    first, last = curve[0], curve[-1]
+    step_s = (last["train_s"] - first["train_s"]) / (last["step"] - first["step"])
+    solo_s = suite["sequential_s"] / suite["runs"] + (steps - suite["train_steps"]) * step_s
+    return runs * solo_s / suite["suite_speedup_vs_sequential"]
+
+
+def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18) -> dict:
+    """The largest probed budget whose baseline draws digits and whose suite fits; every point's verdict."""
+    baseline = sorted((r for r in curve if not r["ema"]), key=lambda r: r["step"])
+    if len(baseline) < 2:
+        raise ValueError(f"invalid curve: {len(baseline)} points with EMA off; valid curves have 2 or more")
+    points = [{"step": r["step"], "draws_digits": draws_digits(r), "classifier_score": r["classifier_score"],
+               "fid": r["fid"], "projected_suite_min": project_suite_s(r["step"], baseline, suite, runs) / 60}
+              for r in baseline]
+    fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
+    return {"train_steps": fitting[-1]["step"] if fitting else None, "minutes": minutes, "runs": runs,
+            "speedup": suite["suite_speedup_vs_sequential"], "points": points}
+
+
+def choose_main(args) -> dict:
+    choice = choose(json.loads(args.choose.read_text()), json.loads(args.speedup.read_text()), args.minutes, args.runs)
+    for p in choice["points"]:
+        print(f"{p['step']:>7} steps: classifier score {p['classifier_score']:5.2f}, FID {p['fid']:7.1f}, "
+              f"digits {'yes' if p['draws_digits'] else 'no ':<3}  suite ~{p['projected_suite_min']:5.1f} min")
+    found = choice["train_steps"]
+    print(f"-> the gpu scale's budget: train_steps={found}" if found else
+          f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
+    return choice
+
+
 def curve_main(args) -> list[dict]:
     steps = sorted(int(s) for s in args.curve.split(","))
     emas = {"off": [False], "on": [True], "both": [False, True]}[args.ema]
@@ -103,13 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--budgets", help="comma-separated STEPSxBATCH@LR")
     mode.add_argument("--curve", help="comma-separated steps at which to evaluate one run per EMA setting")
+    mode.add_argument("--choose", type=Path, metavar="CURVE_JSON", help="pick the gpu budget from a --curve's JSON")
+    parser.add_argument("--speedup", type=Path, metavar="SUITE_JSON", help="--choose: a benchmarks/suite.py result")
+    parser.add_argument("--minutes", type=float, default=9.0, help="--choose: the suite's time budget")
+    parser.add_argument("--runs", type=int, default=18, help="--choose: runs in the suite")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--sampler-steps", type=int, default=Config().sampler_steps)
     parser.add_argument("--scale", choices=sorted(SCALES), default="gpu", help="--curve: the scale's baseline")
     parser.add_argument("--ema", choices=["off", "on", "both"], default="both", help="--curve: EMA setting(s)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    rows = curve_main(args) if args.curve else budgets_main(args)
+    if args.choose and not args.speedup:
+        parser.error("invalid --choose without --speedup: valid calls name a benchmarks/suite.py result JSON")
+    rows = choose_main(args) if args.choose else curve_main(args) if args.curve else budgets_main(args)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -11,16 +11,14 @@ of its ``sweep.py`` process: start-up, compilation and evaluation included. The 
 ``suite_speedup_vs_sequential`` (sequential wall / packed wall) and whether every packed run equals
 its solo twin bit for bit (result, every metric but throughput, final weights).
 
-``--mps`` runs the packed sweep under CUDA MPS (started here, in ``--work``, and stopped after), so
-that the K processes' kernels can overlap on the GPU instead of taking turns.
+``--mps`` runs the packed sweep with ``--mps``: under a CUDA MPS daemon of its own, so that the K
+processes' kernels can overlap on the GPU instead of taking turns.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ablations import cuda_mps
 from ablations.record import FINAL_WEIGHTS, TRAIN_METRICS
 from benchmarks.run import machine
 from core.checkpoint import load_weights
@@ -50,23 +49,6 @@ def journal_records(home: Path) -> dict:
             "metrics": {k: v["values"] for k, v in metrics.items() if k != THROUGHPUT},
             "weights": {k: v.cpu().numpy().tobytes() for k, v in weights.items()}}
     return records
-
-
-@contextlib.contextmanager
-def cuda_mps(work: Path):
-    """Environment for processes under a CUDA MPS daemon of our own (pipe and log under ``work``)."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        raise RuntimeError("invalid --mps: nvidia-cuda-mps-control is not on PATH here")
-    dirs = {"CUDA_MPS_PIPE_DIRECTORY": work / "mps-pipe", "CUDA_MPS_LOG_DIRECTORY": work / "mps-log"}
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {key: str(path) for key, path in dirs.items()}
-    subprocess.run([control, "-d"], env=env, check=True)
-    try:
-        yield env
-    finally:
-        subprocess.run([control], input="quit\n", text=True, env=env, check=False)
 
 
 def timed_sweep(sweep_args: list[str], pack: int, threads: int, home: Path, env: dict) -> float:
@@ -99,17 +81,24 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(own)
     if args.pack < 2:
         parser.error(f"invalid --pack {args.pack}: valid values are integers >= 2 (1 is the sequential baseline)")
+    if args.mps:
+        try:
+            cuda_mps.control()
+        except ValueError as exc:
+            parser.error(str(exc))
     if "with" not in sweep_args:
         parser.error(f"invalid sweep arguments {sweep_args}: valid ones end in `with` and a scale, after `--`")
     work = args.work or Path(tempfile.mkdtemp(prefix="suite-"))
     threads = max(1, (os.cpu_count() or 1) // args.pack)
-    with cuda_mps(work) if args.mps else contextlib.nullcontext(dict(os.environ)) as env:
-        packed_s = timed_sweep(sweep_args, args.pack, threads, work / "packed", env)
+    packed_s = timed_sweep([*(["--mps"] if args.mps else []), *sweep_args], args.pack, threads, work / "packed",
+                           dict(os.environ))
     sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
     equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
+    config = json.loads(next((work / "packed").glob("journal/*/offline/[0-9]*/config.json")).read_text())
     result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "sequential_s": sequential_s,
+              "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "train_steps": config["train_steps"],
+              "sequential_s": sequential_s,
               "packed_s": packed_s, "suite_speedup_vs_sequential": sequential_s / packed_s} | equality
     print(f"{equality['runs']} runs: sequential {sequential_s:.0f} s, packed x{args.pack} {packed_s:.0f} s "
           f"-> {result['suite_speedup_vs_sequential']:.2f}x; packed runs equal solo runs bit for bit: "

