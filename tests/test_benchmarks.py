@@ -4,11 +4,13 @@ import json
 import pytest
 import torch
 
-from benchmarks import paper, variants
-from benchmarks import budget
+from PIL import Image
+
+from benchmarks import budget, paper, samplers, variants
 from benchmarks.budget import learning_curve, parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
+from core.checkpoint import save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
@@ -127,3 +129,24 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     with pytest.raises(SystemExit):
         budget.main(["--choose", str(tmp_path / "curve.json")])
     assert "invalid --choose without --speedup" in capsys.readouterr().err
+
+
+def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(tmp_path, capsys):
+    config = Config(**SCALES["smoke"] | {"n_samples": 16, "sampler": "ancestral", "sampler_steps": 100}, noise_steps=100, device="cpu")
+    process = DiffusionProcess(config, precision="bf16")  # the fp32 variant then differs from as-run everywhere
+    train(process, as_tensor(mnist(train=True)))
+    save_weights(process, tmp_path / "weights.pt")
+    rows = samplers.main([str(tmp_path / "weights.pt"), "--precision", "bf16", "--grids", str(tmp_path / "grids.png"),
+                          "--out", str(tmp_path / "samplers.json")])
+    by_name = {r["variant"]: r for r in rows}
+    assert list(by_name) == list(samplers.VARIANTS) and json.loads((tmp_path / "samplers.json").read_text())["rows"]
+    assert by_name["as-run"]["fid"] == sample_and_evaluate(process, config.seed)[1]["fid"]
+    assert len({r["fid"] for r in rows}) == len(rows)  # each variant samples the model differently
+    assert (by_name["clip"]["clip_denoised"], by_name["beta"]["variance"], by_name["fp32"]["amp_precision"],
+            by_name["ddim100"]["sampler"]) == (True, "beta", "fp32", "ddim")
+    assert all(sum(r["class_histogram"]) == 16 for r in rows)
+    # five grids side by side, each 8 samples wide and 16 / 8 = 2 high (28 px and 2 px of padding each)
+    assert Image.open(tmp_path / "grids.png").size == (5 * (2 + 8 * 30), 2 + 2 * 30)
+    with pytest.raises(SystemExit):
+        samplers.main([str(tmp_path / "weights.pt"), "--variants", "as-run,ddim50"])
+    assert "invalid --variants ddim50: valid values are as-run, clip, beta, fp32, ddim100" in capsys.readouterr().err

@@ -9,6 +9,8 @@
 #                                                 # database; bundled in 15 MiB parts, the first four returned
 #   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
 #   bash benchmarks/device/session.sh reproduce  # ... and the baseline at seed 0 re-executed alone and compared
+#   bash benchmarks/device/session.sh paper      # a `paper` baseline and a `paper` ema=True run, packed 2 under MPS
+#   bash benchmarks/device/session.sh samplers   # the paper baseline's weights under five samplers, 5,000 samples each
 #
 # What a stage keeps comes back through $OUT: at most 8 files of at most 16 MiB, 64 MiB in all, so
 # parts travel four at a time with the stage's log beside them. REHEARSE=1 runs the same stage at the
@@ -25,13 +27,17 @@ SITE=${SITE:-/tmp/site}       # where the kit's wheels are installed
 PACK=6
 PARTS_PER_CALL=4
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
-  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=6
+  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
+  PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
   SCALE=(gpu); CURVE=2000,4000,8000,12000,16000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
   TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
+  PAPER=(paper); SAMPLER_N=5000
 fi
-export ABLATIONS_HOME="$PWD/$WORK/home"
+# The suite's journal, and the paper runs' (each stage bundles a whole journal).
+case "$STAGE" in paper | samplers) HOME_DIR=paper-home ;; *) HOME_DIR=home ;; esac
+export ABLATIONS_HOME="$PWD/$WORK/$HOME_DIR"
 mkdir -p "$WORK" "$OUT"
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 
@@ -91,7 +97,7 @@ parts() {  # batch N of the bundle: its parts PARTS_PER_CALL * (N - 1) + 1 ... i
 }
 
 reproduce() {  # the suite's baseline at seed 0, synced into a local SecantusDB here and re-executed alone
-  "$PY" -m ablations.store sync "$WORK"/bundle/journal-*.tar.xz
+  "$PY" -m ablations.store sync | tail -1  # the journal the parts were made from
   local run_id
   run_id=$("$PY" -c "
 from ablations.store import resolve
@@ -102,8 +108,27 @@ with target.client() as client:
   "$PY" -m ablations.store stop
 }
 
+paper() {  # the OFAT plan's baseline and ema=True cells at seed 0, at the paper scale; both bundled and returned
+  timed "$PY" ablations/sweep.py --plan ofat --only ema --seeds 0 --pack 2 "${MPS[@]}" --journal-only with "${PAPER[@]}"
+  rm -rf "$WORK/paper-bundle"
+  timed "$PY" -m ablations.store bundle "$WORK/paper-bundle" --part-mib "$PART_MIB"
+  cp "$WORK"/paper-bundle/journal-*.tar.xz "$OUT"
+}
+
+samplers() {  # is the paper FID the model's or the sampler's? The baseline's weights, five ways, at one N
+  local weights
+  weights=$("$PY" -c "
+import json, pathlib
+for config in sorted(pathlib.Path('$ABLATIONS_HOME').glob('journal/*/offline/[0-9]*/config.json')):
+    if json.loads(config.read_text()).get('cell') == 'baseline' and (config.parent / 'final_weights.pt').exists():
+        print(config.parent / 'final_weights.pt')" | tail -1)
+  timed "$PY" benchmarks/samplers.py "$weights" --n "$SAMPLER_N" --grids "$OUT/sampler-grids.png" \
+    --out "$OUT/samplers.json"
+}
+
 case "$STAGE" in
-  probe | speedup | suite | reproduce) setup; "$STAGE" ;;
+  probe | speedup | suite | reproduce | paper | samplers) setup; "$STAGE" ;;
   parts) setup; parts "${2:?parts needs the batch number: 2 or more}" ;;
-  *) echo "invalid stage '$STAGE': valid stages are probe, speedup, suite, parts N, reproduce"; exit 2 ;;
+  *) echo "invalid stage '$STAGE': valid stages are probe, speedup, suite, parts N, reproduce, paper, samplers"
+     exit 2 ;;
 esac

@@ -1,0 +1,96 @@
+"""One model's FID under several samplers: does a score come from the model or from the sampler?
+
+    python benchmarks/samplers.py RUN_DIR/final_weights.pt [--variants as-run,clip,beta,fp32,ddim100]
+                                  [--n 5000] [--grids grids.png] [--out samplers.json]
+
+Every variant samples the same final weights, from the run's own sampler seed and with the same
+number of samples, and is scored against the test split like a run (:func:`sample_and_evaluate`):
+
+- ``as-run``: the run's own sampler (for `paper`: ancestral, 1000 steps, sigma_t^2 = beta-tilde_t,
+  x_0 unclipped, in the run's AMP precision).
+- ``clip``: the same, with the predicted x_0 clipped to [-1, 1] inside each step (improved-diffusion's
+  default).
+- ``beta``: sigma_t^2 = beta_t instead of beta-tilde_t (Ho et al. 2020, Sec. 3.2: both are the paper's).
+- ``fp32``: the network evaluated in fp32 instead of under autocast.
+- ``ddim100``: DDIM with 100 steps, eta 0, x_0 clipped (Song et al. 2021).
+
+Only ``as-run`` at the run's own N can equal the run's stored FID; FID falls with N, so compare
+the variants with each other at one N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from benchmarks.run import machine
+from core.checkpoint import load_weights, restore_weights
+from core.config import Config
+from core.diffusion import DiffusionProcess
+from core.evaluation import sample_and_evaluate
+
+# name -> (config changes, DiffusionProcess precision, clip_denoised for the sampler; None: its default)
+VARIANTS: dict[str, tuple[dict, str | None, bool | None]] = {
+    "as-run": ({}, None, None),
+    "clip": ({}, None, True),
+    "beta": ({"variance": "beta"}, None, None),
+    "fp32": ({}, "fp32", None),
+    "ddim100": ({"sampler": "ddim", "sampler_steps": 100}, None, None),
+}
+
+
+def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -> tuple[DiffusionProcess, bool | None]:
+    """A process holding ``weights`` that samples as variant ``name`` does; and its clip_denoised."""
+    changes, variant_precision, clip = VARIANTS[name]
+    config = Config.from_mapping(weights["config"]).replace(n_samples=n, **changes)
+    process = DiffusionProcess(config, precision=variant_precision or precision)
+    restore_weights(process, weights)
+    return process, clip
+
+
+def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=print) -> tuple[list[dict], list]:
+    """Each variant's metrics and wall seconds, and its first 64 samples."""
+    seed = weights["config"]["seed"]
+    rows, firsts = [], []
+    for name in names:
+        process, clip = variant_process(weights, name, n, precision)
+        wall_s = {}
+        samples, metrics = sample_and_evaluate(process, seed, wall_s, clip_denoised=clip)
+        rows.append({"variant": name, "n": n, "sampler": process.config.sampler, "variance": process.config.variance,
+                     "amp_precision": process.precision, "clip_denoised": clip} | metrics | {"wall_s": wall_s})
+        firsts.append(samples[:64].cpu())
+        log(f"{name:<8} FID {metrics['fid']:8.2f}  classifier score {metrics['classifier_score']:5.2f}  "
+            f"recall {metrics['recall']:.3f}  sample {wall_s['sample']:6.1f} s")
+    return rows, firsts
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", type=Path, help="a run's final_weights.pt")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--n", type=int, help="samples per variant (default: the run's own n_samples)")
+    parser.add_argument("--precision", default="auto", help="the run's AMP precision, when not this device's auto")
+    parser.add_argument("--grids", type=Path, help="write the variants' first 64 samples, side by side, here")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    if unknown := [v for v in names if v not in VARIANTS]:
+        parser.error(f"invalid --variants {','.join(unknown)}: valid values are {', '.join(VARIANTS)}")
+    weights = load_weights(args.weights)
+    started = time.perf_counter()
+    rows, firsts = score(weights, names, args.n or weights["config"]["n_samples"], args.precision)
+    if args.grids:  # one 8 x 8 grid a variant, left to right in --variants order
+        save_image(torch.cat([make_grid(f, nrow=8, normalize=True, value_range=(-1, 1)) for f in firsts], dim=2),
+                   args.grids)
+    if args.out:
+        args.out.write_text(json.dumps({"weights": str(args.weights), "step": weights["step"], "machine": machine(),
+                                        "wall_s": time.perf_counter() - started, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
