@@ -31,6 +31,14 @@ def control() -> str:
     return found
 
 
+def require(error) -> None:
+    """Before any work: report through ``error`` (e.g. an argparse parser's) when MPS cannot run here."""
+    try:
+        control()
+    except ValueError as exc:
+        error(str(exc))
+
+
 @contextlib.contextmanager
 def serving(work: Path):
     """Run an MPS daemon with its pipe and log folders under ``work``; yield the variables that make a

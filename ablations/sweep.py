@@ -302,10 +302,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.mps and args.pack < 2:
         p.error(f"invalid --mps with --pack {args.pack}: MPS lets packed runs overlap; valid with --pack K >= 2")
     if args.mps:
-        try:
-            cuda_mps.control()
-        except ValueError as exc:
-            p.error(str(exc))
+        cuda_mps.require(p.error)
     sharing = args.workers or (args.pack if args.pack > 1 else 0)
     args.threads = max(1, (os.cpu_count() or 1) // sharing) if sharing else 0
     return args, words

@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pack < 2:
         parser.error(f"invalid --pack {args.pack}: valid values are integers >= 2 (1 is the sequential baseline)")
     if args.mps:
-        try:
-            cuda_mps.control()
-        except ValueError as exc:
-            parser.error(str(exc))
+        cuda_mps.require(parser.error)
     if "with" not in sweep_args:
         parser.error(f"invalid sweep arguments {sweep_args}: valid ones end in `with` and a scale, after `--`")
     work = args.work or Path(tempfile.mkdtemp(prefix="suite-"))
