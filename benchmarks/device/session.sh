@@ -78,7 +78,8 @@ speedup() {  # under MPS where it runs; where it fails, once more without it
   local args=(--pack "$PACK" --work "$WORK/speedup" --out "$OUT/suite.json" -- --seeds 0 with "${SCALE[@]}"
               "train_steps=$SPEEDUP_STEPS")
   rm -rf "$WORK/speedup"
-  timed "$PY" benchmarks/suite.py "${MPS[@]}" "${args[@]}" || { rm -rf "$WORK/speedup"; timed "$PY" benchmarks/suite.py "${args[@]}"; }
+  timed "$PY" benchmarks/suite.py "${MPS[@]}" "${args[@]}" ||
+    { rm -rf "$WORK/speedup"; timed "$PY" benchmarks/suite.py "${args[@]}"; }
 }
 
 suite() {
