@@ -148,7 +148,8 @@ def curve_main(args) -> list[dict]:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for ema in emas:
-            rows += learning_curve(Config(**SCALES[args.scale], seed=seed, ema=ema), steps, images)[0]
+            config = Config(**SCALES[args.scale] | ({"lr": args.lr} if args.lr else {}), seed=seed, ema=ema)
+            rows += [row | {"lr": config.lr} for row in learning_curve(config, steps, images)[0]]
     return rows
 
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampler-steps", type=int, default=Config().sampler_steps)
     parser.add_argument("--scale", choices=sorted(SCALES), default="gpu", help="--curve: the scale's baseline")
     parser.add_argument("--ema", choices=["off", "on", "both"], default="both", help="--curve: EMA setting(s)")
+    parser.add_argument("--lr", type=float, help="--curve: another learning rate than the scale's")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.choose and not args.speedup:

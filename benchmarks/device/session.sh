@@ -69,8 +69,10 @@ timed() {  # run a command, then say how long it took
 probe() {
   timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED (the probe goes on)"
   # One at a time: the projection of budget.py --choose reads the time per step from EMA off.
+  # PROBE_LR=2e-4 (say) probes another learning rate than the scale's.
   for ema in off on; do
-    timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema $ema --out "$OUT/curve-ema-$ema.json"
+    timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema $ema ${PROBE_LR:+--lr "$PROBE_LR"} \
+      --out "$OUT/curve-ema-$ema.json"
   done
 }
 
