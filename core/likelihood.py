@@ -186,15 +186,28 @@ def denoising_error(process, n_images: int = 128, levels: tuple[float, ...] = LO
     return out
 
 
-def heldout_metrics(process, n_samples: int) -> dict:
-    """Both held-out metrics of a trained process, sized to cost at most a fifth of sampling and scoring
-    ``n_samples`` images: the bound on min(96, n) digits (13 network calls each), the denoising error
-    on min(64, n) digits (12 calls each).
+HELDOUT_IMAGES = {"nll_bpd": 96, "eps_mse": 64}  # at every scale whose sampling is costlier than smoke's
+CALLS_PER_IMAGE = {"nll_bpd": len(EXACT_STEPS) + STRATA, "eps_mse": len(LOG_SNR_LEVELS)}  # 13 and 12
 
-    :return: ``nll_bpd``, ``nll_bpd_se``, ``eps_mse`` (mean over levels), ``x0_mse``, and ``levels``:
-        the per-level values with their log-SNR and this schedule's timesteps.
+
+def heldout_sizes(config, n_samples: int) -> dict[str, int]:
+    """Held-out digits for each metric: 96 for the bound and 64 for the denoising error, or fewer (at
+    least 4) where those would cost more network calls than a fifth of drawing ``n_samples`` samples
+    with ``config``'s sampler. Only the `smoke` scale (64 samples, DDIM-10) is that cheap: 6 and 4."""
+    steps = config.noise_steps if config.sampler == "ancestral" else config.sampler_steps
+    full_calls = sum(HELDOUT_IMAGES[k] * CALLS_PER_IMAGE[k] for k in HELDOUT_IMAGES)  # 2,016
+    share = min(1.0, n_samples * steps / 5 / full_calls)
+    return {k: max(4, min(n_samples, round(n * share))) for k, n in HELDOUT_IMAGES.items()}
+
+
+def heldout_metrics(process, n_samples: int) -> dict:
+    """Both held-out metrics of a trained process, on :func:`heldout_sizes` digits: the same for every
+    run of a sweep, since no toggle changes the number of samples or the sampler.
+
+    :return: ``nll_bpd``, ``nll_bpd_se``, ``eps_mse`` (mean over levels), ``x0_mse``, ``levels`` (the
+        per-level values with their log-SNR and this schedule's timesteps), and ``images`` (the sizes).
     """
-    sizes = {"nll_bpd": min(96, n_samples), "eps_mse": min(64, n_samples)}
+    sizes = heldout_sizes(process.config, n_samples)
     bound = nll_bpd(process, n_images=sizes["nll_bpd"])
     errors = denoising_error(process, n_images=sizes["eps_mse"])
     return {"nll_bpd": bound["nll_bpd"], "nll_bpd_se": bound["nll_bpd_se"], "eps_mse": errors["eps_mse_mean"],
