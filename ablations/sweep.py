@@ -28,9 +28,9 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
