@@ -1,5 +1,9 @@
 """The benchmark's contenders are what it says they are: a matched size, the same task, seeded."""
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ from core.precision import cpu_bf16_is_faster
 from core.train import train
 
 CPU = torch.device("cpu")
+SESSION = Path(__file__).resolve().parent.parent / "benchmarks" / "device" / "session.sh"
 
 
 def test_diffusers_unet_matches_our_size_within_15_percent():
@@ -150,3 +155,20 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     with pytest.raises(SystemExit):
         samplers.main([str(tmp_path / "weights.pt"), "--variants", "as-run,ddim50"])
     assert "invalid --variants ddim50: valid values are as-run, clip, beta, fp32, ddim100" in capsys.readouterr().err
+
+
+def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_path):
+    """What a GPU session runs fails fast and says why (its full rehearsal: README, "The GPU suite")."""
+    script = tmp_path / "repo" / "benchmarks" / "device" / "session.sh"  # a tree without .device/
+    script.parent.mkdir(parents=True)
+    shutil.copy(SESSION, script)
+    env = os.environ | {"OUT": str(tmp_path / "out")}
+    unknown = subprocess.run(["bash", str(script), "warmup"], env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, speedup, suite, parts N, " \
+        "reproduce, paper, samplers" in unknown.stdout
+    no_kit = subprocess.run(["bash", str(script), "probe"], env=env, capture_output=True, text=True)
+    assert no_kit.returncode == 2 and "no .device/ here: run make device-kit" in no_kit.stdout
+    assert "no .device/ here" in (tmp_path / "out" / "probe.log").read_text()  # the log comes back through $OUT
+    no_out = subprocess.run(["bash", str(script), "probe"], env={k: v for k, v in env.items() if k != "OUT"},
+                            capture_output=True, text=True)
+    assert no_out.returncode != 0 and "set OUT" in no_out.stderr
