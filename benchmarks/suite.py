@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "train_steps": config["train_steps"],
-              "sequential_s": sequential_s,
-              "packed_s": packed_s, "suite_speedup_vs_sequential": sequential_s / packed_s} | equality
+              "sequential_s": sequential_s, "packed_s": packed_s,
+              "suite_speedup_vs_sequential": sequential_s / packed_s} | equality
     print(f"{equality['runs']} runs: sequential {sequential_s:.0f} s, packed x{args.pack} {packed_s:.0f} s "
           f"-> {result['suite_speedup_vs_sequential']:.2f}x; packed runs equal solo runs bit for bit: "
           f"{equality['bitwise_equal']}")

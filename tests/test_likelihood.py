@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from core import likelihood
-from core.config import Config
+from core.config import SCALES, Config
 from core.diffusion import DiffusionProcess
 from core.schedules import get_betas
 
@@ -79,7 +79,7 @@ def test_the_stratified_estimate_agrees_with_the_exact_bound_within_its_standard
 CRN = """
 import torch
 from core import likelihood
-from core.config import Config
+from core.config import SCALES, Config
 from core.diffusion import DiffusionProcess
 torch.manual_seed(12345)  # other draws before the metrics must not change them
 p = DiffusionProcess(Config(noise_steps=50, amp=False, seed=3), device="cpu")
@@ -109,3 +109,14 @@ def test_denoising_error_is_per_level_and_uses_common_random_numbers(tiny):
     first, again = likelihood.denoising_error(tiny, n_images=4), likelihood.denoising_error(tiny, n_images=4)
     assert first == again and len(first["eps_mse"]) == len(likelihood.LOG_SNR_LEVELS)
     assert first["eps_mse_mean"] == pytest.approx(np.mean(first["eps_mse"])) and min(first["x0_mse"]) >= 0
+
+
+def test_held_out_sizes_cost_at_most_a_fifth_of_sampling_and_shrink_only_at_smoke():
+    calls = lambda sizes: sum(sizes[k] * likelihood.CALLS_PER_IMAGE[k] for k in sizes)  # noqa: E731
+    for scale, expected in (("smoke", {"nll_bpd": 6, "eps_mse": 4}), ("small", likelihood.HELDOUT_IMAGES),
+                            ("gpu", likelihood.HELDOUT_IMAGES), ("paper", likelihood.HELDOUT_IMAGES)):
+        config = Config(**SCALES[scale])
+        sizes = likelihood.heldout_sizes(config, config.n_samples)
+        steps = config.noise_steps if config.sampler == "ancestral" else config.sampler_steps
+        assert sizes == expected and calls(sizes) <= config.n_samples * steps / 5 + 13, scale  # + one image's rounding
+    assert likelihood.heldout_sizes(Config(**SCALES["smoke"]), 4) == {"nll_bpd": 4, "eps_mse": 4}  # never below 4
