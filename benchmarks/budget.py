@@ -2,6 +2,7 @@
 
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
     python benchmarks/budget.py --curve 2000,4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
+        [--set device=cpu n_samples=1000 ...] [--grids DIR]
     python benchmarks/budget.py --choose CURVE.json --speedup SUITE.json [--minutes 9] [--runs 18]
 
 A budget is ``STEPSxBATCH@LR``. Every budget trains the baseline config (attention on, no EMA,
@@ -12,6 +13,8 @@ budget was chosen: the cheapest one whose FID still ranks it clearly above half 
 ``--curve`` trains one baseline run of ``--scale`` (EMA off, on, or both: one run each) and
 evaluates it at each listed step with that scale's evaluation: FID, classifier score, the
 smallest and largest class share of the samples, and the held-out bound and denoising error.
+``--set KEY=VALUE ...`` changes the scale's fields (``--set device=cpu`` probes the `gpu` scale's
+training on the CPU); ``--grids DIR`` keeps each run's first 64 samples at every probed step.
 Nothing in training depends on the total number of steps (constant learning rate, data order and
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
 (tested). This is the probe that chooses the `gpu` scale's budget.
@@ -31,7 +34,9 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid, save_image
 
+from ablations.plan import parse_updates
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
@@ -61,13 +66,13 @@ def run_budget(budget: dict, seed: int, images: torch.Tensor, **overrides) -> di
                      "train_s": wall_s["train"], "sample_s": wall_s["sample"], "device": str(process.device)}
 
 
-def evaluate_point(process: DiffusionProcess) -> dict:
-    """The probe's numbers for a process at its current step (its config's sampler and N)."""
+def evaluate_point(process: DiffusionProcess) -> tuple[dict, torch.Tensor]:
+    """The probe's numbers for a process at its current step (its config's sampler and N), and its samples."""
     wall_s = {}
     # Scoring draws from torch's global generator, which dropout trains with: fork it, so that training
     # goes on as if nothing had been evaluated.
     with torch.random.fork_rng(devices=[process.device] if process.device.type == "cuda" else []):
-        _, metrics = sample_and_evaluate(process, process.config.seed, wall_s)
+        samples, metrics = sample_and_evaluate(process, process.config.seed, wall_s)
         started = time.perf_counter()
         heldout = heldout_metrics(process, process.config.n_samples)
     shares = [n / sum(metrics["class_histogram"]) for n in metrics["class_histogram"]]
@@ -75,19 +80,30 @@ def evaluate_point(process: DiffusionProcess) -> dict:
             "classifier_score": metrics["classifier_score"], "min_class_share": min(shares),
             "max_class_share": max(shares), "nll_bpd": heldout["nll_bpd"], "nll_bpd_se": heldout["nll_bpd_se"],
             "eps_mse": heldout["eps_mse"], "sample_s": wall_s["sample"],
-            "heldout_s": time.perf_counter() - started}
+            "heldout_s": time.perf_counter() - started}, samples
 
 
-def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, log=print):
-    """Train one run of ``config`` and evaluate it at each of ``at_steps`` (increasing); return (rows, process)."""
+def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, log=print, grid: Path | None = None,
+                   on_point=None):
+    """Train one run of ``config`` and evaluate it at each of ``at_steps`` (increasing); return (rows, process).
+
+    :param grid: when given, a PNG of the first 64 samples at each step (8 x 8 each, left to right) is written here.
+    :param on_point: when given, called with the rows so far after each point (a probe cut short keeps them).
+    """
     process = DiffusionProcess(config.replace(train_steps=at_steps[0]))
-    rows, train_s = [], 0.0
+    rows, train_s, firsts = [], 0.0, []
     for steps in at_steps:
         process.config = process.config.replace(train_steps=steps)  # train() stops at config.train_steps
         started = time.perf_counter()
         train(process, images)
         train_s += time.perf_counter() - started
-        rows.append(evaluate_point(process) | {"train_s": train_s, "device": str(process.device)})
+        row, samples = evaluate_point(process)
+        rows.append(row | {"train_s": train_s, "device": str(process.device)})
+        firsts.append(make_grid(samples[:64].float().cpu(), nrow=8, normalize=True, value_range=(-1, 1)))
+        if grid:
+            save_image(torch.cat(firsts, dim=2), grid)
+        if on_point:
+            on_point(rows)
         r = rows[-1]
         log(f"ema={r['ema']!s:<5} step {r['step']:>6}: FID {r['fid']:8.2f}  classifier score "
             f"{r['classifier_score']:5.2f}  classes {r['min_class_share']:.1%}-{r['max_class_share']:.1%}  "
@@ -141,15 +157,38 @@ def choose_main(args) -> dict:
     return choice
 
 
-def curve_main(args) -> list[dict]:
-    steps = sorted(int(s) for s in args.curve.split(","))
+def scale_fields(scale: str, words: list[str], lr: float | None) -> dict:
+    """The fields of ``scale`` with ``--set`` words (and ``--lr``) applied; an unknown field is refused by name."""
+    _, updates = parse_updates(words)
+    known = set(Config.__dataclass_fields__) - {"seed", "ema"}  # the probe sets these two itself
+    if unknown := sorted(set(updates) - known):
+        raise ValueError(f"invalid --set {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}")
+    return SCALES[scale] | updates | ({"lr": lr} if lr else {})
+
+
+def curve_configs(args) -> list[Config]:
+    """One baseline config per seed and EMA setting of a ``--curve`` call; a bad field or value raises ValueError."""
     emas = {"off": [False], "on": [True], "both": [False, True]}[args.ema]
+    fields = scale_fields(args.scale, args.set, args.lr)
+    return [Config(**fields, seed=int(seed), ema=ema) for seed in args.seeds.split(",") for ema in emas]
+
+
+def curve_main(args, configs: list[Config]) -> list[dict]:
+    steps = sorted(int(s) for s in args.curve.split(","))
+    if args.grids:
+        args.grids.mkdir(parents=True, exist_ok=True)
     images = as_tensor(mnist(train=True))
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for ema in emas:
-            config = Config(**SCALES[args.scale] | ({"lr": args.lr} if args.lr else {}), seed=seed, ema=ema)
-            rows += [row | {"lr": config.lr} for row in learning_curve(config, steps, images)[0]]
+    for config in configs:
+        def with_lr(points: list[dict]) -> list[dict]:
+            return rows + [row | {"lr": config.lr} for row in points]
+
+        def save(points: list[dict]) -> None:  # after every point: a probe cut short keeps what it measured
+            args.out.write_text(json.dumps(with_lr(points), indent=1))
+
+        name = f"curve-seed{config.seed}-ema-{'on' if config.ema else 'off'}-lr{config.lr:g}.png"
+        grid = args.grids / name if args.grids else None
+        rows = with_lr(learning_curve(config, steps, images, grid=grid, on_point=save if args.out else None)[0])
     return rows
 
 
@@ -167,11 +206,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", choices=sorted(SCALES), default="gpu", help="--curve: the scale's baseline")
     parser.add_argument("--ema", choices=["off", "on", "both"], default="both", help="--curve: EMA setting(s)")
     parser.add_argument("--lr", type=float, help="--curve: another learning rate than the scale's")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--curve: change the scale's fields")
+    parser.add_argument("--grids", type=Path, metavar="DIR", help="--curve: keep each step's first 64 samples here")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.choose and not args.speedup:
         parser.error("invalid --choose without --speedup: valid calls name a benchmarks/suite.py result JSON")
-    rows = choose_main(args) if args.choose else curve_main(args) if args.curve else budgets_main(args)
+    if args.curve:
+        try:  # every config is checked before any work starts
+            configs = curve_configs(args)
+        except ValueError as error:
+            parser.error(str(error))
+    rows = choose_main(args) if args.choose else curve_main(args, configs) if args.curve else budgets_main(args)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

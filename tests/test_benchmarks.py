@@ -18,7 +18,8 @@ from core.checkpoint import save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.evaluation import sample_and_evaluate
+from core.evaluation import calibrate, sample_and_evaluate
+from core.fidelity import evaluate
 from core.precision import cpu_bf16_is_faster
 from core.train import train
 
@@ -107,6 +108,34 @@ def test_learning_curve_points_are_the_runs_of_that_many_steps():
         assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
     assert [r["step"] for r in rows] == [3, 6] and rows[1]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]
     assert 0 <= rows[1]["min_class_share"] <= 0.1 <= rows[1]["max_class_share"] <= 1 and rows[1]["nll_bpd"] > 0
+
+
+def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_path, capsys):
+    """``--set`` changes the scale's fields, ``--grids`` keeps a strip of samples per run, bad input is refused."""
+    out = tmp_path / "curve.json"
+    budget.main(["--curve", "2,4", "--scale", "smoke", "--ema", "off", "--set", "n_samples=16", "lr=3e-4",
+                 "--grids", str(tmp_path / "grids"), "--out", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["step"], r["lr"], r["ema"]) for r in rows] == [(2, 3e-4, False), (4, 3e-4, False)]
+    with Image.open(tmp_path / "grids" / "curve-seed0-ema-off-lr0.0003.png") as grid:  # a grid of 16 (8 x 2) per step
+        assert grid.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
+    for words, message in ((["colour=3"], "invalid --set colour: valid fields are amp, attention"),
+                           (["device=gpu"], "invalid device='gpu': valid values are 'auto' or 'cpu' or 'cuda'")):
+        with pytest.raises(SystemExit):
+            budget.main(["--curve", "2", "--scale", "smoke", "--set", *words, "--out", str(tmp_path / "no.json")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()
+
+
+def test_real_digits_meet_the_draws_digits_rule_and_pure_noise_does_not():
+    """The probe's rule is one that real digits pass at the CPU probe's N, and that noise fails."""
+    real = calibrate([1000], log=lambda line: None)[0]
+    assert real["comparison"] == "real train vs real test" and budget.draws_digits(real)
+    noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    metrics = evaluate(noise)
+    shares = [k / 1000 for k in metrics["class_histogram"]]
+    assert not budget.draws_digits({"classifier_score": metrics["classifier_score"], "min_class_share": min(shares),
+                                    "max_class_share": max(shares)})
 
 
 def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dict:

@@ -28,10 +28,12 @@ PACK=6
 PARTS_PER_CALL=4
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
   SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
+  FALLBACK_LR=1e-3
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
   SCALE=(gpu); CURVE=2000,4000,8000,12000,16000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
+  FALLBACK_LR=${FALLBACK_LR:-1e-3}  # the probe's second learning rate, where the scale's draws no digits
   TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
   PAPER=(paper); SAMPLER_N=5000
 fi
@@ -68,12 +70,26 @@ timed() {  # run a command, then say how long it took
 
 probe() {
   timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED (the probe goes on)"
-  # One at a time: the projection of budget.py --choose reads the time per step from EMA off.
-  # PROBE_LR=2e-4 (say) probes another learning rate than the scale's.
-  for ema in off on; do
-    timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema $ema ${PROBE_LR:+--lr "$PROBE_LR"} \
-      --out "$OUT/curve-ema-$ema.json"
-  done
+  # One at a time: the projection of budget.py --choose reads the time per step from EMA off. EMA off
+  # first, at the scale's learning rate (or PROBE_LR); where none of its points draws digits, EMA off
+  # again at FALLBACK_LR, and EMA on at the rate that drew them: one call settles budget and rate.
+  local lr=${PROBE_LR:-}
+  curve off "$lr" curve-ema-off
+  if ! draws_digits "$OUT/curve-ema-off.json"; then
+    curve off "$FALLBACK_LR" "curve-ema-off-lr$FALLBACK_LR"
+    if draws_digits "$OUT/curve-ema-off-lr$FALLBACK_LR.json"; then lr=$FALLBACK_LR; fi
+  fi
+  curve on "$lr" curve-ema-on
+}
+
+curve() {  # EMA off|on, a learning rate (empty: the scale's), the JSON's name
+  timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema "$1" ${2:+--lr "$2"} \
+    --grids "$OUT" --out "$OUT/$3.json"
+}
+
+draws_digits() {  # whether any point of a probe's JSON draws digits (budget.draws_digits)
+  "$PY" -c "import json, sys; from benchmarks.budget import draws_digits as d
+sys.exit(0 if any(d(r) for r in json.load(open(sys.argv[1]))) else 1)" "$1"
 }
 
 speedup() {  # under MPS where it runs; where it fails, once more without it
