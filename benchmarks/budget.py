@@ -41,6 +41,7 @@ from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
+from core.fidelity import class_share_range
 from core.likelihood import heldout_metrics
 from core.train import train
 
@@ -75,10 +76,10 @@ def evaluate_point(process: DiffusionProcess) -> tuple[dict, torch.Tensor]:
         samples, metrics = sample_and_evaluate(process, process.config.seed, wall_s)
         started = time.perf_counter()
         heldout = heldout_metrics(process, process.config.n_samples)
-    shares = [n / sum(metrics["class_histogram"]) for n in metrics["class_histogram"]]
+    low, high = class_share_range(metrics["class_histogram"])
     return {"step": process.step, "ema": process.config.ema, "fid": metrics["fid"], "recall": metrics["recall"],
-            "classifier_score": metrics["classifier_score"], "min_class_share": min(shares),
-            "max_class_share": max(shares), "nll_bpd": heldout["nll_bpd"], "nll_bpd_se": heldout["nll_bpd_se"],
+            "classifier_score": metrics["classifier_score"], "min_class_share": low,
+            "max_class_share": high, "nll_bpd": heldout["nll_bpd"], "nll_bpd_se": heldout["nll_bpd_se"],
             "eps_mse": heldout["eps_mse"], "sample_s": wall_s["sample"],
             "heldout_s": time.perf_counter() - started}, samples
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import load_checkpoint
-from core.fidelity import compare, evaluate, reference_images, to_uint8
+from core.fidelity import class_share_range, compare, evaluate, reference_images, to_uint8
 
 
 def sample_and_evaluate(process, seed: int, wall_s: dict | None = None,
@@ -49,18 +49,18 @@ def calibrate(ns: list[int], checkpoint: Path | None = None, n_model: int = 500,
 
     Rows: real train subset vs real test subset at each N; test + Gaussian noise (sigma 0.1, 0.3)
     vs test at the largest N; and, given a checkpoint, DDIM-50 vs ancestral-1000 samples of it. Each row
-    also holds the classifier score and the smallest and largest class share of its first images: what
+    also holds the classifier score and the smallest and largest class share of the images it scores: what
     real digits score on the "draws digits" rule at that N.
     """
     rows = []
 
     def add(name: str, n: int, metrics: dict) -> None:
-        shares = [k / sum(metrics["class_histogram"]) for k in metrics["class_histogram"]]
-        rows.append({"comparison": name, "n": n, "min_class_share": min(shares), "max_class_share": max(shares)}
+        low, high = class_share_range(metrics["class_histogram"])
+        rows.append({"comparison": name, "n": n, "min_class_share": low, "max_class_share": high}
                     | {k: v for k, v in metrics.items() if k != "class_histogram"})
         log(f"{name:<44} N={n:>6}  FID {metrics['fid']:9.2f}  KID {metrics['kid_mean']:.4f}  "
             f"precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}  "
-            f"classifier score {metrics['classifier_score']:.2f}  classes {min(shares):.1%}-{max(shares):.1%}")
+            f"classifier score {metrics['classifier_score']:.2f}  classes {low:.1%}-{high:.1%}")
 
     for n in ns:
         add("real train vs real test", n, compare(reference_images("train", n), reference_images("test", n)))

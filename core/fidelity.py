@@ -136,6 +136,12 @@ def class_histogram(images: torch.Tensor) -> list[int]:
     return torch.bincount(logits.argmax(1), minlength=10).tolist()
 
 
+def class_share_range(histogram: list[int]) -> tuple[float, float]:
+    """The smallest and largest share of one class in a :func:`class_histogram` (mode coverage in two numbers)."""
+    total = sum(histogram)
+    return min(histogram) / total, max(histogram) / total
+
+
 def evaluate(samples: torch.Tensor, reference: str = "test", n: int | None = None) -> dict:
     """FID, KID, precision/recall, classifier score and class histogram of generated ``samples``.
 
