@@ -88,8 +88,9 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
         "computed in": ", ".join(f"{p} ({n} runs)" for p, n in runs.dtype.value_counts().sort_index().items()),
-        "training": " or ".join(f"{int(n)} steps x {int(b)} images" for n, b in
-                                runs[["train_steps", "batch_size"]].drop_duplicates().itertuples(index=False)) + " per run",
+        "training": " or ".join(f"{int(n)} steps x {int(b)} images at lr {lr:g}" for n, b, lr in
+                                runs[["train_steps", "batch_size", "lr"]].drop_duplicates().itertuples(index=False))
+        + " per run",
         "samples per run": f"{int(first.n_samples)}, sampler {sampler}, against the 10,000 MNIST test digits",
         "real-vs-real FID floor at this N": f"{runs.fid_floor.dropna().mean():.2f}" if runs.fid_floor.notna().any()
         else "not recorded",
@@ -194,13 +195,22 @@ def across_scales(effects: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
+def scales_setting(docs: list[dict], scales: list[str]) -> pd.DataFrame:
+    """What stands behind each scale's numbers, a row a scale: an effect that changes sign between two scales
+    may come from any of these (training budget and learning rate, sampler, samples, precision)."""
+    keys = ("runs", "training", "samples per run", "computed in")
+    rows = [{"scale": scale} | {k: setting(runs_table([d for d in docs if d["config"].get("scale") == scale]))[k]
+                                for k in keys} for scale in scales]
+    return pd.DataFrame(rows)
+
+
 def build_scales(docs: list[dict], out: Path, scales: list[str]) -> dict[str, pd.DataFrame]:
     """One report per scale in ``out/<scale>/``, and ``out/report.md``/``.html`` with the effects side by side."""
     effects = {}
     for scale in scales:
         tabs = build([d for d in docs if d["config"].get("scale") == scale], out / scale)
         effects[scale] = tabs.get("effects", pd.DataFrame(columns=["cell", "metric"]))
-    side_by_side = across_scales(effects)
+    side_by_side = {"how the scales differ": scales_setting(docs, scales)} | across_scales(effects)
     title = "MNIST DDPM ablations across scales: " + ", ".join(scales)
     md = [f"# {title}", "", "Effect of each cell against its own scale's baseline (cell minus baseline, paired "
           "by seed; mean [95% t-interval], n, Holm p within that scale). Lower is better for every metric here. "

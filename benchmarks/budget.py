@@ -1,7 +1,7 @@
 """What a training budget buys: FID of the baseline model at several budgets, or along one run.
 
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
-    python benchmarks/budget.py --curve 2000,4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
+    python benchmarks/budget.py --curve 4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
         [--set device=cpu n_samples=1000 ...] [--grids DIR]
     python benchmarks/budget.py --choose CURVE.json --speedup SUITE.json [--minutes 9] [--runs 18]
 
@@ -10,9 +10,10 @@ cosine, the default AMP and memory layout) from the same seed, samples with the 
 evaluation settings and reports FID, recall and the wall times. This is how the `small` scale's
 budget was chosen: the cheapest one whose FID still ranks it clearly above half of itself.
 
-``--curve`` trains one baseline run of ``--scale`` (EMA off, on, or both: one run each) and
-evaluates it at each listed step with that scale's evaluation: FID, classifier score, the
-smallest and largest class share of the samples, and the held-out bound and denoising error.
+``--curve`` trains one baseline run of ``--scale`` a seed (EMA off, on, or both: one EMA run whose
+trained weights are scored too, as they are the EMA-off run's) and evaluates it at each listed step
+with that scale's evaluation: FID, classifier score, the smallest and largest class share of the
+samples, and the held-out bound and denoising error.
 ``--set KEY=VALUE ...`` changes the scale's fields (``--set device=cpu`` probes the `gpu` scale's
 training on the CPU); ``--grids DIR`` keeps each run's first 64 samples at every probed step.
 Nothing in training depends on the total number of steps (constant learning rate, data order and
@@ -23,8 +24,9 @@ noise from the run's own generators), so each point is the run of that many step
 names the largest probed budget whose baseline (EMA off) draws digits (:func:`draws_digits`) and
 whose whole suite is projected to fit in ``--minutes`` with a 15% margin. The projection
 (:func:`project_suite_s`): a solo run of N steps costs what the suite benchmark's solo runs cost
-(start-up, training, sampling, scoring), plus the extra steps at the curve's time per step; the
-packed suite costs ``--runs`` of those divided by the measured speed-up.
+(start-up, training, sampling, scoring), plus the extra steps at the curve's time per step (an EMA
+run's, for an ``--ema both`` curve: a little above the baseline's, so it errs long); the packed
+suite costs ``--runs`` of those divided by the measured speed-up.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
 from core.fidelity import class_share_range
 from core.likelihood import heldout_metrics
+from core.seeding import rng_state, set_rng_state
 from core.train import train
 
 
@@ -84,31 +87,55 @@ def evaluate_point(process: DiffusionProcess) -> tuple[dict, torch.Tensor]:
             "heldout_s": time.perf_counter() - started}, samples
 
 
-def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, log=print, grid: Path | None = None,
-                   on_point=None):
+def trained_weights_view(process: DiffusionProcess) -> DiffusionProcess:
+    """A process without EMA, to score an EMA run's trained weights (copied in by :func:`sync_view`).
+
+    EMA reads the trained weights and never writes them, so an EMA run's trained weights are the EMA-off
+    run's, bit for bit (tested): one run gives both curves. Constructing a process reseeds every global
+    generator, which dropout trains with, so their states are put back.
+    """
+    states = rng_state()
+    view = DiffusionProcess(process.config.replace(ema=False))
+    set_rng_state(states)
+    return view
+
+
+def sync_view(view: DiffusionProcess, process: DiffusionProcess) -> DiffusionProcess:
+    view.model.load_state_dict(process.model.state_dict())  # in place: fast paths keep their buffers
+    view.step = process.step
+    return view
+
+
+def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, log=print,
+                   grids: dict[bool, Path] | None = None, on_point=None, trained_too: bool = False):
     """Train one run of ``config`` and evaluate it at each of ``at_steps`` (increasing); return (rows, process).
 
-    :param grid: when given, a PNG of the first 64 samples at each step (8 x 8 each, left to right) is written here.
+    :param grids: by EMA setting, where a PNG of the first 64 samples at each step (8 x 8 each, left to
+        right) is written.
     :param on_point: when given, called with the rows so far after each point (a probe cut short keeps them).
+    :param trained_too: with EMA on, also score the trained weights at each point: rows with ``ema`` False,
+        the EMA-off run's (see :func:`trained_weights_view`).
     """
     process = DiffusionProcess(config.replace(train_steps=at_steps[0]))
-    rows, train_s, firsts = [], 0.0, []
+    scored = [trained_weights_view(process), process] if trained_too and config.ema else [process]
+    rows, train_s, firsts = [], 0.0, {}
     for steps in at_steps:
         process.config = process.config.replace(train_steps=steps)  # train() stops at config.train_steps
         started = time.perf_counter()
         train(process, images)
         train_s += time.perf_counter() - started
-        row, samples = evaluate_point(process)
-        rows.append(row | {"train_s": train_s, "device": str(process.device)})
-        firsts.append(make_grid(samples[:64].float().cpu(), nrow=8, normalize=True, value_range=(-1, 1)))
-        if grid:
-            save_image(torch.cat(firsts, dim=2), grid)
-        if on_point:
-            on_point(rows)
-        r = rows[-1]
-        log(f"ema={r['ema']!s:<5} step {r['step']:>6}: FID {r['fid']:8.2f}  classifier score "
-            f"{r['classifier_score']:5.2f}  classes {r['min_class_share']:.1%}-{r['max_class_share']:.1%}  "
-            f"nll {r['nll_bpd']:.3f} bits/dim  train {train_s:6.1f} s")
+        for weights in scored:
+            row, samples = evaluate_point(weights if weights is process else sync_view(weights, process))
+            rows.append(row | {"train_s": train_s, "device": str(process.device)})
+            strip = firsts.setdefault(row["ema"], [])
+            strip.append(make_grid(samples[:64].float().cpu(), nrow=8, normalize=True, value_range=(-1, 1)))
+            if grids and row["ema"] in grids:
+                save_image(torch.cat(strip, dim=2), grids[row["ema"]])
+            if on_point:
+                on_point(rows)
+            log(f"ema={row['ema']!s:<5} step {row['step']:>6}: FID {row['fid']:8.2f}  classifier score "
+                f"{row['classifier_score']:5.2f}  classes {row['min_class_share']:.1%}-{row['max_class_share']:.1%}  "
+                f"nll {row['nll_bpd']:.3f} bits/dim  train {train_s:6.1f} s")
     return rows, process
 
 
@@ -168,10 +195,10 @@ def scale_fields(scale: str, words: list[str], lr: float | None) -> dict:
 
 
 def curve_configs(args) -> list[Config]:
-    """One baseline config per seed and EMA setting of a ``--curve`` call; a bad field or value raises ValueError."""
-    emas = {"off": [False], "on": [True], "both": [False, True]}[args.ema]
+    """One baseline config per seed of a ``--curve`` call (``--ema both``: an EMA run whose trained weights are
+    scored too); a bad field or value raises ValueError."""
     fields = scale_fields(args.scale, args.set, args.lr)
-    return [Config(**fields, seed=int(seed), ema=ema) for seed in args.seeds.split(",") for ema in emas]
+    return [Config(**fields, seed=int(seed), ema=args.ema != "off") for seed in args.seeds.split(",")]
 
 
 def curve_main(args, configs: list[Config]) -> list[dict]:
@@ -187,9 +214,10 @@ def curve_main(args, configs: list[Config]) -> list[dict]:
         def save(points: list[dict]) -> None:  # after every point: a probe cut short keeps what it measured
             args.out.write_text(json.dumps(with_lr(points), indent=1))
 
-        name = f"curve-seed{config.seed}-ema-{'on' if config.ema else 'off'}-lr{config.lr:g}.png"
-        grid = args.grids / name if args.grids else None
-        rows = with_lr(learning_curve(config, steps, images, grid=grid, on_point=save if args.out else None)[0])
+        grids = {ema: args.grids / f"curve-seed{config.seed}-ema-{'on' if ema else 'off'}-lr{config.lr:g}.png"
+                 for ema in (False, True)} if args.grids else None
+        rows = with_lr(learning_curve(config, steps, images, grids=grids, on_point=save if args.out else None,
+                                      trained_too=args.ema == "both")[0])
     return rows
 
 
@@ -205,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--sampler-steps", type=int, default=Config().sampler_steps)
     parser.add_argument("--scale", choices=sorted(SCALES), default="gpu", help="--curve: the scale's baseline")
-    parser.add_argument("--ema", choices=["off", "on", "both"], default="both", help="--curve: EMA setting(s)")
+    parser.add_argument("--ema", choices=["off", "on", "both"], default="both",
+                        help="--curve: EMA off, on, or both (one EMA run, its trained weights scored too)")
     parser.add_argument("--lr", type=float, help="--curve: another learning rate than the scale's")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--curve: change the scale's fields")
     parser.add_argument("--grids", type=Path, metavar="DIR", help="--curve: keep each step's first 64 samples here")

@@ -95,7 +95,7 @@ def test_report_sets_the_effects_of_several_scales_side_by_side(tmp_path):
     base_fid = {d["config"]["seed"]: d["result"]["fid"] for d in small if d["config"]["cell"] == "baseline"}
     for doc in other:
         doc["_id"] += 1000
-        doc["config"]["scale"] = "gpu"
+        doc["config"] |= {"scale": "gpu", "lr": 1e-3, "train_steps": 8000}
         if doc["config"]["cell"] == "schedule=linear":  # at "gpu", linear helps by what it hurt at small
             doc["result"]["fid"] = 2 * base_fid[doc["config"]["seed"]] - doc["result"]["fid"]
     dumps = [REPO / "reports" / "runs.json", runs.export(other, tmp_path / "gpu.json")]
@@ -107,7 +107,13 @@ def test_report_sets_the_effects_of_several_scales_side_by_side(tmp_path):
     assert table.loc["schedule=linear", "signs agree"] == "no"
     assert (table.drop("schedule=linear")["signs agree"] == "yes").all()
     assert table.loc["schedule=linear", "small"].startswith("+") and table.loc["schedule=linear", "gpu"].startswith("-")
-    assert "| schedule=linear |" in (tmp_path / "scales" / "report.md").read_text()
+    side_by_side = (tmp_path / "scales" / "report.md").read_text()
+    assert "| schedule=linear |" in side_by_side
+    # the scales' settings stand above their effects: here they differ in budget and learning rate
+    assert side_by_side.index("## how the scales differ") < side_by_side.index("## fid")
+    rows = {line.split(" | ")[0]: line for line in side_by_side.splitlines() if line.startswith(("| small", "| gpu"))}
+    assert "| 600 steps x 32 images at lr 0.0001 or 300 steps x 32 images at lr 0.0001 per run |" in rows["| small"]
+    assert "| 8000 steps x 32 images at lr 0.001 per run |" in rows["| gpu"]
 
 
 def test_stats_recover_known_effects():

