@@ -171,7 +171,8 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18)
               for r in baseline]
     fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
     return {"train_steps": fitting[-1]["step"] if fitting else None, "minutes": minutes, "runs": runs,
-            "speedup": suite["suite_speedup_vs_sequential"], "points": points}
+            "speedup": suite["suite_speedup_vs_sequential"], "points": points,
+            "ema_draws_digits_at": sorted(r["step"] for r in curve if r["ema"] and draws_digits(r))}
 
 
 def choose_main(args) -> dict:
@@ -182,6 +183,8 @@ def choose_main(args) -> dict:
     found = choice["train_steps"]
     print(f"-> the gpu scale's budget: train_steps={found}" if found else
           f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
+    if not found and choice["ema_draws_digits_at"]:  # the baseline is EMA off; say what EMA would have bought
+        print(f"   (with EMA, the samples draw digits at {', '.join(map(str, choice['ema_draws_digits_at']))} steps)")
     return choice
 
 

@@ -166,6 +166,9 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     (tmp_path / "suite.json").write_text(json.dumps(suite))
     budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")])
     assert "-> the gpu scale's budget: train_steps=8000" in capsys.readouterr().out
+    budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json"), "--minutes", "3"])
+    assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min\n   (with EMA, the samples " \
+        "draw digits at 16000 steps)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         budget.main(["--choose", str(tmp_path / "curve.json")])
     assert "invalid --choose without --speedup" in capsys.readouterr().err
