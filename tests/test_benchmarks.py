@@ -113,6 +113,7 @@ def test_learning_curve_points_are_the_runs_of_that_many_steps_and_one_ema_run_g
                          (process.model, straight_off.model)):
         assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
     assert rows[2]["fid"] == sample_and_evaluate(straight_off, 0)[1]["fid"] != rows[3]["fid"]
+    assert rows[3]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]  # the EMA point is the straight EMA run's
     assert 0 <= rows[3]["min_class_share"] <= 0.1 <= rows[3]["max_class_share"] <= 1 and rows[3]["nll_bpd"] > 0
 
 
