@@ -1,6 +1,7 @@
 """Ablation plans: which configurations a sweep runs, and what makes two runs "the same cell".
 
-A cell is a set of flipped toggles ("baseline" flips none). One-factor-at-a-time (``ofat``) is
+A cell is a set of flipped toggles ("baseline" flips none); each flips away from the baseline's value
+(:func:`ablations.record.flipped_value`). One-factor-at-a-time (``ofat``) is
 the baseline plus each toggle flipped alone; ``full`` is every combination. A cell x seed is
 identified by :func:`ablations.record.config_hash` of its full :class:`core.config.Config` and
 the precision it will compute in here, so a sweep can tell what is already stored whatever command
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ablations.record import TOGGLES, config_hash
+from ablations.record import TOGGLES, config_hash, flipped_value
 from core.config import SCALES, Config
 from core.diffusion import resolve_device
 from core.precision import Precision, amp_precision, resolve_precision
@@ -98,18 +99,22 @@ def cell_name(flipped: dict) -> str:
     return "+".join(f"{k}={v}" for k, v in flipped.items()) or "baseline"
 
 
-def cells_of(plan: str, only: list[str] | None = None) -> list[tuple[str, dict]]:
-    """(cell name, flipped toggles) for a plan, restricted to the toggles in ``only``."""
+def cells_of(plan: str, only: list[str] | None = None, baseline: Config | None = None) -> list[tuple[str, dict]]:
+    """(cell name, flipped toggles) for a plan, restricted to the toggles in ``only``.
+
+    :param baseline: the sweep's baseline config (default: the seed's); a toggle flips away from its value.
+    """
     if plan not in PLANS:
         raise ValueError(f"invalid plan={plan!r}: valid values are {' or '.join(map(repr, PLANS))}")
     toggles = list(TOGGLES) if not only else only
     unknown = [t for t in toggles if t not in TOGGLES]
     if unknown:
         raise ValueError(f"invalid --only toggle(s) {unknown}: valid values are {', '.join(TOGGLES)}")
+    flipped = {t: flipped_value(t, baseline or Config()) for t in toggles}
     if plan == "ofat":
-        flips = [{}] + [{t: TOGGLES[t]} for t in toggles]
+        flips = [{}] + [{t: flipped[t]} for t in toggles]
     else:
-        flips = [{t: TOGGLES[t] for t, on in zip(toggles, mask) if on}
+        flips = [{t: flipped[t] for t, on in zip(toggles, mask) if on}
                  for mask in itertools.product([False, True], repeat=len(toggles))]
     return [(cell_name(f), f) for f in flips]
 
@@ -122,7 +127,7 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
         base.update(SCALES[name])
     base.update(updates)
     cells = []
-    for name, overrides in cells_of(plan, only):
+    for name, overrides in cells_of(plan, only, Config.from_mapping(base)):
         for seed in seeds:
             config = Config.from_mapping(base | overrides | {"seed": seed})
             precision = planned_precision(config, updates.get("precision", "auto"), here=False)

@@ -31,7 +31,9 @@ from core.model import parameter_breakdown
 from core.precision import Precision
 from core.provenance import git_state, run_environment
 
-# Each toggle and its flipped (ablation) value; the baseline is Config's default, the seed's choice.
+# Each toggle and its ablation value; the seed's value is Config's default. A scale's baseline may hold the
+# ablation value instead (the `gpu` scale's EMA, where only EMA weights draw digits in its budget): its cell
+# then flips the toggle back to the seed's value (flipped_value).
 TOGGLES: dict[str, object] = {"attention": False, "ema": True, "dropout": 0.1, "schedule": "linear", "amp": False}
 
 FIDELITY_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "f_score", "classifier_score")
@@ -56,6 +58,18 @@ CHECKPOINT = "checkpoint.pt"  # the full checkpoint, kept in the run's journal d
 STALE_AFTER_S = 120
 # What a run executes: uncommitted changes elsewhere (tests, docs, benchmarks) cannot change its result.
 RUN_CODE = ("core/", "ablations/", "pyproject.toml", "requirements.lock")
+
+
+def seed_value(toggle: str) -> object:
+    """The seed design's value of a toggle: its :class:`core.config.Config` default."""
+    return Config.__dataclass_fields__[toggle].default
+
+
+def flipped_value(toggle: str, baseline: Config) -> object:
+    """The value that a cell flipping ``toggle`` gives it: the ablation value, or the seed's value where
+    ``baseline`` already holds the ablation value (every cell then differs from its baseline)."""
+    ablation = TOGGLES[toggle]
+    return seed_value(toggle) if getattr(baseline, toggle) == ablation else ablation
 
 
 def config_hash(config: Config, precision: Precision) -> str:

@@ -209,7 +209,8 @@ def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
     tasks = []
     for c in cells:
         flips = [f"{k}={v!r}" for k, v in c.overrides.items()]
-        words = [*with_words, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads]
+        kept = [w for w in with_words if w.split("=")[0] not in c.overrides]  # a flip replaces the baseline's word
+        words = [*kept, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads]
         tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name, args.journal_only,
                           args.pack, _refusal(c)))
     return tasks

@@ -8,7 +8,9 @@ embedded, every string escaped) and DIR/figures/*.png. Only COMPLETED runs count
 
 Runs of several scales (e.g. `small` on a CPU and `gpu`) are never pooled: each scale gets its own
 report in DIR/<scale>/, and DIR/report.md sets each toggle's effect at every scale side by side,
-with whether their signs agree (does the cheap scale predict the expensive one?).
+with whether their signs agree (does the cheap scale predict the expensive one?). Every row there reads
+"ablation value minus the seed's value": a scale whose baseline holds the ablation value (EMA on) has the
+cell ``ema=False``, whose effect is shown under ``ema=True`` with its sign turned (:func:`oriented`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ablations.record import SAMPLE_GRID
+from ablations.record import SAMPLE_GRID, TOGGLES, seed_value
 from analysis import figures, stats
 from analysis.runs import curves_table, from_dump, from_mongo, levels_table, runs_table
 
@@ -175,6 +177,16 @@ def html_page(tabs: dict, facts: dict, verdicts: dict, figs: list[Path], title: 
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
+def oriented(cell: str) -> tuple[str, int]:
+    """A one-toggle cell as the seed's flip names it, and the sign that turns its effect that way. A scale whose
+    baseline holds a toggle's ablation value (EMA on) has the cell ``ema=False``: it shows as ``ema=True``
+    with its effect negated, so that every scale's row reads "ablation value minus seed value"."""
+    toggle, _, value = cell.partition("=")
+    if "+" in cell or toggle not in TOGGLES or value != str(seed_value(toggle)):
+        return cell, 1
+    return f"{toggle}={TOGGLES[toggle]}", -1
+
+
 def across_scales(effects: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Per verdict metric: each cell's paired effect at every scale side by side, and whether the signs agree
     ("yes"/"no" over the scales where the cell has a paired effect; "-" where fewer than two have one)."""
@@ -183,10 +195,13 @@ def across_scales(effects: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         rows = {}
         for scale, table in effects.items():
             for r in table[table.metric == metric].itertuples():
-                cell = rows.setdefault(r.cell, {"cell": r.cell})
-                interval = f" [{r.ci_low:.3g}, {r.ci_high:.3g}]" if not pd.isna(r.ci_low) else ""
-                cell[scale] = f"{r.diff:+.3g}{interval} (n={r.n}, Holm p={r.p_holm:.2g})"
-                cell.setdefault("signs", []).append(np.sign(r.diff))
+                name, sign = oriented(r.cell)
+                cell = rows.setdefault(name, {"cell": name})
+                low, high = sorted((sign * r.ci_low, sign * r.ci_high))
+                interval = f" [{low:.3g}, {high:.3g}]" if not pd.isna(r.ci_low) else ""
+                turned = f"; {r.cell} against its baseline, sign turned" if sign < 0 else ""
+                cell[scale] = f"{sign * r.diff:+.3g}{interval} (n={r.n}, Holm p={r.p_holm:.2g}{turned})"
+                cell.setdefault("signs", []).append(np.sign(sign * r.diff))
         for cell in rows.values():
             signs = [s for s in cell.pop("signs") if s != 0 and not pd.isna(s)]
             cell["signs agree"] = "-" if len(signs) < 2 else ("yes" if len(set(signs)) == 1 else "no")

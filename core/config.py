@@ -141,7 +141,8 @@ SCALES: dict[str, dict] = {
                   n_samples=10_000),  # 100 epochs; the seed's 1000-step ancestral sampler
     # An OFAT suite x 3 seeds packed on one GPU (README: Packing). device is named, not "auto", so that its
     # cells have the same keys on the CPU machine the runs are synced to. PROVISIONAL: the budget is an
-    # estimate from the H200 step times (5.3 ms a step at batch 128), not yet the GPU probe's choice.
+    # estimate from the H200 step times (5.3 ms a step at batch 128), not yet the GPU probe's choice
+    # (benchmarks/budget.py --choose), which may also set ema=True where only EMA weights draw digits in time.
     "gpu": dict(device="cuda", train_steps=12_000, batch_size=128, log_every=200, sampler="ddim",
                 sampler_steps=100, n_samples=5_000),
 }

@@ -116,6 +116,22 @@ def test_report_sets_the_effects_of_several_scales_side_by_side(tmp_path):
     assert "| 8000 steps x 32 images at lr 0.001 per run |" in rows["| gpu"]
 
 
+def test_a_scale_whose_baseline_has_ema_on_shows_its_ema_effect_turned_the_seeds_way():
+    """At `small` the cell ema=True helps by 10; at a scale whose baseline has EMA on, its cell ema=False hurts
+    by 12. Side by side both read as "ema=True minus EMA off": -10 and -12, signs agreeing."""
+    small = stats.paired_effects(_synthetic({"baseline": 0, "ema=True": -10, "attention=False": 5}, 6, 1.0))
+    gpu = stats.paired_effects(_synthetic({"baseline": 0, "ema=False": 12, "attention=False": 5}, 6, 1.0, seed=1))
+    table = report.across_scales({"small": small, "gpu": gpu})["fid"].set_index("cell")
+    assert list(table.index) == ["ema=True", "attention=False"] and (table["signs agree"] == "yes").all()
+    turned = table.loc["ema=True", "gpu"]
+    assert turned.startswith("-1") and "ema=False against its baseline, sign turned" in turned
+    low, high = (float(x) for x in turned.split("[")[1].split("]")[0].split(", "))
+    assert low < -12 < high < 0
+    assert report.oriented("attention=False") == ("attention=False", 1)
+    assert report.oriented("ema=False") == ("ema=True", -1) and report.oriented("dropout=0.0") == ("dropout=0.1", -1)
+    assert report.oriented("attention=True+ema=False") == ("attention=True+ema=False", 1)
+
+
 def test_stats_recover_known_effects():
     data = _synthetic({"baseline": 0, "attention": 30, "ema": 0}, seeds=10, noise=3)
     effects = stats.paired_effects(data).set_index("cell")

@@ -153,25 +153,33 @@ def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dic
 def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp_path, capsys):
     suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0}
     curve = [_probe_point(2000, 5.0), _probe_point(8000, 9.2), _probe_point(12000, 9.5), _probe_point(16000, 9.7),
-             _probe_point(16000, 9.9, ema=True)]
+             _probe_point(8000, 8.9, ema=True), _probe_point(12000, 9.6, ema=True), _probe_point(16000, 9.9, ema=True)]
     # 18 runs of (40 s at 1,000 steps + 0.005 s a step beyond) / 4: 12,000 steps is 7.1 min, 16,000 is 8.6 min.
     assert budget.project_suite_s(12000, curve[:4], suite) == pytest.approx(18 * (40 + 11000 * 0.005) / 4)
     choice = budget.choose(curve, suite, minutes=9)
-    assert choice["train_steps"] == 12000 and [p["draws_digits"] for p in choice["points"]] == [False, True, True, True]
+    assert (choice["train_steps"], choice["ema"]) == (12000, False)
+    assert [p["draws_digits"] for p in choice["points"]] == [False, True, True, True, False, True, True]
     curve[2] = _probe_point(12000, 9.5, shares=(0.03, 0.12))  # a class below 5%: not digits enough
     assert budget.choose(curve, suite, minutes=9)["train_steps"] == 8000
+    # EMA off never draws digits in time: the EMA budget is chosen, and the baseline then holds EMA
+    no_digits = [_probe_point(r["step"], 8.0) for r in curve[:4]] + curve[4:]
+    picked = budget.choose(no_digits, suite, minutes=9)
+    assert (picked["train_steps"], picked["ema"]) == (12000, True)
     assert budget.choose(curve, suite, minutes=3)["train_steps"] is None
     with pytest.raises(ValueError, match="invalid curve: 1 points with EMA off"):
         budget.choose(curve[:1] + curve[4:], suite)
-    (tmp_path / "curve.json").write_text(json.dumps(curve))
-    (tmp_path / "suite.json").write_text(json.dumps(suite))
-    budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")])
-    assert "-> the gpu scale's budget: train_steps=8000" in capsys.readouterr().out
-    budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json"), "--minutes", "3"])
-    assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min\n   (with EMA, the samples " \
-        "draw digits at 16000 steps)" in capsys.readouterr().out
+    for name, rows in {"curve": curve, "no-digits": no_digits, "suite": suite}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    choose = ["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")]
+    budget.main(choose)
+    assert "-> the gpu scale's budget: train_steps=8000\n" in capsys.readouterr().out
+    budget.main(choose + ["--minutes", "3"])
+    assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min" in capsys.readouterr().out
+    budget.main(["--choose", str(tmp_path / "no-digits.json"), "--speedup", str(tmp_path / "suite.json")])
+    assert "-> the gpu scale's budget: train_steps=12000 ema=True (with EMA off no probed budget" in \
+        capsys.readouterr().out
     with pytest.raises(SystemExit):
-        budget.main(["--choose", str(tmp_path / "curve.json")])
+        budget.main(choose[:2])
     assert "invalid --choose without --speedup" in capsys.readouterr().err
 
 

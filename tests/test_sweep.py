@@ -57,6 +57,23 @@ def test_only_and_bad_values(capsys):
         assert f"invalid --mps: {cuda_mps.CONTROL} is not on PATH" in capsys.readouterr().err
 
 
+def test_a_baseline_that_holds_an_ablation_value_is_flipped_back_to_the_seeds():
+    """A scale whose baseline has EMA on (as `gpu` may) gets the cell ema=False; every cell differs from the
+    baseline in exactly its toggle, and the seed's baseline keeps its cells (and so its stored runs' keys)."""
+    seed_cells = dict(plans.cells_of("ofat"))
+    assert seed_cells["ema=True"] == {"ema": True} and "ema=False" not in seed_cells
+    cells = plans.build("ofat", [0], ["smoke", "ema=True", "dropout=0.1"])
+    names = [c.name for c in cells]
+    assert names == ["baseline", "attention=False", "ema=False", "dropout=0.0", "schedule=linear", "amp=False"]
+    base = cells[0].config.to_dict()
+    for cell in cells[1:]:
+        (toggle, value), = cell.overrides.items()
+        assert {k for k, v in cell.config.to_dict().items() if base[k] != v} == {toggle}
+        assert getattr(cell.config, toggle) == value
+    full = [name for name, _ in plans.cells_of("full", ["attention", "ema"], cells[0].config)]
+    assert full == ["baseline", "ema=False", "attention=False", "attention=False+ema=False"]
+
+
 SEQUENTIAL = ["--only", "attention", "--seeds", "0", "with", "smoke", "threads=1"]
 
 
