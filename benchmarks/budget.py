@@ -3,7 +3,7 @@
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
     python benchmarks/budget.py --curve 4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
         [--set device=cpu n_samples=1000 ...] [--grids DIR]
-    python benchmarks/budget.py --choose CURVE.json --speedup SUITE.json [--minutes 9] [--runs 18]
+    python benchmarks/budget.py --choose CURVE.json [CURVE-LR.json ...] --speedup SUITE.json [--minutes 9] [--runs 18]
 
 A budget is ``STEPSxBATCH@LR``. Every budget trains the baseline config (attention on, no EMA,
 cosine, the default AMP and memory layout) from the same seed, samples with the `small` scale's
@@ -20,9 +20,10 @@ Nothing in training depends on the total number of steps (constant learning rate
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
 (tested). This is the probe that chooses the `gpu` scale's budget.
 
-``--choose`` reads such a curve and a ``benchmarks/suite.py`` result measured on the same GPU, and
-names the largest probed budget whose baseline (EMA off) draws digits (:func:`draws_digits`) and
-whose whole suite is projected to fit in ``--minutes`` with a 15% margin. The projection
+``--choose`` reads such curves (one per probed learning rate) and a ``benchmarks/suite.py`` result
+measured on the same GPU, and names the largest probed budget whose baseline draws digits
+(:func:`draws_digits`) and whose whole suite is projected to fit in ``--minutes`` with a 15% margin;
+EMA off (the seed's) before EMA on, the scale's learning rate before another (:func:`choose`). The projection
 (:func:`project_suite_s`): a solo run of N steps costs what the suite benchmark's solo runs cost
 (start-up, training, sampling, scoring), plus the extra steps at the curve's time per step (an EMA
 run's, for an ``--ema both`` curve: a little above the baseline's, so it errs long); the packed
@@ -161,40 +162,51 @@ def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) 
     return runs * solo_s / suite["suite_speedup_vs_sequential"]
 
 
-def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18) -> dict:
+def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float | None = None) -> dict:
     """The largest probed budget whose baseline draws digits and whose suite fits, and every point's verdict.
 
-    EMA off (the seed's baseline) wins wherever one of its budgets qualifies; else an EMA budget does, and the
-    scale's baseline then holds EMA (its OFAT cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
+    :param curve: probe rows, of one or more runs (one per learning rate and EMA setting).
+    :param scale_lr: the scale's own learning rate (default: the seed's), preferred to a probed other one.
+
+    The seed's baseline is kept as far as it can be: EMA off wins wherever one of its budgets qualifies, at the
+    scale's rate first; else an EMA budget does, and the scale's baseline then holds EMA (its OFAT cell
+    ``ema=False`` flips it off: ``ablations.record.flipped_value``).
     """
-    by_ema = {ema: sorted((r for r in curve if r["ema"] == ema), key=lambda r: r["step"]) for ema in (False, True)}
-    by_ema = {ema: rows for ema, rows in by_ema.items() if rows}
-    for ema, rows in by_ema.items():
+    scale_lr = scale_lr or Config().lr
+    if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:  # one run per rate and EMA setting: its time per step
+        raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")
+    runs_of: dict[tuple, list[dict]] = {}
+    for row in sorted(curve, key=lambda r: r["step"]):
+        runs_of.setdefault((row.get("lr", scale_lr), row["ema"]), []).append(row)
+    for (lr, ema), rows in runs_of.items():
         if len(rows) < 2:
-            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if ema else 'off'}; valid curves "
-                             f"have 2 or more for each EMA setting they probe")
-    points = [{"step": r["step"], "ema": ema, "draws_digits": draws_digits(r), "classifier_score": r["classifier_score"],
-               "fid": r["fid"], "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60}
-              for ema, rows in by_ema.items() for r in rows]
+            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if ema else 'off'} at lr {lr:g}; "
+                             f"valid curves have 2 or more for each rate and EMA setting they probe")
+    points = [{"step": r["step"], "lr": lr, "ema": ema, "draws_digits": draws_digits(r),
+               "classifier_score": r["classifier_score"], "fid": r["fid"],
+               "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60}
+              for (lr, ema), rows in runs_of.items() for r in rows]
     fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
-    pick = max(fitting, key=lambda p: (not p["ema"], p["step"]), default=None)
-    return {"train_steps": pick and pick["step"], "ema": pick and pick["ema"], "minutes": minutes, "runs": runs,
-            "speedup": suite["suite_speedup_vs_sequential"], "points": points}
+    pick = max(fitting, key=lambda p: (not p["ema"], p["lr"] == scale_lr, p["step"]), default=None)
+    return {"train_steps": pick and pick["step"], "lr": pick and pick["lr"], "ema": pick and pick["ema"],
+            "minutes": minutes, "runs": runs, "speedup": suite["suite_speedup_vs_sequential"], "points": points}
 
 
 def choose_main(args) -> dict:
-    choice = choose(json.loads(args.choose.read_text()), json.loads(args.speedup.read_text()), args.minutes, args.runs)
+    curve = [row for path in args.choose for row in json.loads(path.read_text())]
+    scale_lr = SCALES[args.scale].get("lr", Config().lr)
+    choice = choose(curve, json.loads(args.speedup.read_text()), args.minutes, args.runs, scale_lr)
     for p in choice["points"]:
-        print(f"EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score {p['classifier_score']:5.2f}, "
-              f"FID {p['fid']:7.1f}, digits {'yes' if p['draws_digits'] else 'no ':<3}  "
+        print(f"lr {p['lr']:<6g} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "
+              f"{p['classifier_score']:5.2f}, FID {p['fid']:7.1f}, digits {'yes' if p['draws_digits'] else 'no ':<3}  "
               f"suite ~{p['projected_suite_min']:5.1f} min")
     if choice["train_steps"] is None:
         print(f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
-    elif not choice["ema"]:
-        print(f"-> the gpu scale's budget: train_steps={choice['train_steps']}")
-    else:  # the seed's baseline (EMA off) draws no digits in time: the scale's baseline holds EMA
-        print(f"-> the gpu scale's budget: train_steps={choice['train_steps']} ema=True (with EMA off no probed budget "
-              f"both draws digits and fits; the OFAT cell ema=False then flips EMA off)")
+        return choice
+    words = [f"train_steps={choice['train_steps']}"] + ([f"lr={choice['lr']:g}"] if choice["lr"] != scale_lr else [])
+    print(f"-> the {args.scale} scale's budget: {' '.join(words)}" + (
+        " ema=True (with EMA off no probed budget both draws digits and fits; the OFAT cell ema=False then flips "
+        "EMA off)" if choice["ema"] else ""))
     return choice
 
 
@@ -221,15 +233,15 @@ def curve_main(args, configs: list[Config]) -> list[dict]:
     images = as_tensor(mnist(train=True))
     rows = []
     for config in configs:
-        def with_lr(points: list[dict]) -> list[dict]:
-            return rows + [row | {"lr": config.lr} for row in points]
+        def labelled(points: list[dict]) -> list[dict]:
+            return rows + [row | {"lr": config.lr, "seed": config.seed} for row in points]
 
         def save(points: list[dict]) -> None:  # after every point: a probe cut short keeps what it measured
-            args.out.write_text(json.dumps(with_lr(points), indent=1))
+            args.out.write_text(json.dumps(labelled(points), indent=1))
 
         grids = {ema: args.grids / f"curve-seed{config.seed}-ema-{'on' if ema else 'off'}-lr{config.lr:g}.png"
                  for ema in (False, True)} if args.grids else None
-        rows = with_lr(learning_curve(config, steps, images, grids=grids, on_point=save if args.out else None,
+        rows = labelled(learning_curve(config, steps, images, grids=grids, on_point=save if args.out else None,
                                       trained_too=args.ema == "both")[0])
     return rows
 
@@ -239,13 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--budgets", help="comma-separated STEPSxBATCH@LR")
     mode.add_argument("--curve", help="comma-separated steps at which to evaluate one run per EMA setting")
-    mode.add_argument("--choose", type=Path, metavar="CURVE_JSON", help="pick the gpu budget from a --curve's JSON")
+    mode.add_argument("--choose", type=Path, nargs="+", metavar="CURVE_JSON",
+                      help="pick the scale's budget from --curve JSONs (one per probed learning rate)")
     parser.add_argument("--speedup", type=Path, metavar="SUITE_JSON", help="--choose: a benchmarks/suite.py result")
     parser.add_argument("--minutes", type=float, default=9.0, help="--choose: the suite's time budget")
     parser.add_argument("--runs", type=int, default=18, help="--choose: runs in the suite")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--sampler-steps", type=int, default=Config().sampler_steps)
-    parser.add_argument("--scale", choices=sorted(SCALES), default="gpu", help="--curve: the scale's baseline")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="gpu",
+                        help="--curve: the scale's baseline; --choose: the scale whose budget it is")
     parser.add_argument("--ema", choices=["off", "on", "both"], default="both",
                         help="--curve: EMA off, on, or both (one EMA run, its trained weights scored too)")
     parser.add_argument("--lr", type=float, help="--curve: another learning rate than the scale's")

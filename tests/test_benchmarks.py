@@ -164,11 +164,17 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     # EMA off never draws digits in time: the EMA budget is chosen, and the baseline then holds EMA
     no_digits = [_probe_point(r["step"], 8.0) for r in curve[:4]] + curve[4:]
     picked = budget.choose(no_digits, suite, minutes=9)
-    assert (picked["train_steps"], picked["ema"]) == (12000, True)
+    assert (picked["train_steps"], picked["lr"], picked["ema"]) == (12000, 1e-4, True)
+    # ... unless EMA off draws digits at the probe's second rate: the baseline keeps the seed's EMA off
+    fast = [p | {"lr": 1e-3, "classifier_score": 9.2} for p in no_digits]
+    picked = budget.choose(no_digits + fast, suite, minutes=9)
+    assert (picked["train_steps"], picked["lr"], picked["ema"]) == (12000, 1e-3, False)
     assert budget.choose(curve, suite, minutes=3)["train_steps"] is None
-    with pytest.raises(ValueError, match="invalid curve: 1 points with EMA off"):
+    with pytest.raises(ValueError, match="invalid curve: 1 points with EMA off at lr 0.0001"):
         budget.choose(curve[:1] + curve[4:], suite)
-    for name, rows in {"curve": curve, "no-digits": no_digits, "suite": suite}.items():
+    with pytest.raises(ValueError, match=r"invalid curve: seeds \[0, 1\]"):
+        budget.choose(curve + [p | {"seed": 1} for p in curve], suite)
+    for name, rows in {"curve": curve, "no-digits": no_digits, "fast": fast, "suite": suite}.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(rows))
     choose = ["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")]
     budget.main(choose)
@@ -178,6 +184,9 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     budget.main(["--choose", str(tmp_path / "no-digits.json"), "--speedup", str(tmp_path / "suite.json")])
     assert "-> the gpu scale's budget: train_steps=12000 ema=True (with EMA off no probed budget" in \
         capsys.readouterr().out
+    budget.main(["--choose", str(tmp_path / "no-digits.json"), str(tmp_path / "fast.json"), "--speedup",
+                 str(tmp_path / "suite.json")])
+    assert "-> the gpu scale's budget: train_steps=12000 lr=0.001\n" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         budget.main(choose[:2])
     assert "invalid --choose without --speedup" in capsys.readouterr().err
