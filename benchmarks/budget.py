@@ -162,7 +162,7 @@ def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) 
     return runs * solo_s / suite["suite_speedup_vs_sequential"]
 
 
-def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float | None = None) -> dict:
+def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float = Config.lr) -> dict:
     """The largest probed budget whose baseline draws digits and whose suite fits, and every point's verdict.
 
     :param curve: probe rows, of one or more runs (one per learning rate and EMA setting).
@@ -172,7 +172,6 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
     scale's rate first; else an EMA budget does, and the scale's baseline then holds EMA (its OFAT cell
     ``ema=False`` flips it off: ``ablations.record.flipped_value``).
     """
-    scale_lr = scale_lr or Config().lr
     if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:  # one run per rate and EMA setting: its time per step
         raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")
     runs_of: dict[tuple, list[dict]] = {}
@@ -194,7 +193,7 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
 
 def choose_main(args) -> dict:
     curve = [row for path in args.choose for row in json.loads(path.read_text())]
-    scale_lr = SCALES[args.scale].get("lr", Config().lr)
+    scale_lr = Config.from_mapping(SCALES[args.scale]).lr
     choice = choose(curve, json.loads(args.speedup.read_text()), args.minutes, args.runs, scale_lr)
     for p in choice["points"]:
         print(f"lr {p['lr']:<6g} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "

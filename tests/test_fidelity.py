@@ -43,6 +43,12 @@ def test_real_digits_score_5x_lower_than_noisy_digits():
     assert real["classifier_score"] > 8  # confident and balanced over 10 classes: close to 10
 
 
+def test_the_real_floor_is_the_fid_that_every_metric_together_gives():
+    """real_floor computes FID alone (no k-NN balls): the same number as the full comparison of the same digits."""
+    full = fidelity.compare(fidelity.reference_images("train", 64), fidelity.reference_images("test"), "mnist-test-10000")
+    assert fidelity.real_floor(64) == full["fid"] and full["fid"] > 0
+
+
 def test_kid_works_at_200_samples():
     real = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
     noisy = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.4), "test", n=200)
