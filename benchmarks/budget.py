@@ -2,7 +2,7 @@
 
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
     python benchmarks/budget.py --curve 4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
-        [--set device=cpu n_samples=1000 ...] [--grids DIR]
+        [--set device=cpu n_samples=1000 ...] [--grids DIR] [--checkpoint FILE [--checkpoint-every 500]]
     python benchmarks/budget.py --choose CURVE.json [CURVE-LR.json ...] --speedup SUITE.json [--minutes 9] [--runs 18]
 
 A budget is ``STEPSxBATCH@LR``. Every budget trains the baseline config (attention on, no EMA,
@@ -15,7 +15,9 @@ trained weights are scored too, as they are the EMA-off run's) and evaluates it 
 with that scale's evaluation: FID, classifier score, the smallest and largest class share of the
 samples, and the held-out bound and denoising error.
 ``--set KEY=VALUE ...`` changes the scale's fields (``--set device=cpu`` probes the `gpu` scale's
-training on the CPU); ``--grids DIR`` keeps each run's first 64 samples at every probed step.
+training on the CPU); ``--grids DIR`` keeps each run's first 64 samples at every probed step; ``--checkpoint FILE`` keeps the
+run's full checkpoint there, and a later call with the same options and that file goes on from it, bit
+for bit, so that a probe too long for one sitting (a CPU's) is made in several.
 Nothing in training depends on the total number of steps (constant learning rate, data order and
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
 (tested). This is the probe that chooses the `gpu` scale's budget.
@@ -40,6 +42,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from ablations.plan import parse_updates
+from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
@@ -108,7 +111,8 @@ def sync_view(view: DiffusionProcess, process: DiffusionProcess) -> DiffusionPro
 
 
 def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, log=print,
-                   grids: dict[bool, Path] | None = None, on_point=None, trained_too: bool = False):
+                   grids: dict[bool, Path] | None = None, on_point=None, trained_too: bool = False,
+                   checkpoint: Path | None = None, checkpoint_every: int = 0):
     """Train one run of ``config`` and evaluate it at each of ``at_steps`` (increasing); return (rows, process).
 
     :param grids: by EMA setting, where a PNG of the first 64 samples at each step (8 x 8 each, left to
@@ -116,16 +120,26 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
     :param on_point: when given, called with the rows so far after each point (a probe cut short keeps them).
     :param trained_too: with EMA on, also score the trained weights at each point: rows with ``ema`` False,
         the EMA-off run's (see :func:`trained_weights_view`).
+    :param checkpoint: a file that keeps the run's full checkpoint (every ``checkpoint_every`` steps and after
+        each point, with the rows so far). Where it already holds this run, the curve goes on from it, bit for
+        bit, and its rows come first (:func:`resumable_state`): a probe longer than one sitting, in several calls.
     """
-    process = DiffusionProcess(config.replace(train_steps=at_steps[0]))
-    scored = [trained_weights_view(process), process] if trained_too and config.ema else [process]
-    rows, train_s, firsts = [], 0.0, {}
+    process, train_s, rows = open_curve_run(config, at_steps, checkpoint)
+    views = [trained_weights_view(process), process] if trained_too and config.ema else [process]
+    firsts = {}
+
+    def keep(train_s_now: float) -> None:  # mid-run (train's callback) and after each point
+        save_checkpoint(process, checkpoint, extra={"train_s": train_s_now, "rows": rows})
+
     for steps in at_steps:
+        if any(r["step"] == steps for r in rows):  # scored by the call that wrote the checkpoint
+            continue
         process.config = process.config.replace(train_steps=steps)  # train() stops at config.train_steps
         started = time.perf_counter()
-        train(process, images)
+        train(process, images, checkpoint_every=checkpoint_every,
+              checkpoint=(lambda window: keep(train_s + time.perf_counter() - started)) if checkpoint else None)
         train_s += time.perf_counter() - started
-        for weights in scored:
+        for weights in views:
             row, samples = evaluate_point(weights if weights is process else sync_view(weights, process))
             rows.append(row | {"train_s": train_s, "device": str(process.device)})
             strip = firsts.setdefault(row["ema"], [])
@@ -137,7 +151,42 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
             log(f"ema={row['ema']!s:<5} step {row['step']:>6}: FID {row['fid']:8.2f}  classifier score "
                 f"{row['classifier_score']:5.2f}  classes {row['min_class_share']:.1%}-{row['max_class_share']:.1%}  "
                 f"nll {row['nll_bpd']:.3f} bits/dim  train {train_s:6.1f} s")
+        if checkpoint:
+            keep(train_s)
     return rows, process
+
+
+def resumable_state(path: Path, config: Config, at_steps: list[int]) -> dict | None:
+    """The checkpoint a curve of ``config`` goes on from, or None where ``path`` does not exist yet.
+
+    It must be this run's (every field but ``train_steps`` equal) and must not be past a point it did not score;
+    else ValueError, naming what differs.
+    """
+    if not path.exists():
+        return None
+    state = load_state(path)
+    stored, wanted = (dict(c, train_steps=None) for c in (state["config"], config.to_dict()))
+    if stored != wanted:
+        diff = ", ".join(f"{k}={stored.get(k)!r} (here {v!r})" for k, v in wanted.items() if stored.get(k) != v)
+        raise ValueError(f"invalid --checkpoint {path}: another run's ({diff}); valid checkpoints are this "
+                         f"probe's, or a new file")
+    scored = [r["step"] for r in state.get("extra", {}).get("rows", [])]  # a run's own checkpoint has none
+    if missed := [s for s in at_steps if s < state["step"] and s not in scored]:
+        raise ValueError(f"invalid --curve points {missed}: {path} is at step {state['step']} already; valid "
+                         f"points are {state['step']} or more, or ones it scored ({sorted(set(scored))})")
+    return state
+
+
+def open_curve_run(config: Config, at_steps: list[int], checkpoint: Path | None):
+    """The process a curve trains (fresh, or restored from ``checkpoint``), its training seconds so far, and
+    the rows already scored."""
+    state = resumable_state(checkpoint, config, at_steps) if checkpoint else None
+    if state is None:
+        return DiffusionProcess(config.replace(train_steps=at_steps[0])), 0.0, []
+    process = DiffusionProcess(config.replace(train_steps=state["config"]["train_steps"]))
+    process.load_state_dict(state)  # weights, EMA, optimiser and every generator: training goes on exactly
+    extra = state.get("extra", {})
+    return process, extra.get("train_s", 0.0), list(extra.get("rows", []))
 
 
 DIGITS = {"classifier_score": 9.0, "min_class_share": 0.05, "max_class_share": 0.15}
@@ -222,11 +271,22 @@ def curve_configs(args) -> list[Config]:
     """One baseline config per seed of a ``--curve`` call (``--ema both``: an EMA run whose trained weights are
     scored too); a bad field or value raises ValueError."""
     fields = scale_fields(args.scale, args.set, args.lr)
-    return [Config(**fields, seed=int(seed), ema=args.ema != "off") for seed in args.seeds.split(",")]
+    configs = [Config(**fields, seed=int(seed), ema=args.ema != "off") for seed in args.seeds.split(",")]
+    if args.checkpoint_every < 0:
+        raise ValueError(f"invalid --checkpoint-every {args.checkpoint_every}: valid values are integers >= 0")
+    if args.checkpoint:
+        if len(configs) > 1:
+            raise ValueError(f"invalid --checkpoint with --seeds {args.seeds}: valid with one seed (one run, one file)")
+        resumable_state(args.checkpoint, configs[0], curve_steps(args))
+    return configs
+
+
+def curve_steps(args) -> list[int]:
+    return sorted(int(s) for s in args.curve.split(","))
 
 
 def curve_main(args, configs: list[Config]) -> list[dict]:
-    steps = sorted(int(s) for s in args.curve.split(","))
+    steps = curve_steps(args)
     if args.grids:
         args.grids.mkdir(parents=True, exist_ok=True)
     images = as_tensor(mnist(train=True))
@@ -241,7 +301,8 @@ def curve_main(args, configs: list[Config]) -> list[dict]:
         grids = {ema: args.grids / f"curve-seed{config.seed}-ema-{'on' if ema else 'off'}-lr{config.lr:g}.png"
                  for ema in (False, True)} if args.grids else None
         rows = labelled(learning_curve(config, steps, images, grids=grids, on_point=save if args.out else None,
-                                      trained_too=args.ema == "both")[0])
+                                      trained_too=args.ema == "both", checkpoint=args.checkpoint,
+                                      checkpoint_every=args.checkpoint_every)[0])
     return rows
 
 
@@ -264,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, help="--curve: another learning rate than the scale's")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--curve: change the scale's fields")
     parser.add_argument("--grids", type=Path, metavar="DIR", help="--curve: keep each step's first 64 samples here")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="--curve: keep the run's checkpoint here; where it exists, go on from it")
+    parser.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
+                        help="--curve --checkpoint: steps between checkpoints besides the points'")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.choose and not args.speedup:

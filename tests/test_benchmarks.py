@@ -117,6 +117,36 @@ def test_learning_curve_points_are_the_runs_of_that_many_steps_and_one_ema_run_g
     assert 0 <= rows[3]["min_class_share"] <= 0.1 <= rows[3]["max_class_share"] <= 1 and rows[3]["nll_bpd"] > 0
 
 
+def test_a_probe_in_several_sittings_is_the_probe_in_one(tmp_path, capsys):
+    """A curve resumed from its checkpoint, mid-run or after a point, gives the rows of the curve made in one go,
+    bit for bit (timings aside); a checkpoint of another run, or one past a point it never scored, is refused."""
+    config = Config(**SCALES["smoke"] | {"n_samples": 16}, dropout=0.1, ema=True, device="cpu")
+    images = as_tensor(mnist(train=True))
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+
+    def cut_at_first_point(rows):  # the file as a probe killed while scoring step 4 would leave it: step 2
+        if not cut.exists():
+            shutil.copy(whole, cut)
+    quiet = dict(log=lambda line: None, trained_too=True)
+    one_go, _ = learning_curve(config, [4, 8], images, checkpoint=whole, checkpoint_every=2,
+                               on_point=cut_at_first_point, **quiet)
+    resumed, process = learning_curve(config, [4, 8], images, checkpoint=cut, **quiet)
+    timings = ("train_s", "sample_s", "heldout_s")
+    assert [{k: v for k, v in r.items() if k not in timings} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in timings} for r in one_go] and len(one_go) == 4
+    assert torch.load(cut, weights_only=True)["step"] == 8
+    again, process = learning_curve(config, [4, 8], images, checkpoint=whole, **quiet)  # all scored: no work
+    assert again == one_go and process.step == 8
+    same = ["--set", "n_samples=16", "dropout=0.1", "device=cpu"]
+    for words, message in ((["--curve", "10", "--ema", "off", *same], "another run's (ema=True (here False))"),
+                           (["--curve", "6,10", *same], "invalid --curve points [6]: "),
+                           (["--curve", "10", "--seeds", "0,1", *same], "valid with one seed")):
+        with pytest.raises(SystemExit):
+            budget.main([*words, "--scale", "smoke", "--checkpoint", str(whole)])
+        assert message in capsys.readouterr().err
+    assert torch.load(whole, weights_only=True)["step"] == 8  # refused before any work
+
+
 def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_path, capsys):
     """``--set`` changes the scale's fields, ``--grids`` keeps a strip of samples per run, bad input is refused."""
     out = tmp_path / "curve.json"
