@@ -211,6 +211,17 @@ def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) 
     return runs * solo_s / suite["suite_speedup_vs_sequential"]
 
 
+def steps_to_score(rows: list[dict], score: float = DIGITS["classifier_score"]) -> int | None:
+    """The first of one run's probe points (increasing steps) at classifier ``score`` or above; where none is,
+    the step at which a straight line through the last two reaches it (an extrapolation), or None where that
+    line does not rise."""
+    if reached := [r["step"] for r in rows if r["classifier_score"] >= score]:
+        return reached[0]
+    a, b = rows[-2:]
+    rise = (b["classifier_score"] - a["classifier_score"]) / (b["step"] - a["step"])
+    return None if rise <= 0 else round(b["step"] + (score - b["classifier_score"]) / rise)
+
+
 def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float = Config.lr) -> dict:
     """The largest probed budget whose baseline draws digits and whose suite fits, and every point's verdict.
 
@@ -236,8 +247,12 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
               for (lr, ema), rows in runs_of.items() for r in rows]
     fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
     pick = max(fitting, key=lambda p: (not p["ema"], p["lr"] == scale_lr, p["step"]), default=None)
+    reach = [{"lr": lr, "ema": ema, "step": step, "extrapolated": step is not None and step > rows[-1]["step"],
+              "projected_suite_min": step and project_suite_s(step, rows, suite, runs) / 60}
+             for (lr, ema), rows in runs_of.items() for step in [steps_to_score(rows)]]
     return {"train_steps": pick and pick["step"], "lr": pick and pick["lr"], "ema": pick and pick["ema"],
-            "minutes": minutes, "runs": runs, "speedup": suite["suite_speedup_vs_sequential"], "points": points}
+            "minutes": minutes, "runs": runs, "speedup": suite["suite_speedup_vs_sequential"], "points": points,
+            "score_reached": reach}
 
 
 def choose_main(args) -> dict:
@@ -250,6 +265,12 @@ def choose_main(args) -> dict:
               f"suite ~{p['projected_suite_min']:5.1f} min")
     if choice["train_steps"] is None:
         print(f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
+        for r in choice["score_reached"]:  # how far off: what weighs the budget against the rule
+            where = "nowhere: its last two points do not rise" if r["step"] is None else (
+                f"{'near' if r['extrapolated'] else 'at'} {r['step']:,} steps, suite ~{r['projected_suite_min']:.1f} min"
+                + (" (a straight line through its last two points)" if r["extrapolated"] else ""))
+            print(f"   lr {r['lr']:g} EMA {'on ' if r['ema'] else 'off'}: classifier score "
+                  f"{DIGITS['classifier_score']:g} {where}")
         return choice
     words = [f"train_steps={choice['train_steps']}"] + ([f"lr={choice['lr']:g}"] if choice["lr"] != scale_lr else [])
     print(f"-> the {args.scale} scale's budget: {' '.join(words)}" + (

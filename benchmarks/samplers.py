@@ -1,6 +1,6 @@
 """One model's FID under several samplers: does a score come from the model or from the sampler?
 
-    python benchmarks/samplers.py RUN_DIR/final_weights.pt [--variants as-run,clip,beta,fp32,ddim100]
+    python benchmarks/samplers.py RUN_DIR/final_weights.pt [--variants as-run,clip,beta,fp32,ddim100,ancestral]
                                   [--n 5000] [--grids grids.png] [--out samplers.json]
 
 Every variant samples the same final weights, from the run's own sampler seed and with the same
@@ -13,6 +13,9 @@ number of samples, and is scored against the test split like a run (:func:`sampl
 - ``beta``: sigma_t^2 = beta_t instead of beta-tilde_t (Ho et al. 2020, Sec. 3.2: both are the paper's).
 - ``fp32``: the network evaluated in fp32 instead of under autocast.
 - ``ddim100``: DDIM with 100 steps, eta 0, x_0 clipped (Song et al. 2021).
+- ``ancestral``: the seed's sampler (ancestral, ``noise_steps`` steps) for a run that sampled with DDIM,
+  as the `gpu` scale does; not in the default list, where ``as-run`` is mostly that already. It also
+  takes a process checkpoint (``benchmarks/budget.py --checkpoint``), which holds the same weights.
 
 Only ``as-run`` at the run's own N can equal the run's stored FID; FID falls with N, so compare
 the variants with each other at one N.
@@ -40,13 +43,17 @@ VARIANTS: dict[str, tuple[dict, str | None, bool | None]] = {
     "beta": ({"variance": "beta"}, None, None),
     "fp32": ({}, "fp32", None),
     "ddim100": ({"sampler": "ddim", "sampler_steps": 100}, None, None),
+    "ancestral": ({"sampler": "ancestral"}, None, None),
 }
+DEFAULT_VARIANTS = ["as-run", "clip", "beta", "fp32", "ddim100"]
 
 
 def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -> tuple[DiffusionProcess, bool | None]:
     """A process holding ``weights`` that samples as variant ``name`` does; and its clip_denoised."""
     changes, variant_precision, clip = VARIANTS[name]
     config = Config.from_mapping(weights["config"]).replace(n_samples=n, **changes)
+    if config.sampler == "ancestral":  # it takes every noise step, whatever DDIM step count the run had
+        config = config.replace(sampler_steps=config.noise_steps)
     process = DiffusionProcess(config, precision=variant_precision or precision)
     restore_weights(process, weights)
     return process, clip
@@ -70,8 +77,9 @@ def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("weights", type=Path, help="a run's final_weights.pt")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("weights", type=Path, help="a run's final_weights.pt, or a process checkpoint")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all but ancestral)")
     parser.add_argument("--n", type=int, help="samples per variant (default: the run's own n_samples)")
     parser.add_argument("--precision", default="auto", help="the run's AMP precision, when not this device's auto")
     parser.add_argument("--grids", type=Path, help="write the variants' first 64 samples, side by side, here")

@@ -101,6 +101,11 @@ def kid_subset_size(n: int) -> int:
     return min(1000, max(2, n // 2))
 
 
+def reference_cache_name(reference: str, real: torch.Tensor) -> str:
+    """The name under which the features of ``real`` (the split ``reference``, whole or a subset) are cached."""
+    return f"mnist-{reference}-{len(real)}"
+
+
 def _calculate(images: torch.Tensor, reference: torch.Tensor, reference_key: str | None, **metrics) -> dict:
     """torch-fidelity's ``metrics`` of uint8 ``images`` against uint8 ``reference`` on the classifier's features;
     ``reference_key`` names a reference whose features are cached on disk."""
@@ -160,12 +165,12 @@ def evaluate(samples: torch.Tensor, reference: str = "test", n: int | None = Non
         raise ValueError(f"invalid samples of shape {tuple(samples.shape)} and dtype {samples.dtype}: "
                          "valid are float tensors of shape (N, 1, 28, 28) in [-1, 1]")
     real = reference_images(reference, n)
-    return compare(to_uint8(samples), real, reference_key=f"mnist-{reference}-{len(real)}")
+    return compare(to_uint8(samples), real, reference_key=reference_cache_name(reference, real))
 
 
 def real_floor(n: int, reference: str = "test") -> float:
     """FID of n real training digits against the reference: what "perfect" scores at this N."""
     real = reference_images(reference)
     # FID alone: the k-NN balls of precision/recall over the whole reference would cost more than the FID itself.
-    metrics = _calculate(reference_images("train", n), real, f"mnist-{reference}-{len(real)}", fid=True)
+    metrics = _calculate(reference_images("train", n), real, reference_cache_name(reference, real), fid=True)
     return metrics["frechet_inception_distance"]

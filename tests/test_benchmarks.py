@@ -15,7 +15,7 @@ from benchmarks import budget, paper, samplers, variants
 from benchmarks.budget import learning_curve, parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
-from core.checkpoint import save_weights
+from core.checkpoint import load_weights, save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
@@ -210,7 +210,21 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     budget.main(choose)
     assert "-> the gpu scale's budget: train_steps=8000\n" in capsys.readouterr().out
     budget.main(choose + ["--minutes", "3"])
-    assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min" in out
+    # how far off each run is: its first point at score 9, measured (EMA off reaches it at 8,000 steps)
+    assert "lr 0.0001 EMA off: classifier score 9 at 8,000 steps, suite ~5.6 min\n" in out
+    slow = [_probe_point(8000, 7.5), _probe_point(12000, 8.0), _probe_point(12000, 7.0, ema=True),
+            _probe_point(16000, 6.9, ema=True)]
+    reached = budget.choose(slow, suite, minutes=9)["score_reached"]
+    # ... or extrapolated: 8.0 + 0.5 every 4,000 steps reaches 9 at 20,000; a falling line never does
+    assert [(r["ema"], r["step"], r["extrapolated"]) for r in reached] == [(False, 20000, True), (True, None, False)]
+    assert reached[0]["projected_suite_min"] == pytest.approx(18 * (40 + 19000 * 0.005) / 4 / 60)
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    budget.main(["--choose", str(tmp_path / "slow.json"), "--speedup", str(tmp_path / "suite.json")])
+    out = capsys.readouterr().out
+    assert "EMA off: classifier score 9 near 20,000 steps, suite ~10.1 min (a straight line through its last" in out
+    assert "EMA on : classifier score 9 nowhere: its last two points do not rise" in out
     budget.main(["--choose", str(tmp_path / "no-digits.json"), "--speedup", str(tmp_path / "suite.json")])
     assert "-> the gpu scale's budget: train_steps=12000 ema=True (with EMA off no probed budget" in \
         capsys.readouterr().out
@@ -230,7 +244,7 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     rows = samplers.main([str(tmp_path / "weights.pt"), "--precision", "bf16", "--grids", str(tmp_path / "grids.png"),
                           "--out", str(tmp_path / "samplers.json")])
     by_name = {r["variant"]: r for r in rows}
-    assert list(by_name) == list(samplers.VARIANTS) and json.loads((tmp_path / "samplers.json").read_text())["rows"]
+    assert list(by_name) == samplers.DEFAULT_VARIANTS and json.loads((tmp_path / "samplers.json").read_text())["rows"]
     assert by_name["as-run"]["fid"] == sample_and_evaluate(process, config.seed)[1]["fid"]
     assert len({r["fid"] for r in rows}) == len(rows)  # each variant samples the model differently
     assert (by_name["clip"]["clip_denoised"], by_name["beta"]["variance"], by_name["fp32"]["amp_precision"],
@@ -238,9 +252,15 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     assert all(sum(r["class_histogram"]) == 16 for r in rows)
     # five grids side by side, each 8 samples wide and 16 / 8 = 2 high (28 px and 2 px of padding each)
     assert Image.open(tmp_path / "grids.png").size == (5 * (2 + 8 * 30), 2 + 2 * 30)
+    # the seed's sampler, asked for by name, of the same weights stored as a DDIM run's: this run's own samples
+    ddim = load_weights(tmp_path / "weights.pt")
+    torch.save(ddim | {"config": ddim["config"] | {"sampler": "ddim", "sampler_steps": 10}}, tmp_path / "ddim.pt")
+    assert samplers.main([str(tmp_path / "ddim.pt"), "--precision", "bf16", "--variants", "ancestral"])[0]["fid"] \
+        == by_name["as-run"]["fid"]
     with pytest.raises(SystemExit):
         samplers.main([str(tmp_path / "weights.pt"), "--variants", "as-run,ddim50"])
-    assert "invalid --variants ddim50: valid values are as-run, clip, beta, fp32, ddim100" in capsys.readouterr().err
+    assert "invalid --variants ddim50: valid values are as-run, clip, beta, fp32, ddim100, ancestral" in \
+        capsys.readouterr().err
 
 
 def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_path):
