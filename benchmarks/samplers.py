@@ -12,7 +12,9 @@ number of samples, and is scored against the test split like a run (:func:`sampl
   default).
 - ``beta``: sigma_t^2 = beta_t instead of beta-tilde_t (Ho et al. 2020, Sec. 3.2: both are the paper's).
 - ``fp32``: the network evaluated in fp32 instead of under autocast.
-- ``ddim100``: DDIM with 100 steps, eta 0, x_0 clipped (Song et al. 2021).
+- ``ddim100``: DDIM with 100 steps, eta 0, x_0 clipped (Song et al. 2021); ``ddimN`` takes N steps,
+  and ``ddimN-etaE`` draws fresh noise at each step with DDIM's eta = E (1: the ancestral sampler on
+  N of the noise steps, at the cost of DDIM-N).
 - ``ancestral``: the seed's sampler (ancestral, ``noise_steps`` steps) for a run that sampled with DDIM,
   as the `gpu` scale does; not in the default list, where ``as-run`` is mostly that already. It also
   takes a process checkpoint (``benchmarks/budget.py --checkpoint``), which holds the same weights.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -36,27 +39,36 @@ from core.config import Config
 from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
 
-# name -> (config changes, DiffusionProcess precision, clip_denoised for the sampler; None: its default)
-VARIANTS: dict[str, tuple[dict, str | None, bool | None]] = {
-    "as-run": ({}, None, None),
-    "clip": ({}, None, True),
-    "beta": ({"variance": "beta"}, None, None),
-    "fp32": ({}, "fp32", None),
-    "ddim100": ({"sampler": "ddim", "sampler_steps": 100}, None, None),
-    "ancestral": ({"sampler": "ancestral"}, None, None),
+# name -> (config changes, DiffusionProcess precision, the sampler's clip_denoised (None: its default) and eta)
+Variant = tuple[dict, str | None, dict]
+VARIANTS: dict[str, Variant] = {
+    "as-run": ({}, None, {}),
+    "clip": ({}, None, {"clip_denoised": True}),
+    "beta": ({"variance": "beta"}, None, {}),
+    "fp32": ({}, "fp32", {}),
+    "ddim100": ({"sampler": "ddim", "sampler_steps": 100}, None, {}),
+    "ancestral": ({"sampler": "ancestral"}, None, {}),
 }
 DEFAULT_VARIANTS = ["as-run", "clip", "beta", "fp32", "ddim100"]
+DDIM = re.compile(r"ddim([1-9][0-9]*)(?:-eta(0|1|0?\.[0-9]+))?")  # ddimN[-etaE]: N steps, stochasticity E in [0, 1]
 
 
-def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -> tuple[DiffusionProcess, bool | None]:
-    """A process holding ``weights`` that samples as variant ``name`` does; and its clip_denoised."""
-    changes, variant_precision, clip = VARIANTS[name]
+def variant(name: str) -> Variant | None:
+    """Variant ``name``'s (config changes, precision, sampler options), or None where no variant has that name."""
+    if ddim := DDIM.fullmatch(name):
+        return {"sampler": "ddim", "sampler_steps": int(ddim[1])}, None, {"eta": float(ddim[2] or 0)}
+    return VARIANTS.get(name)
+
+
+def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -> tuple[DiffusionProcess, dict]:
+    """A process holding ``weights`` that samples as variant ``name`` does; and its sampler options."""
+    changes, variant_precision, options = variant(name)
     config = Config.from_mapping(weights["config"]).replace(n_samples=n, **changes)
     if config.sampler == "ancestral":  # it takes every noise step, whatever DDIM step count the run had
         config = config.replace(sampler_steps=config.noise_steps)
     process = DiffusionProcess(config, precision=variant_precision or precision)
     restore_weights(process, weights)
-    return process, clip
+    return process, options
 
 
 def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=print) -> tuple[list[dict], list]:
@@ -64,11 +76,12 @@ def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=
     seed = weights["config"]["seed"]
     rows, firsts = [], []
     for name in names:
-        process, clip = variant_process(weights, name, n, precision)
+        process, options = variant_process(weights, name, n, precision)
         wall_s = {}
-        samples, metrics = sample_and_evaluate(process, seed, wall_s, clip_denoised=clip)
+        samples, metrics = sample_and_evaluate(process, seed, wall_s, **options)
         rows.append({"variant": name, "n": n, "sampler": process.config.sampler, "variance": process.config.variance,
-                     "amp_precision": process.precision, "clip_denoised": clip} | metrics | {"wall_s": wall_s})
+                     "amp_precision": process.precision, "clip_denoised": options.get("clip_denoised"),
+                     "eta": options.get("eta", 0.0)} | metrics | {"wall_s": wall_s})
         firsts.append(samples[:64].cpu())
         log(f"{name:<8} FID {metrics['fid']:8.2f}  classifier score {metrics['classifier_score']:5.2f}  "
             f"recall {metrics['recall']:.3f}  sample {wall_s['sample']:6.1f} s")
@@ -79,16 +92,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", type=Path, help="a run's final_weights.pt, or a process checkpoint")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all but ancestral)")
+                        help=f"comma-separated, from {', '.join(VARIANTS)}, or ddimN[-etaE] "
+                             "(default: all but ancestral)")
     parser.add_argument("--n", type=int, help="samples per variant (default: the run's own n_samples)")
     parser.add_argument("--precision", default="auto", help="the run's AMP precision, when not this device's auto")
     parser.add_argument("--grids", type=Path, help="write the variants' first 64 samples, side by side, here")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     names = args.variants.split(",")
-    if unknown := [v for v in names if v not in VARIANTS]:
-        parser.error(f"invalid --variants {','.join(unknown)}: valid values are {', '.join(VARIANTS)}")
+    if unknown := [v for v in names if variant(v) is None]:
+        parser.error(f"invalid --variants {','.join(unknown)}: valid values are {', '.join(VARIANTS)}, or "
+                     "ddimN[-etaE] (N DDIM steps, eta E from 0 to 1)")
     weights = load_weights(args.weights)
+    noise_steps = weights["config"]["noise_steps"]
+    if too_many := [v for v in names if variant(v)[0].get("sampler_steps", 0) > noise_steps]:
+        parser.error(f"invalid --variants {','.join(too_many)}: valid DDIM steps are 1 to {noise_steps}, "
+                     "the run's noise_steps")
     started = time.perf_counter()
     rows, firsts = score(weights, names, args.n or weights["config"]["n_samples"], args.precision)
     if args.grids:  # one 8 x 8 grid a variant, left to right in --variants order

@@ -258,9 +258,15 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     assert samplers.main([str(tmp_path / "ddim.pt"), "--precision", "bf16", "--variants", "ancestral"])[0]["fid"] \
         == by_name["as-run"]["fid"]
     with pytest.raises(SystemExit):
-        samplers.main([str(tmp_path / "weights.pt"), "--variants", "as-run,ddim50"])
-    assert "invalid --variants ddim50: valid values are as-run, clip, beta, fp32, ddim100, ancestral" in \
-        capsys.readouterr().err
+        samplers.main([str(tmp_path / "weights.pt"), "--variants", "as-run,ddim0,heun"])
+    assert "invalid --variants ddim0,heun: valid values are as-run, clip, beta, fp32, ddim100, ancestral, or " \
+        "ddimN[-etaE]" in capsys.readouterr().err
+    # DDIM with fresh noise at each step: not the deterministic DDIM of the same step count
+    ddim, ddim_eta = samplers.main([str(tmp_path / "weights.pt"), "--variants", "ddim10,ddim10-eta1"])
+    assert (ddim["eta"], ddim_eta["eta"]) == (0.0, 1.0) and ddim["fid"] != ddim_eta["fid"]
+    with pytest.raises(SystemExit):  # more DDIM steps than the run has noise steps
+        samplers.main([str(tmp_path / "weights.pt"), "--variants", "ddim50,ddim101"])
+    assert "invalid --variants ddim101: valid DDIM steps are 1 to 100, the run's noise_steps" in capsys.readouterr().err
 
 
 def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_path):
