@@ -16,8 +16,10 @@ number of samples, and is scored against the test split like a run (:func:`sampl
   and ``ddimN-etaE`` draws fresh noise at each step with DDIM's eta = E (1: the ancestral sampler on
   N of the noise steps, at the cost of DDIM-N).
 - ``ancestral``: the seed's sampler (ancestral, ``noise_steps`` steps) for a run that sampled with DDIM,
-  as the `gpu` scale does; not in the default list, where ``as-run`` is mostly that already. It also
-  takes a process checkpoint (``benchmarks/budget.py --checkpoint``), which holds the same weights.
+  as the `gpu` scale does; not in the default list, where ``as-run`` is mostly that already.
+
+The weights may also be a process checkpoint (``benchmarks/budget.py --checkpoint``): it holds the
+same config, model and EMA weights.
 
 Only ``as-run`` at the run's own N can equal the run's stored FID; FID falls with N, so compare
 the variants with each other at one N.
