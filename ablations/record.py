@@ -72,13 +72,18 @@ def flipped_value(toggle: str, baseline: Config) -> object:
     return seed_value(toggle) if getattr(baseline, toggle) == ablation else ablation
 
 
+# Config fields added after runs were stored, with the value those runs computed with: out of the identity there.
+LATER_FIELDS = {"sampler_eta": 0.0}
+
+
 def config_hash(config: Config, precision: Precision) -> str:
     """Identity of a configuration x seed x precision (``info.config_hash``), canonically serialised.
 
     The precision enters unless it is what the CPU runs stored before it was recorded computed in
-    (fp32 without AMP, bf16 with it), so that those runs keep their hash and sweeps still find them.
+    (fp32 without AMP, bf16 with it), and a field added since (:data:`LATER_FIELDS`) only where it is not
+    its default, so that those runs keep their hash and sweeps still find them.
     """
-    identity = config.to_dict()
+    identity = {k: v for k, v in config.to_dict().items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
     if precision != ("bf16" if config.amp else "fp32"):
         identity["precision"] = precision
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -85,7 +85,8 @@ def amp_without_effect(runs: pd.DataFrame) -> dict[str, str]:
 def setting(runs: pd.DataFrame) -> dict[str, str]:
     """What stands behind every number: scale, seeds, samples, sampler, classifier, floor, provenance."""
     first = runs.iloc[0]
-    sampler = f"{first.sampler}-{first.sampler_steps}" if first.sampler == "ddim" else "ancestral-1000"
+    sampler = "ancestral-1000" if first.sampler == "ancestral" else f"{first.sampler}-{first.sampler_steps}" + (
+        f", eta {first.sampler_eta:g}" if first.sampler_eta else "")
     facts = {
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",

@@ -1,7 +1,7 @@
 """What a training budget buys: FID of the baseline model at several budgets, or along one run.
 
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
-    python benchmarks/budget.py --curve 4000,8000,12000,16000 --scale gpu --ema both [--seeds 0] [--out FILE]
+    python benchmarks/budget.py --curve 4000,8000,12000,16000,20000 --scale gpu --ema both [--seeds 0] [--out FILE]
         [--set device=cpu n_samples=1000 ...] [--grids DIR] [--checkpoint FILE [--checkpoint-every 500]]
     python benchmarks/budget.py --choose CURVE.json [CURVE-LR.json ...] --speedup SUITE.json [--minutes 9] [--runs 18]
 
@@ -165,7 +165,8 @@ def resumable_state(path: Path, config: Config, at_steps: list[int]) -> dict | N
     if not path.exists():
         return None
     state = load_state(path)
-    stored, wanted = (dict(c, train_steps=None) for c in (state["config"], config.to_dict()))
+    # through Config, so that a checkpoint from before a field was added holds that field's default
+    stored, wanted = (dict(c.to_dict(), train_steps=None) for c in (Config.from_mapping(state["config"]), config))
     if stored != wanted:
         diff = ", ".join(f"{k}={stored.get(k)!r} (here {v!r})" for k, v in wanted.items() if stored.get(k) != v)
         raise ValueError(f"invalid --checkpoint {path}: another run's ({diff}); valid checkpoints are this "

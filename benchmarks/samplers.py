@@ -41,36 +41,36 @@ from core.config import Config
 from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
 
-# name -> (config changes, DiffusionProcess precision, the sampler's clip_denoised (None: its default) and eta)
-Variant = tuple[dict, str | None, dict]
+# name -> (config changes, DiffusionProcess precision, the sampler's clip_denoised (None: its default))
+Variant = tuple[dict, str | None, bool | None]
 VARIANTS: dict[str, Variant] = {
-    "as-run": ({}, None, {}),
-    "clip": ({}, None, {"clip_denoised": True}),
-    "beta": ({"variance": "beta"}, None, {}),
-    "fp32": ({}, "fp32", {}),
-    "ddim100": ({"sampler": "ddim", "sampler_steps": 100}, None, {}),
-    "ancestral": ({"sampler": "ancestral"}, None, {}),
+    "as-run": ({}, None, None),
+    "clip": ({}, None, True),
+    "beta": ({"variance": "beta"}, None, None),
+    "fp32": ({}, "fp32", None),
+    "ddim100": ({"sampler": "ddim", "sampler_steps": 100, "sampler_eta": 0.0}, None, None),
+    "ancestral": ({"sampler": "ancestral", "sampler_eta": 0.0}, None, None),
 }
 DEFAULT_VARIANTS = ["as-run", "clip", "beta", "fp32", "ddim100"]
 DDIM = re.compile(r"ddim([1-9][0-9]*)(?:-eta(0|1|0?\.[0-9]+))?")  # ddimN[-etaE]: N steps, stochasticity E in [0, 1]
 
 
 def variant(name: str) -> Variant | None:
-    """Variant ``name``'s (config changes, precision, sampler options), or None where no variant has that name."""
+    """Variant ``name``'s (config changes, precision, clip_denoised), or None where no variant has that name."""
     if ddim := DDIM.fullmatch(name):
-        return {"sampler": "ddim", "sampler_steps": int(ddim[1])}, None, {"eta": float(ddim[2] or 0)}
+        return {"sampler": "ddim", "sampler_steps": int(ddim[1]), "sampler_eta": float(ddim[2] or 0)}, None, None
     return VARIANTS.get(name)
 
 
-def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -> tuple[DiffusionProcess, dict]:
-    """A process holding ``weights`` that samples as variant ``name`` does; and its sampler options."""
-    changes, variant_precision, options = variant(name)
+def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -> tuple[DiffusionProcess, bool | None]:
+    """A process holding ``weights`` that samples as variant ``name`` does; and its sampler's clip_denoised."""
+    changes, variant_precision, clip_denoised = variant(name)
     config = Config.from_mapping(weights["config"]).replace(n_samples=n, **changes)
     if config.sampler == "ancestral":  # it takes every noise step, whatever DDIM step count the run had
         config = config.replace(sampler_steps=config.noise_steps)
     process = DiffusionProcess(config, precision=variant_precision or precision)
     restore_weights(process, weights)
-    return process, options
+    return process, clip_denoised
 
 
 def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=print) -> tuple[list[dict], list]:
@@ -78,12 +78,12 @@ def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=
     seed = weights["config"]["seed"]
     rows, firsts = [], []
     for name in names:
-        process, options = variant_process(weights, name, n, precision)
+        process, clip_denoised = variant_process(weights, name, n, precision)
         wall_s = {}
-        samples, metrics = sample_and_evaluate(process, seed, wall_s, **options)
+        samples, metrics = sample_and_evaluate(process, seed, wall_s, clip_denoised)
         rows.append({"variant": name, "n": n, "sampler": process.config.sampler, "variance": process.config.variance,
-                     "amp_precision": process.precision, "clip_denoised": options.get("clip_denoised"),
-                     "eta": options.get("eta", 0.0)} | metrics | {"wall_s": wall_s})
+                     "amp_precision": process.precision, "clip_denoised": clip_denoised,
+                     "eta": process.config.sampler_eta} | metrics | {"wall_s": wall_s})
         firsts.append(samples[:64].cpu())
         log(f"{name:<8} FID {metrics['fid']:8.2f}  classifier score {metrics['classifier_score']:5.2f}  "
             f"recall {metrics['recall']:.3f}  sample {wall_s['sample']:6.1f} s")

@@ -53,10 +53,15 @@ class Config:
     # --- evaluation ---
     sampler: Sampler = "ddim"  # "ancestral" (the seed's 1000 steps) or "ddim" (fast evaluation)
     sampler_steps: int = 20  # DDIM steps; the ancestral sampler always takes noise_steps
+    # DDIM's eta (Song et al. 2021, Eq. 16): 0 is deterministic given x_T; 1 draws fresh noise at each step
+    # with the ancestral sampler's variance, on sampler_steps of the noise steps. DDIM only.
+    sampler_eta: float = 0.0
     n_samples: int = 1000  # samples generated for FID / KID / precision-recall
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(self.hidden_dims)
+        if type(self.sampler_eta) is int:  # `with sampler_eta=1` means 1.0, and must hash as 1.0 does
+            self.sampler_eta = float(self.sampler_eta)
         validate(self)
 
     @classmethod
@@ -123,6 +128,10 @@ def validate(cfg: Config) -> None:
         _fail("noise_steps", cfg.noise_steps, "an integer >= 1")
     if not 0.0 < cfg.ema_decay < 1.0:
         _fail("ema_decay", cfg.ema_decay, "a number in (0, 1)")
+    if isinstance(cfg.sampler_eta, bool) or not isinstance(cfg.sampler_eta, float) or not 0 <= cfg.sampler_eta <= 1:
+        _fail("sampler_eta", cfg.sampler_eta, "a number from 0 to 1")
+    if cfg.sampler == "ancestral" and cfg.sampler_eta != 0:
+        _fail("sampler_eta", cfg.sampler_eta, "0 with sampler='ancestral' (eta is DDIM's)")
     if not cfg.lr > 0:
         _fail("lr", cfg.lr, "a positive number")
     for name in ("train_steps", "batch_size", "log_every", "sampler_steps", "n_samples"):
@@ -140,9 +149,12 @@ SCALES: dict[str, dict] = {
     "paper": dict(train_steps=46_900, batch_size=128, log_every=200, sampler="ancestral", sampler_steps=1000,
                   n_samples=10_000),  # 100 epochs; the seed's 1000-step ancestral sampler
     # An OFAT suite x 3 seeds packed on one GPU (README: Packing). device is named, not "auto", so that its
-    # cells have the same keys on the CPU machine the runs are synced to. PROVISIONAL: the budget is an
+    # cells have the same keys on the CPU machine the runs are synced to. lr and sampler_eta come from the
+    # CPU probe of this scale (README: "The probe's first steps"): 1e-3 reaches 1e-4's classifier score in
+    # half the steps, and DDIM-100 with fresh noise at each step (eta 1, the seed's ancestral sampler on 100
+    # of its 1000 steps) halves deterministic DDIM-100's FID at the same cost. PROVISIONAL: the budget is an
     # estimate from the H200 step times (5.3 ms a step at batch 128), not yet the GPU probe's choice
     # (benchmarks/budget.py --choose), which may also set ema=True where only EMA weights draw digits in time.
-    "gpu": dict(device="cuda", train_steps=12_000, batch_size=128, log_every=200, sampler="ddim",
-                sampler_steps=100, n_samples=5_000),
+    "gpu": dict(device="cuda", train_steps=12_000, batch_size=128, lr=1e-3, log_every=200, sampler="ddim",
+                sampler_steps=100, sampler_eta=1.0, n_samples=5_000),
 }

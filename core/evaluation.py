@@ -17,21 +17,20 @@ from core.checkpoint import load_checkpoint
 from core.fidelity import class_share_range, compare, evaluate, reference_images, to_uint8
 
 
-def sample_and_evaluate(process, seed: int, wall_s: dict | None = None, clip_denoised: bool | None = None,
-                        eta: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Draw a trained process's evaluation samples (its config's sampler and N) and score them.
+def sample_and_evaluate(process, seed: int, wall_s: dict | None = None,
+                        clip_denoised: bool | None = None) -> tuple[torch.Tensor, dict]:
+    """Draw a trained process's evaluation samples (its config's sampler, steps, eta and N) and score them.
 
     :param process: a :class:`core.diffusion.DiffusionProcess`.
     :param seed: seeds the sampler's noise.
     :param wall_s: when given, receives the seconds spent in the "sample" and "evaluate" phases.
     :param clip_denoised: the sampler's x_0 clipping; None is its default (what runs use).
-    :param eta: DDIM's stochasticity; 0, what runs use, is deterministic given x_T.
     :return: (samples (N, 1, 28, 28) in [-1, 1], the metrics of :func:`evaluate` against the test split).
     """
     config, wall_s = process.config, {} if wall_s is None else wall_s
     started = time.perf_counter()
     samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=seed,
-                             clip_denoised=clip_denoised, eta=eta)
+                             eta=config.sampler_eta, clip_denoised=clip_denoised)
     wall_s["sample"] = time.perf_counter() - started
     started = time.perf_counter()
     metrics = evaluate(samples, reference="test")

@@ -192,7 +192,7 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     curve[2] = _probe_point(12000, 9.5, shares=(0.03, 0.12))  # a class below 5%: not digits enough
     assert budget.choose(curve, suite, minutes=9)["train_steps"] == 8000
     # EMA off never draws digits in time: the EMA budget is chosen, and the baseline then holds EMA
-    no_digits = [_probe_point(r["step"], 8.0) for r in curve[:4]] + curve[4:]
+    no_digits = [p | {"lr": 1e-4} for p in [_probe_point(r["step"], 8.0) for r in curve[:4]] + curve[4:]]
     picked = budget.choose(no_digits, suite, minutes=9)
     assert (picked["train_steps"], picked["lr"], picked["ema"]) == (12000, 1e-4, True)
     # ... unless EMA off draws digits at the probe's second rate: the baseline keeps the seed's EMA off
@@ -206,6 +206,7 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
         budget.choose(curve + [p | {"seed": 1} for p in curve], suite)
     for name, rows in {"curve": curve, "no-digits": no_digits, "fast": fast, "suite": suite}.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    # rows without "lr" are at the scale's rate: the gpu scale's 1e-3
     choose = ["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")]
     budget.main(choose)
     assert "-> the gpu scale's budget: train_steps=8000\n" in capsys.readouterr().out
@@ -213,7 +214,7 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     out = capsys.readouterr().out
     assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min" in out
     # how far off each run is: its first point at score 9, measured (EMA off reaches it at 8,000 steps)
-    assert "lr 0.0001 EMA off: classifier score 9 at 8,000 steps, suite ~5.6 min\n" in out
+    assert "lr 0.001 EMA off: classifier score 9 at 8,000 steps, suite ~5.6 min\n" in out
     slow = [_probe_point(8000, 7.5), _probe_point(12000, 8.0), _probe_point(12000, 7.0, ema=True),
             _probe_point(16000, 6.9, ema=True)]
     reached = budget.choose(slow, suite, minutes=9)["score_reached"]
@@ -226,11 +227,11 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     assert "EMA off: classifier score 9 near 20,000 steps, suite ~10.1 min (a straight line through its last" in out
     assert "EMA on : classifier score 9 nowhere: its last two points do not rise" in out
     budget.main(["--choose", str(tmp_path / "no-digits.json"), "--speedup", str(tmp_path / "suite.json")])
-    assert "-> the gpu scale's budget: train_steps=12000 ema=True (with EMA off no probed budget" in \
+    assert "-> the gpu scale's budget: train_steps=12000 lr=0.0001 ema=True (with EMA off no probed budget" in \
         capsys.readouterr().out
     budget.main(["--choose", str(tmp_path / "no-digits.json"), str(tmp_path / "fast.json"), "--speedup",
                  str(tmp_path / "suite.json")])
-    assert "-> the gpu scale's budget: train_steps=12000 lr=0.001\n" in capsys.readouterr().out
+    assert "-> the gpu scale's budget: train_steps=12000\n" in capsys.readouterr().out  # at the scale's own rate
     with pytest.raises(SystemExit):
         budget.main(choose[:2])
     assert "invalid --choose without --speedup" in capsys.readouterr().err
@@ -253,8 +254,8 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     # five grids side by side, each 8 samples wide and 16 / 8 = 2 high (28 px and 2 px of padding each)
     assert Image.open(tmp_path / "grids.png").size == (5 * (2 + 8 * 30), 2 + 2 * 30)
     # the seed's sampler, asked for by name, of the same weights stored as a DDIM run's: this run's own samples
-    ddim = load_weights(tmp_path / "weights.pt")
-    torch.save(ddim | {"config": ddim["config"] | {"sampler": "ddim", "sampler_steps": 10}}, tmp_path / "ddim.pt")
+    weights = load_weights(tmp_path / "weights.pt")
+    torch.save(weights | {"config": weights["config"] | {"sampler": "ddim", "sampler_steps": 10}}, tmp_path / "ddim.pt")
     assert samplers.main([str(tmp_path / "ddim.pt"), "--precision", "bf16", "--variants", "ancestral"])[0]["fid"] \
         == by_name["as-run"]["fid"]
     with pytest.raises(SystemExit):
@@ -264,6 +265,12 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     # DDIM with fresh noise at each step: not the deterministic DDIM of the same step count
     ddim, ddim_eta = samplers.main([str(tmp_path / "weights.pt"), "--variants", "ddim10,ddim10-eta1"])
     assert (ddim["eta"], ddim_eta["eta"]) == (0.0, 1.0) and ddim["fid"] != ddim_eta["fid"]
+    # a run that samples with DDIM's eta (Config.sampler_eta): as-run is that sampler; the seed's sampler has none
+    eta_run = weights | {"config": weights["config"] | {"sampler": "ddim", "sampler_steps": 10, "sampler_eta": 1.0}}
+    torch.save(eta_run, tmp_path / "eta.pt")
+    as_run, ancestral = samplers.main([str(tmp_path / "eta.pt"), "--precision", "bf16", "--variants", "as-run,ancestral"])
+    assert (as_run["eta"], as_run["fid"]) == (1.0, ddim_eta["fid"])
+    assert (ancestral["eta"], ancestral["fid"]) == (0.0, by_name["as-run"]["fid"])
     with pytest.raises(SystemExit):  # more DDIM steps than the run has noise steps
         samplers.main([str(tmp_path / "weights.pt"), "--variants", "ddim50,ddim101"])
     assert "invalid --variants ddim101: valid DDIM steps are 1 to 100, the run's noise_steps" in capsys.readouterr().err
@@ -286,11 +293,13 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     assert no_out.returncode != 0 and "set OUT" in no_out.stderr
 
 
-@pytest.mark.parametrize("drawing, calls", [
-    ("ema=True", ["scale curve", "1e-3 curve-lr1e-3"]),  # only the EMA weights draw digits: the baseline does not
-    ("ema=False", ["scale curve"]),
+@pytest.mark.parametrize("drawing, fallback, calls", [
+    ("ema=True", "1e-3", ["scale curve", "1e-3 curve-lr1e-3"]),  # only the EMA weights draw digits: not the baseline
+    ("ema=False", "1e-3", ["scale curve"]),
+    ("ema=True", "", ["scale curve"]),  # the GPU's default: no second rate
 ])
-def test_the_gpu_probe_stage_tries_the_second_rate_where_the_baseline_draws_no_digits(tmp_path, drawing, calls):
+def test_the_gpu_probe_stage_tries_the_second_rate_where_the_baseline_draws_no_digits(tmp_path, drawing, fallback,
+                                                                                       calls):
     """session.sh's probe, its curves replaced by JSONs in which the EMA-off or the EMA-on point draws digits."""
     digits = {"classifier_score": 9.4, "min_class_share": 0.08, "max_class_share": 0.12}
     points = [digits | {"ema": ema, "classifier_score": 9.4 if f"ema={ema}" == drawing else 6.3}
@@ -304,7 +313,8 @@ curve() {{  # a learning rate and a name, as session.sh's own, which trains
 }}
 probe"""
     env = {k: v for k, v in os.environ.items() if k not in ("REHEARSE", "PROBE_LR", "FALLBACK_LR")}
-    done = subprocess.run(["bash", "-c", probe], env=env | {"OUT": str(tmp_path), "PYTHON": sys.executable},
+    done = subprocess.run(["bash", "-c", probe], env=env | {"OUT": str(tmp_path), "PYTHON": sys.executable,
+                                                            "FALLBACK_LR": fallback},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "calls").read_text().splitlines() == calls

@@ -79,6 +79,8 @@ def test_overfitting_one_batch_lowers_the_loss(batch):
     (dict(variance="fixed"), r"variance='fixed'.*'posterior' or 'beta'"),
     (dict(attention="yes"), r"attention='yes'.*True or False"),
     (dict(device="tpu"), r"device='tpu'"),
+    (dict(sampler_eta=1.5), r"sampler_eta=1\.5.*from 0 to 1"),
+    (dict(sampler="ancestral", sampler_eta=1), r"sampler_eta=1\.0.*0 with sampler='ancestral'"),
 ])
 def test_bad_constructor_values_name_field_and_choices(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -103,6 +103,9 @@ def test_the_committed_runs_keep_their_identity():
     # ... and the same config computed in fp32 with amp on is another cell
     baseline = Config.from_mapping(docs[0]["config"])
     assert config_hash(baseline, "fp32") != config_hash(baseline, "bf16") != config_hash(baseline, "fp16")
+    # ... and so is one that samples with DDIM's eta (a field added after them); `with sampler_eta=1` is 1.0
+    assert config_hash(baseline.replace(sampler_eta=1), "bf16") == config_hash(baseline.replace(sampler_eta=1.0), "bf16") \
+        != config_hash(baseline, "bf16")
 
 
 def test_the_sweep_id_names_the_precision_only_where_amp_is_not_the_devices_own():

@@ -32,8 +32,8 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every sta
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
-  SCALE=(gpu); CURVE=4000,8000,12000,16000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
-  FALLBACK_LR=${FALLBACK_LR:-1e-3}  # the probe's second learning rate, where the scale's draws no digits
+  SCALE=(gpu); CURVE=4000,8000,12000,16000,20000; CURVE_SCALE=gpu; SEEDS=0,1,2; SPEEDUP_STEPS=1000; PART_MIB=15
+  FALLBACK_LR=${FALLBACK_LR:-}  # none: the scale's rate is 1e-3 already, which the CPU probe found far ahead of 1e-4
   TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
   PAPER=(paper); SAMPLER_N=5000
 fi
@@ -70,9 +70,9 @@ probe() {
   timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED (the probe goes on)"
   # One EMA run a learning rate, scored at each point with its EMA weights and with its trained weights,
   # which are the EMA-off run's (budget.py --ema both). First at the scale's rate (or PROBE_LR); where no
-  # EMA-off point draws digits, again at FALLBACK_LR: one call settles budget and rate.
+  # EMA-off point draws digits and FALLBACK_LR is set, again at that rate: one call settles budget and rate.
   curve "${PROBE_LR:-}" curve
-  if ! draws_digits "$OUT/curve.json"; then curve "$FALLBACK_LR" "curve-lr$FALLBACK_LR"; fi
+  if [ -n "$FALLBACK_LR" ] && ! draws_digits "$OUT/curve.json"; then curve "$FALLBACK_LR" "curve-lr$FALLBACK_LR"; fi
 }
 
 curve() {  # a learning rate (empty: the scale's), the JSON's name
