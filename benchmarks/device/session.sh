@@ -3,7 +3,7 @@
 #
 # Here, after the last commit the GPU should run:  make device-kit   (benchmarks/device/kit.sh: .device/)
 # There, one device call a stage, carrying [".device"], each well inside a call's 10 minutes:
-#   bash benchmarks/device/session.sh probe      # the pack-vs-solo CUDA test; the budget probe, EMA off and on
+#   bash benchmarks/device/session.sh probe      # the budget probe, EMA off and on; the pack-vs-solo CUDA test
 #   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 1,000 steps, solo vs packed 6
 #   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
 #                                                 # database; bundled in 15 MiB parts, the first four returned
@@ -66,13 +66,13 @@ timed() {  # run a command, then say how long it took
   echo "[$((SECONDS - start)) s] $*"
 }
 
-probe() {
-  timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED (the probe goes on)"
+probe() {  # the curves first: they choose the budget, and a call cut short keeps every point scored
   # One EMA run a learning rate, scored at each point with its EMA weights and with its trained weights,
   # which are the EMA-off run's (budget.py --ema both). First at the scale's rate (or PROBE_LR); where no
   # EMA-off point draws digits and FALLBACK_LR is set, again at that rate: one call settles budget and rate.
   curve "${PROBE_LR:-}" curve
   if [ -n "$FALLBACK_LR" ] && ! draws_digits "$OUT/curve.json"; then curve "$FALLBACK_LR" "curve-lr$FALLBACK_LR"; fi
+  timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED"
 }
 
 curve() {  # a learning rate (empty: the scale's), the JSON's name
