@@ -9,7 +9,8 @@ each into a fresh ``ABLATIONS_HOME`` under ``--work``, with the same torch threa
 cores / K, since thread counts change CPU reductions), and each is timed from the start to the end
 of its ``sweep.py`` process: start-up, compilation and evaluation included. The JSON holds
 ``suite_speedup_vs_sequential`` (sequential wall / packed wall) and whether every packed run equals
-its solo twin bit for bit (result, every metric but throughput, final weights).
+its solo twin bit for bit (result, every metric but throughput, final weights), and, to say what holds
+the speed-up back, the median seconds of each phase of a run in either sweep (:func:`phase_medians`).
 
 ``--mps`` runs the packed sweep with ``--mps``: under a CUDA MPS daemon of its own, so that the K
 processes' kernels can overlap on the GPU instead of taking turns.
@@ -19,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -49,6 +52,20 @@ def journal_records(home: Path) -> dict:
             "metrics": {k: v["values"] for k, v in metrics.items() if k != THROUGHPUT},
             "weights": {k: v.cpu().numpy().tobytes() for k, v in weights.items()}}
     return records
+
+
+def phase_medians(home: Path, sweep_s: float) -> dict:
+    """Median seconds, over the journal-only runs under ``home``, of each phase a run records (train, sample,
+    evaluate, heldout), of the whole run (Sacred's start to stop: those, the real-data FID floor and the
+    artifacts) and, as ``process``, of the sweep's wall ``sweep_s`` a run: the whole run plus a process's
+    start-up and the sweep's own work, divided among the runs that shared it."""
+    runs = []
+    for run_dir in sorted(home.glob("journal/*/offline/[0-9]*")):
+        run = json.loads((run_dir / "run.json").read_text())
+        whole = datetime.fromisoformat(run["stop_time"]) - datetime.fromisoformat(run["start_time"])
+        runs.append(json.loads((run_dir / "info.json").read_text())["wall_time_s"] | {"run": whole.total_seconds()})
+    medians = {phase: statistics.median(r[phase] for r in runs) for phase in runs[0]}
+    return medians | {"process": sweep_s / len(runs)}
 
 
 def timed_sweep(sweep_args: list[str], pack: int, threads: int, home: Path, env: dict) -> float:
@@ -92,14 +109,17 @@ def main(argv: list[str] | None = None) -> dict:
     sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
     equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
     config = json.loads(next((work / "packed").glob("journal/*/offline/[0-9]*/config.json")).read_text())
+    phases = {"sequential": phase_medians(work / "sequential", sequential_s), "packed": phase_medians(work / "packed", packed_s)}
     result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "train_steps": config["train_steps"],
               "sequential_s": sequential_s, "packed_s": packed_s,
-              "suite_speedup_vs_sequential": sequential_s / packed_s} | equality
+              "suite_speedup_vs_sequential": sequential_s / packed_s, "phase_medians_s": phases} | equality
     print(f"{equality['runs']} runs: sequential {sequential_s:.0f} s, packed x{args.pack} {packed_s:.0f} s "
           f"-> {result['suite_speedup_vs_sequential']:.2f}x; packed runs equal solo runs bit for bit: "
           f"{equality['bitwise_equal']}")
+    print("median seconds a run, solo -> packed: " + ", ".join(
+        f"{k} {phases['sequential'][k]:.1f} -> {v:.1f}" for k, v in phases["packed"].items()))
     if args.out:
         args.out.write_text(json.dumps({k: v for k, v in result.items() if k != "per_run"}, indent=1))
     return result

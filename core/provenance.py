@@ -72,13 +72,16 @@ def _git(repo: Path, *args) -> subprocess.CompletedProcess:
 
 
 def git_state(repo: Path = REPO) -> dict:
-    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git
-    (unless ``$ABLATIONS_GIT_SNAPSHOT`` names a :func:`git_snapshot` of the checkout this is a copy of)."""
+    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git.
+
+    Where ``$ABLATIONS_GIT_SNAPSHOT`` names a :func:`git_snapshot` of the checkout this is a copy of, the copy
+    is checked against it instead, even where the copy holds a ``.git`` of its own: a GPU machine's copy may
+    carry one from another commit (as one did), and the snapshot is what was meant to run there.
+    """
+    if snapshot := os.environ.get(GIT_SNAPSHOT_ENV):
+        return state_from_snapshot(json.loads(Path(snapshot).read_text()), repo)
     head = _git(repo, "rev-parse", "HEAD")
     if head.returncode:
-        snapshot = os.environ.get(GIT_SNAPSHOT_ENV)
-        if snapshot:
-            return state_from_snapshot(json.loads(Path(snapshot).read_text()), repo)
         return {"commit": None, "dirty": None, "changed": None}
     changed = [line[3:] for line in _git(repo, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
     return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed": changed}

@@ -116,3 +116,8 @@ def test_a_copy_without_git_records_the_commit_and_what_differs_from_it(tmp_path
         changed.write("\n")
     (tmp_path / "README.md").unlink()
     assert provenance.git_state(tmp_path) == {"commit": head, "dirty": True, "changed": ["README.md", "core/config.py"]}
+    # a copy that carries a .git of another commit is still checked against the snapshot it was sent with
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "stale"],
+                   cwd=tmp_path, check=True)
+    assert provenance.git_state(tmp_path)["commit"] == head

@@ -131,6 +131,10 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
     assert packed.returncode == 0 and packed.stdout.count("COMPLETED") == 2, packed.stdout[-3000:] + packed.stderr
     again = run_sweep(["--pack", "2", "--journal-only", *SEQUENTIAL[:-1]], away)
     assert again.returncode == 0 and again.stdout.count("stored") == 2  # idempotent without a database too
+    # what benchmarks/suite.py says of a pack: each phase's median, and the sweep's wall a run
+    phases = suite.phase_medians(tmp_path / "gpu-machine", sweep_s=10.0)
+    assert set(phases) == {"train", "sample", "evaluate", "heldout", "run", "process"} and phases["process"] == 5.0
+    assert 0 < phases["train"] + phases["sample"] + phases["evaluate"] + phases["heldout"] < phases["run"]
 
     store_cli = [sys.executable, "-m", "ablations.store"]
     too_small = subprocess.run([*store_cli, "bundle", str(tmp_path / "out"), "--part-mib", "2"], env=away,

