@@ -29,12 +29,14 @@ EMA off (the seed's) before EMA on, the scale's learning rate before another (:f
 (:func:`project_suite_s`): a solo run of N steps costs what the suite benchmark's solo runs cost
 (start-up, training, sampling, scoring), plus the extra steps at the curve's time per step (an EMA
 run's, for an ``--ema both`` curve: a little above the baseline's, so it errs long); the packed
-suite costs ``--runs`` of those divided by the measured speed-up.
+suite costs ``--runs`` of those divided by the measured speed-up. A suite result with phase medians
+is projected from its packed runs' own training time a step instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -205,7 +207,16 @@ def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) 
 
     :param curve: one run's probe rows (increasing steps, cumulative ``train_s``): the time per step.
     :param suite: a ``benchmarks/suite.py`` result: solo seconds a run at its ``train_steps``, and the speed-up.
+
+    Where the result holds the packed runs' phase medians (``phase_medians_s``), the packed sweep is projected
+    from them: ``runs / pack`` waves of the measured pack, each longer by the extra steps at the packed runs'
+    own training seconds a step. How well training packs, not the whole run's speed-up, then scales with the
+    budget: at the suite benchmark's short budget, fixed costs (start-up, scoring) weigh far more.
     """
+    if packed := suite.get("phase_medians_s", {}).get("packed"):
+        wave_s = suite["packed_s"] * suite["pack"] / suite["runs"]
+        extra_s = (steps - suite["train_steps"]) * packed["train"] / suite["train_steps"]
+        return math.ceil(runs / suite["pack"]) * (wave_s + extra_s)
     first, last = curve[0], curve[-1]
     step_s = (last["train_s"] - first["train_s"]) / (last["step"] - first["step"])
     solo_s = suite["sequential_s"] / suite["runs"] + (steps - suite["train_steps"]) * step_s

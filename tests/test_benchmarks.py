@@ -186,6 +186,10 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
              _probe_point(8000, 8.9, ema=True), _probe_point(12000, 9.6, ema=True), _probe_point(16000, 9.9, ema=True)]
     # 18 runs of (40 s at 1,000 steps + 0.005 s a step beyond) / 4: 12,000 steps is 7.1 min, 16,000 is 8.6 min.
     assert budget.project_suite_s(12000, curve[:4], suite) == pytest.approx(18 * (40 + 11000 * 0.005) / 4)
+    # with the packed runs' phase medians: 3 waves of the pack of 6 (60 s), each 11,000 steps longer at the packed
+    # runs' 0.02 s a step (20 s for 1,000): training that packs worse than the whole run weighs more as it grows
+    phased = suite | {"pack": 6, "packed_s": 60.0, "phase_medians_s": {"packed": {"train": 20.0}}}
+    assert budget.project_suite_s(12000, curve[:4], phased) == pytest.approx(3 * (60 + 11000 * 0.02))
     choice = budget.choose(curve, suite, minutes=9)
     assert (choice["train_steps"], choice["ema"]) == (12000, False)
     assert [p["draws_digits"] for p in choice["points"]] == [False, True, True, True, False, True, True]
