@@ -326,7 +326,8 @@ def curve_main(args, configs: list[Config]) -> list[dict]:
     rows = []
     for config in configs:
         def labelled(points: list[dict]) -> list[dict]:
-            return rows + [row | {"lr": config.lr, "seed": config.seed} for row in points]
+            # what was probed: the rate, the seed, and the --set words that changed the scale
+            return rows + [row | {"lr": config.lr, "seed": config.seed, "set": args.set} for row in points]
 
         def save(points: list[dict]) -> None:  # after every point: a probe cut short keeps what it measured
             args.out.write_text(json.dumps(labelled(points), indent=1))

@@ -154,6 +154,7 @@ def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_
                  "--grids", str(tmp_path / "grids"), "--out", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["step"], r["lr"], r["ema"]) for r in rows] == [(2, 3e-4, False), (4, 3e-4, False)]
+    assert rows[0]["set"] == ["n_samples=16", "lr=3e-4"]  # what the probe changed, in its rows
     with Image.open(tmp_path / "grids" / "curve-seed0-ema-off-lr0.0003.png") as grid:  # a grid of 16 (8 x 2) per step
         assert grid.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
     for words, message in ((["colour=3"], "invalid --set colour: valid fields are amp, attention"),

@@ -32,7 +32,7 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every sta
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
-  SCALE=(gpu); CURVE=4000,8000,12000,16000,20000; CURVE_SCALE=gpu; SEEDS=0,1,2; PART_MIB=15
+  SCALE=(gpu); CURVE=${CURVE:-4000,8000,12000,16000,20000}; CURVE_SCALE=gpu; SEEDS=0,1,2; PART_MIB=15
   # 1,000 steps packed 1.99x on an H100, where training was a fifth of a solo run; at 3,000 it is about
   # two fifths, nearer the suite's budget (about 8 minutes in all)
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-3000}
@@ -79,9 +79,10 @@ probe() {  # the curves first: they choose the budget, and a call cut short keep
   timed "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || echo "TESTS FAILED"
 }
 
-curve() {  # a learning rate (empty: the scale's), the JSON's name
+curve() {  # a learning rate (empty: the scale's), the JSON's name; PROBE_SET="batch_size=256 ..." changes fields
+  # shellcheck disable=SC2086  # PROBE_SET is words
   timed "$PY" benchmarks/budget.py --curve "$CURVE" --scale "$CURVE_SCALE" --ema both ${1:+--lr "$1"} \
-    --grids "$OUT" --out "$OUT/$2.json"
+    ${PROBE_SET:+--set $PROBE_SET} --grids "$OUT" --out "$OUT/$2.json"
 }
 
 draws_digits() {  # whether an EMA-off point of a probe's JSON draws digits (budget.draws_digits)
