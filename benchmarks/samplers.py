@@ -73,8 +73,13 @@ def variant_process(weights: dict, name: str, n: int, precision: str = "auto") -
     return process, clip_denoised
 
 
-def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=print) -> tuple[list[dict], list]:
-    """Each variant's metrics and wall seconds, and its first 64 samples."""
+def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=print,
+          on_row=None) -> tuple[list[dict], list]:
+    """Each variant's metrics and wall seconds, and its first 64 samples.
+
+    :param on_row: when given, called with the rows and first samples so far after each variant (a call cut
+        short keeps them).
+    """
     seed = weights["config"]["seed"]
     rows, firsts = [], []
     for name in names:
@@ -85,6 +90,8 @@ def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=
                      "amp_precision": process.precision, "clip_denoised": clip_denoised,
                      "eta": process.config.sampler_eta} | metrics | {"wall_s": wall_s})
         firsts.append(samples[:64].cpu())
+        if on_row:
+            on_row(rows, firsts)
         log(f"{name:<8} FID {metrics['fid']:8.2f}  classifier score {metrics['classifier_score']:5.2f}  "
             f"recall {metrics['recall']:.3f}  sample {wall_s['sample']:6.1f} s")
     return rows, firsts
@@ -111,14 +118,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"invalid --variants {','.join(too_many)}: valid DDIM steps are 1 to {noise_steps}, "
                      "the run's noise_steps")
     started = time.perf_counter()
-    rows, firsts = score(weights, names, args.n or weights["config"]["n_samples"], args.precision)
-    if args.grids:  # one 8 x 8 grid a variant, left to right in --variants order
-        save_image(torch.cat([make_grid(f, nrow=8, normalize=True, value_range=(-1, 1)) for f in firsts], dim=2),
-                   args.grids)
-    if args.out:
-        args.out.write_text(json.dumps({"weights": str(args.weights), "step": weights["step"], "machine": machine(),
-                                        "wall_s": time.perf_counter() - started, "rows": rows}, indent=1))
-    return rows
+
+    def save(rows: list[dict], firsts: list) -> None:  # after every variant: one that fails loses no other
+        if args.out:
+            args.out.write_text(json.dumps({"weights": str(args.weights), "step": weights["step"],
+                                            "machine": machine(), "wall_s": time.perf_counter() - started,
+                                            "rows": rows}, indent=1))
+        if args.grids:  # one 8 x 8 grid a variant, left to right in --variants order
+            save_image(torch.cat([make_grid(f, nrow=8, normalize=True, value_range=(-1, 1)) for f in firsts], dim=2),
+                       args.grids)
+
+    return score(weights, names, args.n or weights["config"]["n_samples"], args.precision, on_row=save)[0]
 
 
 if __name__ == "__main__":

@@ -276,6 +276,11 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     as_run, ancestral = samplers.main([str(tmp_path / "eta.pt"), "--precision", "bf16", "--variants", "as-run,ancestral"])
     assert (as_run["eta"], as_run["fid"]) == (1.0, ddim_eta["fid"])
     assert (ancestral["eta"], ancestral["fid"]) == (0.0, by_name["as-run"]["fid"])
+    # the rows so far go out after each variant (samplers.py writes its JSON and grids there): a later failure loses none
+    saved = []
+    samplers.score(load_weights(tmp_path / "eta.pt"), ["ddim10", "ddim10-eta1"], 16, "bf16",
+                   on_row=lambda rows, firsts: saved.append((len(rows), len(firsts))))
+    assert saved == [(1, 1), (2, 2)]
     with pytest.raises(SystemExit):  # more DDIM steps than the run has noise steps
         samplers.main([str(tmp_path / "weights.pt"), "--variants", "ddim50,ddim101"])
     assert "invalid --variants ddim101: valid DDIM steps are 1 to 100, the run's noise_steps" in capsys.readouterr().err
