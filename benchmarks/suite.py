@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
     equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
     config = json.loads(next((work / "packed").glob("journal/*/offline/[0-9]*/config.json")).read_text())
-    phases = {"sequential": phase_medians(work / "sequential", sequential_s), "packed": phase_medians(work / "packed", packed_s)}
+    phases = {"sequential": phase_medians(work / "sequential", sequential_s),
+              "packed": phase_medians(work / "packed", packed_s)}
     result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "train_steps": config["train_steps"],

@@ -244,6 +244,12 @@ class DiffusionProcess:
             x = ddpm.ddim_step(self.coeffs, x, step, t_prev, eps, z, eta, clip_denoised)
         return x
 
+    def sample_as_configured(self, num_samples: int, seed: int, clip_denoised: bool | None = None) -> torch.Tensor:
+        """:meth:`sample` with this process's config's sampler, DDIM steps and eta: how runs draw their samples."""
+        c = self.config
+        return self.sample(num_samples, sampler=c.sampler, steps=c.sampler_steps, eta=c.sampler_eta,
+                           clip_denoised=clip_denoised, seed=seed)
+
     @torch.inference_mode()
     def sample(self, num_samples: int = 16, *, sampler: Sampler = "ancestral", steps: int | None = None,
                eta: float = 0.0, clip_denoised: bool | None = None, seed: int | None = None,

@@ -29,8 +29,7 @@ def sample_and_evaluate(process, seed: int, wall_s: dict | None = None,
     """
     config, wall_s = process.config, {} if wall_s is None else wall_s
     started = time.perf_counter()
-    samples = process.sample(config.n_samples, sampler=config.sampler, steps=config.sampler_steps, seed=seed,
-                             eta=config.sampler_eta, clip_denoised=clip_denoised)
+    samples = process.sample_as_configured(config.n_samples, seed, clip_denoised)
     wall_s["sample"] = time.perf_counter() - started
     started = time.perf_counter()
     metrics = evaluate(samples, reference="test")

@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     process = DiffusionProcess(config)
     train(process, as_tensor(mnist(train=True)), log=lambda n, v, s: print(f"step {s:>6}  {n} = {v:.4f}"),
           progress=False)
-    samples = process.sample(64, sampler=config.sampler, steps=config.sampler_steps, eta=config.sampler_eta,
-                             seed=config.seed)
+    samples = process.sample_as_configured(64, config.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     save_image(samples.cpu() * 0.5 + 0.5, args.out / "samples.png", nrow=8)  # make_grid of [0, 1] images
     save_checkpoint(process, args.out / "checkpoint.pt")
