@@ -293,7 +293,7 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     shutil.copy(SESSION, script)
     env = os.environ | {"OUT": str(tmp_path / "out")}
     unknown = subprocess.run(["bash", str(script), "warmup"], env=env, capture_output=True, text=True)
-    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, speedup, suite, parts N, " \
+    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, speedup, fusion, suite, parts N, " \
         "reproduce, paper, samplers" in unknown.stdout
     no_kit = subprocess.run(["bash", str(script), "probe"], env=env, capture_output=True, text=True)
     assert no_kit.returncode == 2 and "no .device/ here: run make device-kit" in no_kit.stdout

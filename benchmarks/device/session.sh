@@ -5,6 +5,8 @@
 # There, one device call a stage, carrying [".device"], each well inside a call's 10 minutes:
 #   bash benchmarks/device/session.sh probe      # the budget probe, EMA off and on; the pack-vs-solo CUDA test
 #   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 3,000 steps, solo vs packed 6
+#   bash benchmarks/device/session.sh fusion     # benchmarks/fusion.py: K seeds trained as one stacked network
+#                                                 # against K solo runs (K = 1, 3, 6, 18); its fp16 CUDA test
 #   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
 #                                                 # database; bundled in 15 MiB parts, the first four returned
 #   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
@@ -30,6 +32,8 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every sta
   SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
   FALLBACK_LR=1e-3
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
+  FUSION=(--scale smoke --set device=cpu --members 1,2 --steps 2 --repeats 2 --agree-steps 4)
+  FUSION_TESTS=(tests/test_fused.py -k "refused or stacked")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
   SCALE=(gpu); CURVE=${CURVE:-4000,8000,12000,16000,20000}; CURVE_SCALE=gpu; SEEDS=0,1,2; PART_MIB=15
@@ -38,6 +42,8 @@ else
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-3000}
   FALLBACK_LR=${FALLBACK_LR:-}  # none: the scale's rate is 1e-3 already, which the CPU probe found far ahead of 1e-4
   TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
+  FUSION=(--members 1,3,6,18 --agree-steps 200)  # the gpu scale: batch 128, fp16 with a loss scale per member
+  FUSION_TESTS=(tests/test_fused.py -k cuda)
   PAPER=(paper); SAMPLER_N=5000
 fi
 # The suite's journal, and the paper runs' (each stage bundles a whole journal).
@@ -100,6 +106,11 @@ speedup() {  # under MPS where it runs; where it fails, once more without it
     { rm -rf "$WORK/speedup"; timed "$PY" benchmarks/suite.py "${args[@]}"; }
 }
 
+fusion() {  # does stacking fill the GPU where processes under MPS did not (1.99x for 6)? About 2 minutes
+  timed "$PY" benchmarks/fusion.py "${FUSION[@]}" --out "$OUT/fusion.json"
+  timed "$PY" -m pytest -q -p no:cacheprovider "${FUSION_TESTS[@]}" || echo "TESTS FAILED"
+}
+
 suite() {
   local sweep=(ablations/sweep.py --plan ofat --seeds "$SEEDS" --pack "$PACK" --journal-only)
   # Idempotent: where MPS fails, the second sweep runs (or re-runs) only the cells that did not complete.
@@ -151,8 +162,8 @@ if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
 mkdir -p "$WORK" "$OUT"
 exec > >(tee -a "$OUT/$STAGE.log") 2>&1
 case "$STAGE" in
-  probe | speedup | suite | reproduce | paper | samplers) setup; "$STAGE" ;;
+  probe | speedup | fusion | suite | reproduce | paper | samplers) setup; "$STAGE" ;;
   parts) setup; parts "${2:?parts needs the batch number: 2 or more}" ;;
-  *) echo "invalid stage '$STAGE': valid stages are probe, speedup, suite, parts N, reproduce, paper, samplers"
+  *) echo "invalid stage '$STAGE': valid stages are probe, speedup, fusion, suite, parts N, reproduce, paper, samplers"
      exit 2 ;;
 esac

@@ -1,0 +1,284 @@
+"""Several seeds of one config trained as one network: their weights stacked, one mapped step.
+
+At batch 128 a training step of the seed's U-Net is hundreds of small kernels, and a GPU runs
+them mostly idle. :class:`FusedTraining` stacks the weights of K members
+(``torch.func.stack_module_state``) and maps the network over them (``torch.func.vmap``): the
+K steps run as one step of the same kernels, each K times larger (a convolution becomes a
+grouped one).
+
+Each member keeps what makes it its solo run, so that it equals that run up to float rounding:
+- its initial weights, built by its own :class:`core.diffusion.DiffusionProcess` from its seed;
+- its batches (:func:`core.data.iterate_batches` with its seed) and its draws of t and noise
+  (its process's training generator, in the solo order);
+- its Adam moments and step count, its EMA, and under fp16 its loss scale: a member whose
+  gradients overflow skips its step alone, as its own GradScaler would make it.
+What differs is the kernels, and so the last bits of every step; from there the members drift
+from their solo twins as any two float orderings of one training do (``tests/test_fused.py``
+bounds the difference after a few steps). A fused group repeats itself bit for bit.
+
+Not fused: dropout, whose masks come from torch's global generator and would be drawn in another
+order under vmap (a member would not be its solo run even approximately), and torch.compile.
+After :meth:`FusedTraining.write_back` each member's process holds its weights, EMA, optimiser,
+scaler and step, so sampling, evaluation and checkpoints go through the process as for a solo run.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from core import ddpm
+from core.data import iterate_batches
+from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess, make_ema
+from core.fastpath import CudaGraphed, side_stream
+
+# What a process's GradScaler starts from and how it moves (torch.amp.GradScaler's defaults).
+GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0, 0.5, 2000
+
+
+def check_fusable(processes: list[DiffusionProcess]) -> None:
+    """Refuse, naming the value, a group that cannot train as one network."""
+    if not processes:
+        raise ValueError("invalid processes=[]: fusing needs at least one DiffusionProcess")
+    first = processes[0]
+    base = {k: v for k, v in first.config.to_dict().items() if k != "seed"}
+    for p in processes[1:]:
+        other = {k: v for k, v in p.config.to_dict().items() if k != "seed"}
+        diff = {k: (base[k], other[k]) for k in base if base[k] != other[k]}
+        if diff:
+            raise ValueError(f"invalid group: fused members may differ only in seed, these differ: {diff}")
+        if (p.device, p.precision, p.step) != (first.device, first.precision, first.step):
+            raise ValueError("invalid group: members must share device, precision and step, found "
+                             f"{(str(first.device), first.precision, first.step)} and "
+                             f"{(str(p.device), p.precision, p.step)}")
+    seeds = [p.config.seed for p in processes]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"invalid seeds={seeds}: fused members need distinct seeds")
+    if first.config.dropout > 0:
+        raise ValueError(f"invalid dropout={first.config.dropout} for fused training: valid is 0.0 (dropout "
+                         "masks come from torch's global generator, which vmap would draw in another order)")
+    if first.config.compile:
+        raise ValueError("invalid compile=True for fused training: valid is False (fused steps run eagerly, "
+                         "replayed as CUDA graphs on CUDA)")
+
+
+def _member_view(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A (K,) per-member value shaped to broadcast over a stacked (K, ...) weight of ``k`` dims."""
+    return x.view(-1, *([1] * (k - 1)))
+
+
+class StackedAdam:
+    """Adam (Kingma & Ba 2015, Algorithm 1) on stacked weights, with a step count per member.
+
+    torch's Adam keeps one step count per tensor, and a stacked tensor holds K members, which
+    under fp16 may skip different steps; here a member whose ``ok`` is False keeps its weights,
+    moments and count. The arithmetic is torch's single-tensor Adam's, member by member.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        k = params[0].shape[0]
+        self.steps = torch.zeros(k, dtype=torch.float64, device=params[0].device)  # (K,)
+
+    @torch.no_grad()
+    def step(self, ok: torch.Tensor) -> None:
+        """One update of every member whose ``ok`` (K,) is True, from the weights' ``.grad``."""
+        beta1, beta2 = self.betas
+        self.steps += ok
+        # bias corrections 1 - beta^t, per member (Algorithm 1's m-hat and v-hat)
+        correction1 = 1 - beta1 ** self.steps  # (K,)
+        correction2_sqrt = (1 - beta2 ** self.steps).sqrt()  # (K,)
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            keep = _member_view(ok, p.dim())
+            g = torch.where(keep, p.grad, 0.0)  # a skipped member's grad may be inf or nan
+            new_m = m.lerp(g, 1 - beta1)
+            new_v = torch.addcmul(v * beta2, g, g, value=1 - beta2)
+            step_size = _member_view((self.lr / correction1).float(), p.dim())
+            denom = new_v.sqrt() / _member_view(correction2_sqrt.float(), p.dim()) + self.eps
+            p.copy_(torch.where(keep, p - step_size * (new_m / denom), p))
+            m.copy_(torch.where(keep, new_m, m))
+            v.copy_(torch.where(keep, new_v, v))
+
+
+class StackedGradScaler:
+    """Dynamic loss scaling with one scale per member (torch.amp.GradScaler's rule, member by member).
+
+    Disabled (outside fp16) every scale is 1 and every member steps.
+    """
+
+    def __init__(self, k: int, device: torch.device, enabled: bool, init_scale: float = 2.0 ** 16):
+        self.enabled = enabled
+        self.scale = torch.full((k,), init_scale if enabled else 1.0, device=device)  # (K,)
+        self.growth_tracker = torch.zeros(k, dtype=torch.int32, device=device)  # (K,)
+
+    def unscale(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Divide each member's gradients by its scale; return which members' are all finite, (K,)."""
+        ok = torch.ones_like(self.scale, dtype=torch.bool)
+        if not self.enabled:
+            return ok
+        inverse = self.scale.double().reciprocal().float()  # (K,), as GradScaler computes it
+        with torch.no_grad():
+            for p in params:
+                p.grad.mul_(_member_view(inverse, p.dim()))
+                ok &= p.grad.isfinite().flatten(1).all(dim=1)
+        return ok
+
+    def update(self, ok: torch.Tensor) -> None:
+        """Back off after an overflow; grow after GROWTH_INTERVAL clean steps in a row."""
+        if not self.enabled:
+            return
+        tracker = torch.where(ok, self.growth_tracker + 1, 0)
+        grow = tracker == GROWTH_INTERVAL
+        self.scale.copy_(torch.where(ok, torch.where(grow, self.scale * GROWTH_FACTOR, self.scale),
+                                     self.scale * BACKOFF_FACTOR))
+        self.growth_tracker.copy_(torch.where(grow, 0, tracker))
+
+
+class FusedTraining:
+    """K :class:`DiffusionProcess` members that differ only in seed, trained as one stacked network.
+
+    :param processes: the members, all at the same step (fresh, or restored from checkpoints).
+        Their state is read in here and written back by :meth:`write_back`.
+    """
+
+    def __init__(self, processes: list[DiffusionProcess]):
+        check_fusable(processes)
+        self.processes = processes
+        first = processes[0]
+        self.config, self.device, self.step = first.config, first.device, first.step
+        self.coeffs = first.coeffs
+        self.autocast = first.autocast
+        self.template = copy.deepcopy(first.model).to("meta")  # the architecture, without weights
+        stacked, _ = stack_module_state([p.model for p in processes])  # name -> (K, ...) weight
+        self.names = list(stacked)
+        self.weights = nn.ParameterList([nn.Parameter(stacked[n]) for n in self.names])
+        self.adam = StackedAdam(list(self.weights), lr=self.config.lr)
+        self.scaler = StackedGradScaler(len(processes), self.device, enabled=first.scaler.is_enabled())
+        self.ema = make_ema(self.weights, self.config.ema_decay) if self.config.ema else None
+        self._read_states()
+        self._graph: CudaGraphed | None = None
+        self._eager_steps = 0
+
+    # ---- the members' state, in and out -------------------------------------------------------
+
+    def _read_states(self) -> None:
+        """Take each member's Adam moments, step count, loss scale and EMA (a resumed member has them)."""
+        for i, p in enumerate(self.processes):
+            params = dict(p.model.named_parameters())
+            for j, name in enumerate(self.names):
+                state = p.optimizer.state.get(params[name], {})
+                if state:
+                    self.adam.exp_avg[j][i].copy_(state["exp_avg"])
+                    self.adam.exp_avg_sq[j][i].copy_(state["exp_avg_sq"])
+                    self.adam.steps[i] = float(state["step"])
+            if self.scaler.enabled:
+                self.scaler.scale[i] = p.scaler.get_scale()
+                self.scaler.growth_tracker[i] = p.scaler.state_dict()["_growth_tracker"]
+            if self.ema is not None:
+                ema_params = dict(p.ema_model.module.named_parameters())
+                with torch.no_grad():
+                    for j, name in enumerate(self.names):
+                        self.ema.module[j][i].copy_(ema_params[name])
+                self.ema.n_averaged.copy_(p.ema_model.n_averaged)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Put each member's weights, EMA, Adam state, loss scale and step into its process."""
+        for i, p in enumerate(self.processes):
+            params = dict(p.model.named_parameters())
+            ema_params = dict(p.ema_model.module.named_parameters()) if self.ema is not None else {}
+            for j, name in enumerate(self.names):
+                params[name].copy_(self.weights[j][i])
+                step_device = params[name].device if self.device.type == "cuda" else "cpu"  # as Adam keeps it
+                p.optimizer.state[params[name]] = {
+                    "step": torch.tensor(float(self.adam.steps[i]), dtype=torch.float32, device=step_device),
+                    "exp_avg": self.adam.exp_avg[j][i].clone(), "exp_avg_sq": self.adam.exp_avg_sq[j][i].clone()}
+                if self.ema is not None:
+                    ema_params[name].copy_(self.ema.module[j][i])
+            if self.ema is not None:
+                p.ema_model.n_averaged.copy_(self.ema.n_averaged)
+            if self.scaler.enabled:
+                p.scaler.load_state_dict({**p.scaler.state_dict(), "scale": float(self.scaler.scale[i]),
+                                          "_growth_tracker": int(self.scaler.growth_tracker[i])})
+            p.step = self.step
+            p._train_graph, p._eager_steps = None, 0  # a captured solo step holds the old state
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def _network(self, weights: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, weights, (x, t))
+
+    def losses(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Each member's L_simple (Ho et al. 2020, Eq. 14): (K, B, C, H, W) batches in, (K,) out."""
+        k, b = t.shape
+        x_t = ddpm.q_sample(self.coeffs, x0.flatten(0, 1), t.flatten(), noise.flatten(0, 1))  # Eq. 4
+        weights = dict(zip(self.names, self.weights, strict=True))
+        with self.autocast():
+            predicted = vmap(self._network)(weights, x_t.unflatten(0, (k, b)), t)  # (K, B, C, H, W)
+        return (predicted.float() - noise).square().mean(dim=(1, 2, 3, 4))
+
+    def _optimize(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Losses, gradients and one Adam step per member: what a CUDA graph replays."""
+        for w in self.weights:
+            w.grad = None
+        losses = self.losses(x0, t, noise)  # (K,)
+        (losses * self.scaler.scale).sum().backward()  # member i's gradient, times its own scale
+        ok = self.scaler.unscale(list(self.weights))
+        self.adam.step(ok)
+        self.scaler.update(ok)
+        return losses.detach()
+
+    def draw(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each member's batch and its t and noise from its own generator, stacked: (K, B, ...)."""
+        batches = [x.to(self.device, non_blocking=True) for x in batches]
+        draws = [p.draw_noise(x) for p, x in zip(self.processes, batches, strict=True)]
+        return torch.stack(batches), torch.stack([t for t, _ in draws]), torch.stack([n for _, n in draws])
+
+    def train_step_async(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        """One step of every member on its own (B, C, H, W) batch; the (K,) losses before the step.
+
+        As for a solo process on CUDA, the first steps run eagerly on a side stream and a later
+        one is captured as a CUDA graph; the draws are made outside it, in the solo order.
+        """
+        x0, t, noise = self.draw(batches)
+        cuda = self.device.type == "cuda"
+        if cuda and self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            self._graph = CudaGraphed(self._optimize, (x0, t, noise), warmup=0)
+        if self._graph is not None and self._graph.fits(x0, t, noise):
+            losses = self._graph(x0, t, noise)
+        else:
+            with side_stream() if cuda else contextlib.nullcontext():
+                losses = self._optimize(x0, t, noise)
+            self._eager_steps += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.weights)
+        self.step += 1
+        return losses
+
+
+def train_fused(fused: FusedTraining, images: torch.Tensor, log=None) -> None:
+    """Train every member up to ``config.train_steps``, then write their state back.
+
+    :param images: (N, C, H, W) training images in [-1, 1]; each member draws its own batches.
+    :param log: ``log(i, name, value, step)`` for member i, with the names and cadence of
+        :func:`core.train.train` (the mean loss since the last point).
+    """
+    c = fused.config
+    if fused.device.type == "cuda":
+        images = images.to(fused.device)
+    streams = [iterate_batches(images, c.batch_size, p.config.seed, start=fused.step) for p in fused.processes]
+    pending: list[torch.Tensor] = []
+    while fused.step < c.train_steps:
+        pending.append(fused.train_step_async([next(s) for s in streams]))
+        if fused.step % c.log_every == 0 or fused.step == c.train_steps:
+            means = torch.stack(pending).mean(dim=0).tolist()  # one read-back per logged point
+            pending.clear()
+            for i, value in enumerate(means):
+                if log is not None:
+                    log(i, "train.loss", value, fused.step)
+    fused.write_back()

@@ -1,0 +1,183 @@
+"""Fused training (core/fused.py): each member is its solo run up to float rounding, a group repeats
+and resumes bit for bit, its Adam and loss scaling are torch's member by member, and a group that
+cannot train as one is refused by name. The fp16 comparison runs where a GPU is present."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import fusion
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import SCALES, Config
+from core.data import as_tensor, mnist
+from core.diffusion import DiffusionProcess
+from core.fused import GROWTH_INTERVAL, FusedTraining, StackedAdam, StackedGradScaler, train_fused
+from core.train import train
+
+SEEDS = (0, 1, 2)
+CONFIG = Config(**SCALES["smoke"] | dict(train_steps=8, batch_size=16, log_every=4, ema=True, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return as_tensor(mnist(train=True))[:1024]
+
+
+def members(config: Config = CONFIG, precision: str = "fp32") -> list[DiffusionProcess]:
+    return [DiffusionProcess(config.replace(seed=s), precision=precision) for s in SEEDS]
+
+
+def fused_run(images, config: Config = CONFIG, precision: str = "fp32"):
+    processes, logged = members(config, precision), {}
+    train_fused(FusedTraining(processes), images, log=lambda i, n, v, s: logged.setdefault((SEEDS[i], s), v))
+    return processes, logged
+
+
+def distance(a, b) -> float:
+    return torch.cat([(x - y).flatten() for x, y in zip(a, b, strict=True)]).norm().item()
+
+
+def test_fused_members_follow_their_solo_runs(images):
+    fused, fused_loss = fused_run(images)
+    for member in fused:
+        solo, solo_loss = DiffusionProcess(member.config, precision="fp32"), {}
+        start = [p.clone() for p in solo.model.parameters()]
+        train(solo, images, log=lambda n, v, s: solo_loss.setdefault((solo.config.seed, s), v) if n == "train.loss"
+              else None)
+        # the same draws in the same order: the generators end in the same state, the step counts agree
+        assert torch.equal(member.train_generator.get_state(), solo.train_generator.get_state())
+        assert member.step == solo.step == CONFIG.train_steps
+        for key, value in solo_loss.items():
+            assert fused_loss[key] == pytest.approx(value, rel=1e-5)
+        moved = distance(solo.model.parameters(), start)
+        assert distance(member.model.parameters(), solo.model.parameters()) < 1e-3 * moved
+        assert distance(member.ema_model.parameters(), solo.ema_model.parameters()) < 1e-3 * moved
+        adam = [s["exp_avg_sq"] for s in member.optimizer.state.values()]
+        solo_adam = [s["exp_avg_sq"] for s in solo.optimizer.state.values()]
+        assert distance(adam, solo_adam) < 1e-3 * torch.cat([v.flatten() for v in solo_adam]).norm()
+        assert {float(s["step"]) for s in member.optimizer.state.values()} == {CONFIG.train_steps}
+        # written back whole: the member samples, and goes on training, as its process
+        torch.testing.assert_close(member.sample_as_configured(8, seed=5), solo.sample_as_configured(8, seed=5),
+                                   atol=1e-3, rtol=0)
+        member.train_step(images[:16])
+
+
+def test_a_fused_group_repeats_and_resumes_from_its_members_checkpoints_bit_for_bit(images, tmp_path):
+    straight, _ = fused_run(images)
+    half, _ = fused_run(images, CONFIG.replace(train_steps=CONFIG.train_steps // 2))
+    resumed = []
+    for p in half:
+        save_checkpoint(p, tmp_path / f"{p.config.seed}.pt")
+        resumed.append(load_checkpoint(tmp_path / f"{p.config.seed}.pt", device="cpu"))
+    for p in resumed:
+        p.config = p.config.replace(train_steps=CONFIG.train_steps)  # the same run, given its whole budget
+    train_fused(FusedTraining(resumed), images)
+    again, _ = fused_run(images)
+    for a, b, c in zip(straight, resumed, again):
+        for x, y, z in zip(a.state_dict()["model"].values(), b.state_dict()["model"].values(),
+                           c.state_dict()["model"].values()):
+            assert torch.equal(x, y) and torch.equal(x, z)
+        for x, y in zip(a.ema_model.parameters(), b.ema_model.parameters()):
+            assert torch.equal(x, y)
+        for s, r in zip(a.optimizer.state.values(), b.optimizer.state.values()):
+            assert all(torch.equal(s[k], r[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_stacked_adam_is_torch_adam_member_by_member_and_a_member_not_ok_keeps_its_state():
+    g = torch.Generator().manual_seed(0)
+    stacked = [torch.randn(3, 4, 5, generator=g).requires_grad_(), torch.randn(3, 7, generator=g).requires_grad_()]
+    solo = [[w[i].detach().clone().requires_grad_() for w in stacked] for i in range(3)]
+    adam = StackedAdam(stacked, lr=1e-2)
+    torch_adams = [torch.optim.Adam(ws, lr=1e-2) for ws in solo]
+    for ok in ([True, True, True], [False, True, True], [True, False, True], [True, True, True]):
+        for w in stacked:
+            w.grad = torch.randn(w.shape, generator=g)
+            w.grad[[i for i, good in enumerate(ok) if not good]] = float("inf")  # an overflowed member
+        for i, (ws, opt) in enumerate(zip(solo, torch_adams)):
+            for w, s in zip(ws, stacked):
+                w.grad = s.grad[i].clone()
+            if ok[i]:
+                opt.step()
+        adam.step(torch.tensor(ok))
+    for i in range(3):
+        for w, s in zip(solo[i], stacked):
+            torch.testing.assert_close(s[i], w, rtol=1e-6, atol=1e-7)
+    assert adam.steps.tolist() == [3, 3, 4]  # each member counts only the steps it took
+
+
+def test_stacked_grad_scaler_is_torch_grad_scaler_member_by_member():
+    scales, trackers = [2.0 ** 16, 2.0 ** 10, 8.0], [5, GROWTH_INTERVAL - 1, GROWTH_INTERVAL - 1]
+    stacked = StackedGradScaler(3, torch.device("cpu"), enabled=True)
+    stacked.scale.copy_(torch.tensor(scales))
+    stacked.growth_tracker.copy_(torch.tensor(trackers))
+    grad = torch.tensor([[1.0, 2.0], [3.0, float("inf")], [4.0, 5.0]])  # member 1 overflowed
+    weight = torch.zeros(3, 2, requires_grad=True)
+    weight.grad = grad.clone()
+    ok = stacked.unscale([weight])
+    stacked.update(ok)
+    assert ok.tolist() == [True, False, True]
+    for i in range(3):
+        scaler = torch.amp.GradScaler("cpu")
+        scaler.scale(torch.zeros(()))  # its scale and tracker are made lazily, at the first scaling
+        scaler.load_state_dict(scaler.state_dict() | {"scale": scales[i], "_growth_tracker": trackers[i]})
+        w = torch.zeros(2, requires_grad=True)
+        w.grad = grad[i].clone()
+        scaler.step(torch.optim.SGD([w], lr=0.0))  # unscales the gradient, and skips the step after an overflow
+        scaler.update()
+        assert stacked.scale[i].item() == scaler.get_scale()
+        assert stacked.growth_tracker[i].item() == scaler.state_dict()["_growth_tracker"]
+        if ok[i]:
+            assert torch.equal(weight.grad[i], w.grad)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(lr=1e-3), ["differ", "'lr'"]),
+    (dict(dropout=0.1), ["dropout=0.1", "valid is 0.0"]),
+    (dict(compile=True), ["compile=True", "valid is False"]),
+])
+def test_a_group_that_cannot_train_as_one_is_refused_by_name(change, words):
+    group = [DiffusionProcess(CONFIG.replace(seed=0), precision="fp32"),
+             DiffusionProcess(CONFIG.replace(seed=1, **change), precision="fp32")]
+    if "differ" not in words:
+        group[0] = DiffusionProcess(CONFIG.replace(seed=0, **change), precision="fp32")
+    with pytest.raises(ValueError) as error:
+        FusedTraining(group)
+    assert all(word in str(error.value) for word in words)
+    with pytest.raises(ValueError, match=r"invalid seeds=\[0, 0\]"):
+        FusedTraining([DiffusionProcess(CONFIG, precision="fp32"), DiffusionProcess(CONFIG, precision="fp32")])
+
+
+def test_fusion_benchmark_times_groups_and_checks_agreement(tmp_path):
+    out = tmp_path / "fusion.json"
+    fusion.main(["--scale", "smoke", "--set", "device=cpu", "amp=False", "--members", "1,2", "--steps", "1",
+                 "--repeats", "1", "--agree-steps", "4", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["members"] for r in result["rows"]] == [1, 2]
+    assert all(r["fusion_speedup_vs_sequential"] > 0 for r in result["rows"])
+    assert result["agreement"]["repeats_bitwise"] is True
+    assert result["agreement"]["weight_diff_over_moved"] < 1e-3
+
+
+def test_fusion_benchmark_refuses_bad_values_before_work(capsys):
+    with pytest.raises(SystemExit, match="invalid --members"):
+        fusion.main(["--members", "0,3", "--out", "/nonexistent/x.json"])
+    with pytest.raises(SystemExit, match="invalid dropout=0.1"):
+        fusion.main(["--scale", "smoke", "--set", "device=cpu", "dropout=0.1", "--out", "/nonexistent/x.json"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with loss scaling, and CUDA graphs, need a GPU")
+def test_cuda_fp16_fused_members_follow_their_solo_runs_and_repeat(images):
+    config = CONFIG.replace(device="cuda", train_steps=40, log_every=40)
+    fused, fused_loss = fused_run(images, config, precision="fp16")
+    again, _ = fused_run(images, config, precision="fp16")
+    for member, twin in zip(fused, again):
+        assert all(torch.equal(a, b) for a, b in zip(member.model.parameters(), twin.model.parameters()))
+        solo = DiffusionProcess(member.config, precision="fp16")
+        start = [p.clone() for p in solo.model.parameters()]
+        train(solo, images)
+        assert member.scaler.get_scale() == solo.scaler.get_scale()
+        # fp16 rounds each member's kernels differently: within fp16's tolerance, not float32's
+        assert distance(member.model.parameters(), solo.model.parameters()) < 0.1 * distance(
+            solo.model.parameters(), start)
