@@ -21,6 +21,7 @@ import torch
 from ablations.record import TOGGLES, config_hash, flipped_value
 from core.config import SCALES, Config
 from core.diffusion import resolve_device
+from core.fused import unfusable_reason
 from core.precision import Precision, amp_precision, resolve_precision
 
 PLANS = ("ofat", "full")
@@ -63,10 +64,11 @@ class Cell:
     overrides: dict = field(default_factory=dict)  # the flipped toggles
     config: Config | None = None
     precision: Precision = "fp32"  # what the run will compute in on this machine
+    fused: bool = False  # trained with its cell's other seeds as one network (sweep.py --fuse)
 
     @property
     def key(self) -> str:
-        return config_hash(self.config, self.precision)
+        return config_hash(self.config, self.precision, self.fused)
 
 
 def planning_device(config: Config) -> torch.device:
@@ -89,9 +91,10 @@ def planned_precision(config: Config, requested: str = "auto", here: bool = True
 
 
 def key_of(run_config: dict) -> str:
-    """The cell key of a run's Sacred config (Config fields and run options, ``precision`` among them)."""
+    """The cell key of a run's Sacred config (Config fields and run options, ``precision`` and ``fused`` among them)."""
     config = Config.from_mapping(run_config)
-    return config_hash(config, planned_precision(config, run_config.get("precision", "auto"), here=False))
+    return config_hash(config, planned_precision(config, run_config.get("precision", "auto"), here=False),
+                       bool(run_config.get("fused")))
 
 
 def cell_name(flipped: dict) -> str:
@@ -119,8 +122,13 @@ def cells_of(plan: str, only: list[str] | None = None, baseline: Config | None =
     return [(cell_name(f), f) for f in flips]
 
 
-def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | None = None) -> list[Cell]:
-    """Every cell x seed, each with its validated Config (a bad value fails here, before any run)."""
+def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | None = None,
+          fuse: bool = False) -> list[Cell]:
+    """Every cell x seed, each with its validated Config (a bad value fails here, before any run).
+
+    :param fuse: mark the cells that can train fused (:func:`core.fused.unfusable_reason`); the others,
+        dropout's, train alone.
+    """
     named, updates = parse_updates(with_words)
     base = {}
     for name in named:
@@ -131,7 +139,7 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
         for seed in seeds:
             config = Config.from_mapping(base | overrides | {"seed": seed})
             precision = planned_precision(config, updates.get("precision", "auto"), here=False)
-            cells.append(Cell(name, seed, overrides, config, precision))
+            cells.append(Cell(name, seed, overrides, config, precision, fuse and unfusable_reason(config) is None))
     return cells
 
 

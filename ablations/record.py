@@ -44,7 +44,7 @@ LEVEL_METRICS = ("heldout.eps_mse", "heldout.x0_mse")  # step i: the i-th log-SN
 METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS) + LEVEL_METRICS
 INFO_KEYS = ("run_uuid", "config_hash", "precision", "resumed_from", "param_count", "mnist_sha256",
              "classifier_sha256", "git", "environment", "pack", "wall_time_s", "class_histogram", "fid_floor",
-             "heldout", "peak_rss_mb", "rescored")
+             "heldout", "peak_rss_mb", "rescored", "fused")
 
 SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS = "samples.png", "samples.npz", "final_weights.pt"
 ARTIFACTS = (SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS)
@@ -76,16 +76,19 @@ def flipped_value(toggle: str, baseline: Config) -> object:
 LATER_FIELDS = {"sampler_eta": 0.0}
 
 
-def config_hash(config: Config, precision: Precision) -> str:
+def config_hash(config: Config, precision: Precision, fused: bool = False) -> str:
     """Identity of a configuration x seed x precision (``info.config_hash``), canonically serialised.
 
     The precision enters unless it is what the CPU runs stored before it was recorded computed in
     (fp32 without AMP, bf16 with it), and a field added since (:data:`LATER_FIELDS`) only where it is not
-    its default, so that those runs keep their hash and sweeps still find them.
+    its default, so that those runs keep their hash and sweeps still find them. A run trained in a fused
+    group (``fused``, see :mod:`core.fused`) equals its solo twin only up to rounding: it is another cell.
     """
     identity = {k: v for k, v in config.to_dict().items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
     if precision != ("bf16" if config.amp else "fp32"):
         identity["precision"] = precision
+    if fused:
+        identity["fused"] = True
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,11 +103,11 @@ def precision_of(doc: dict) -> Precision:
     return "bf16" if info.get("environment", {}).get("device_name", "cpu") == "cpu" else "fp16"
 
 
-def provenance(config: Config, process, resumed_from) -> dict:
+def provenance(config: Config, process, resumed_from, fused: bool = False) -> dict:
     """The ``info`` a run starts with: identity, precision, inputs' hashes, code and environment."""
     return {
         "run_uuid": uuid.uuid4().hex,
-        "config_hash": config_hash(config, process.precision),
+        "config_hash": config_hash(config, process.precision, fused),
         "precision": process.precision,
         "resumed_from": resumed_from,
         "param_count": parameter_breakdown(process.model)["total"],

@@ -79,23 +79,38 @@ def save_artifacts(_run, process: DiffusionProcess, samples: torch.Tensor, out: 
         _run.add_artifact(str(path), name=path.name)
 
 
+def restored_state(process: DiffusionProcess, _config: dict) -> dict | None:
+    """The checkpoint a run starts from, loaded into ``process``: its own (``resume``), or the one its fused
+    group left it (``fused_checkpoint``, :mod:`ablations.fused_group`); None for a fresh run."""
+    path = _config.get("resume_checkpoint") if _config.get("resume") is not None else _config.get("fused_checkpoint")
+    if path is None:
+        return None
+    state = load_state(Path(path))
+    if state.get("precision", process.precision) != process.precision:
+        raise ValueError(f"invalid checkpoint {path}: it computed in {state['precision']}, this run in "
+                         f"{process.precision}; valid is a checkpoint of this run's precision")
+    process.load_state_dict(state)  # refuses a checkpoint of another config, naming the fields that differ
+    print(f"Resuming run {_config['resume']} at step {process.step}" if _config.get("resume") is not None
+          else f"Trained in fused group {state['extra']['fused']['group']} (seeds {state['extra']['fused']['seeds']})")
+    return state
+
+
 def execute(_run, _config: dict) -> dict:
     """Train and evaluate one configuration; return the result dict."""
     config = Config.from_mapping(_config)  # the one Config of this run, passed down whole
     if _config.get("threads"):
         torch.set_num_threads(_config["threads"])
     process = DiffusionProcess(config, precision=_config.get("precision", "auto"))
-    resume_state = None
-    if _config.get("resume") is not None:
-        resume_state = load_state(Path(_config["resume_checkpoint"]))
-        process.load_state_dict(resume_state)
-        print(f"Resuming run {_config['resume']} at step {process.step}")
-    _run.info.update(record.provenance(process.config, process, _config.get("resume")))
+    resume_state = restored_state(process, _config)
+    _run.info.update(record.provenance(process.config, process, _config.get("resume"), _config.get("fused", False)))
     phases = _run.info["wall_time_s"]
 
     started = time.perf_counter()
     run_training(_run, process, resume_state, _config["checkpoint_every"])
     phases["train"] = time.perf_counter() - started
+    if _config.get("fused"):  # trained before this run began, with its group: the group's training time
+        _run.info["fused"] = resume_state["extra"]["fused"]
+        phases["train"] = _run.info["fused"]["train_s"]
 
     samples, metrics = sample_and_evaluate(process, config.seed, phases)
     for key in record.FIDELITY_KEYS:

@@ -6,6 +6,7 @@
     python ablations/sweep.py --plan ofat --seeds 0,1 --workers 2 with smoke  # a Dask LocalCluster
     python ablations/sweep.py --plan ofat --seeds 0,1 --scheduler tcp://HOST:8786 with paper
     python ablations/sweep.py --plan ofat --seeds 0,1,2 --pack 6 --journal-only with gpu   # 6 runs at once, no database
+    python ablations/sweep.py --plan ofat --seeds 0,1,2 --fuse with gpu      # each cell's 3 seeds as one network
 
 Idempotent: a cell x seed already COMPLETED in the store is skipped; an INTERRUPTED or FAILED
 one is resumed from its checkpoint when the journal has one, else run again. Cells are claimed
@@ -17,6 +18,11 @@ alone, so a packed run equals the same cell run solo bit for bit. On a GPU the p
 chip (their kernels overlap only under CUDA MPS; see the README's "Packing"). ``--journal-only``
 needs no database: runs go to the local journal, a cell COMPLETED there is skipped, and
 ``python -m ablations.store bundle`` packs them for ``python -m ablations.store sync`` elsewhere.
+
+``--fuse`` trains the seeds of each cell as one stacked network (:mod:`core.fused`,
+``ablations/fused_group.py``), then records each seed as its own run: a member equals its solo run up
+to float rounding, not bit for bit, so fused runs are cells of their own (``fused=True`` is part of
+their identity and of the sweep id). Dropout's cells cannot be fused and train alone.
 """
 from __future__ import annotations
 
@@ -32,18 +38,19 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pymongo
 from tqdm.auto import tqdm
 
-from ablations import cuda_mps
+from ablations import cuda_mps, fused_group
 from ablations import plan as plans
 from ablations import store
 from ablations.record import CHECKPOINT, PACK_ENV
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
+GROUP_PY = Path(__file__).resolve().parent / "fused_group.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
 LEASE_S = 6 * 3600  # a claim held longer than this by an unreachable owner may be taken over
 
@@ -181,6 +188,15 @@ def _run_here(task: Task, target: store.Target, fetch) -> dict:
     return _row(task, status, run_id, doc, time.time() - started)
 
 
+def stored_row(task: Task) -> dict | None:
+    """The row of a cell already stored, or that this machine cannot run; None for one to run."""
+    target = store.resolve(task.mongo)
+    if task.journal_only:
+        return _not_to_run(task, _stored_in_journal(task.key, target.journal_dir(online=False)))
+    with target.client() as client:
+        return _not_to_run(task, _stored(client[target.db_name], task.key, "COMPLETED"))
+
+
 def run_cell(task: Task) -> dict:
     """Run one cell unless it is stored or claimed; return a summary row."""
     target = store.resolve(task.mongo)
@@ -202,15 +218,54 @@ def run_cell(task: Task) -> dict:
     return row
 
 
+def run_group(tasks: list[Task]) -> list[dict]:
+    """The seeds of one fused cell: those not stored are trained as one network (ablations/fused_group.py),
+    then each is evaluated and recorded as its own run from its checkpoint."""
+    rows = [row for task in tasks if (row := stored_row(task))]
+    pending = [task for task in tasks if not any(r["seed"] == task.seed for r in rows)]
+    if not pending:
+        return rows
+    seeds = ",".join(str(task.seed) for task in pending)
+    words = [w for w in pending[0].words if not w.startswith("seed=")]
+    with tempfile.TemporaryDirectory(prefix="fused-") as out:
+        started = time.time()
+        trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--out", out, "with", *words],
+                                 capture_output=True, text=True, preexec_fn=_die_with_parent,
+                                 env=os.environ | pending[0].env)
+        if trained.returncode != 0:
+            print(f"cell {pending[0].cell} seeds {seeds}: fused training failed:\n"
+                  f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
+            return rows + [_row(task, "FAILED", wall_s=time.time() - started) for task in pending]
+        for task in pending:
+            path = fused_group.member_checkpoint(Path(out), task.seed)
+            rows.append(run_cell(replace(task, words=[*task.words, f"fused_checkpoint={str(path)!r}"])))
+    return rows
+
+
+def jobs_of(tasks: list[Task]) -> list[list[Task]]:
+    """What runs as one unit: each fused cell's seeds together (in the order of the plan), every other cell alone."""
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        fused = "fused=True" in task.words
+        groups.setdefault(task.cell if fused else f"{task.cell}/{task.seed}", []).append(task)
+    return list(groups.values())
+
+
+def run_job(job: list[Task]) -> list[dict]:
+    return run_group(job) if "fused=True" in job[0].words else [run_cell(job[0])]
+
+
 def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
-    cells = plans.build(args.plan, args.seeds, with_words, args.only)
-    sid = plans.sweep_id(args.plan, args.only, [w for w in with_words if not w.startswith("threads=")], cells[0])
+    cells = plans.build(args.plan, args.seeds, with_words, args.only, fuse=args.fuse)
+    id_words = [w for w in with_words if not w.startswith("threads=")] + (["fused=True"] if args.fuse else [])
+    sid = plans.sweep_id(args.plan, args.only, id_words, cells[0])
     threads = [] if any(w.startswith("threads=") for w in with_words) else [f"threads={args.threads}"]
     tasks = []
     for c in cells:
         flips = [f"{k}={v!r}" for k, v in c.overrides.items()]
         kept = [w for w in with_words if w.split("=")[0] not in c.overrides]  # a flip replaces the baseline's word
-        words = [*kept, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads]
+        fused = ["fused=True"] if c.fused else []
+        words = [*kept, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads, *fused]
         tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name, args.journal_only,
                           args.pack, _refusal(c)))
     return tasks
@@ -235,9 +290,12 @@ def execute(tasks: list[Task], args) -> list[dict]:
                 mps_env = stack.enter_context(cuda_mps.serving(work))
                 for task in tasks:
                     task.env = mps_env
-            # Each cell is a subprocess, so threads are enough to keep `pack` of them running.
+            # Each cell (or fused group) is a subprocess, so threads are enough to keep `pack` of them running.
+            jobs = jobs_of(tasks)
             with ThreadPoolExecutor(max_workers=args.pack) as pool:
-                return list(tqdm(pool.map(run_cell, tasks), total=len(tasks), desc="cells", unit="cell"))
+                done = tqdm(pool.map(run_job, jobs), total=len(jobs), desc="cells" if len(jobs) == len(tasks)
+                            else "cells and fused groups", unit="job")
+                return [row for rows in done for row in rows]
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -293,6 +351,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="run K cells at a time on this machine's device, each its own process (default 1)")
     p.add_argument("--mps", action="store_true",
                    help="with --pack on a GPU: run the packed processes under a CUDA MPS daemon of the sweep's own")
+    p.add_argument("--fuse", action="store_true",
+                   help="train each cell's seeds as one network (core/fused.py); dropout cells train alone")
     p.add_argument("--journal-only", action="store_true",
                    help="no database: runs go to the local journal (then `python -m ablations.store bundle`/`sync`)")
     p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
@@ -300,6 +360,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.pack > 1 and (args.workers or args.scheduler):
         p.error(f"invalid --pack {args.pack} with --workers/--scheduler: pack runs cells on this machine's "
                 "device, Dask on its workers; choose one")
+    if args.fuse and (args.workers or args.scheduler):
+        p.error("invalid --fuse with --workers/--scheduler: a fused group trains on this machine's device; "
+                "valid is --fuse alone or with --pack")
     if args.mps and args.pack < 2:
         p.error(f"invalid --mps with --pack {args.pack}: MPS lets packed runs overlap; valid with --pack K >= 2")
     if args.mps:

@@ -2,7 +2,8 @@
 re-sample a stored run's final weights under other sampler seeds.
 
 Training, sampling and evaluation go through the same core calls as ``ablations/runner.py``
-(checkpointing there draws no random numbers), at the run's recorded thread count.
+(checkpointing there draws no random numbers), at the run's recorded thread count. A run trained
+in a fused group (``sweep.py --fuse``) is re-trained with its whole group, as it was.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gridfs
 import numpy as np
 import torch
 
+from ablations.fused_group import trained_group
 from ablations.plan import planned_precision
 from ablations.record import dirty_run_code, final_weights, precision_of
 from core.checkpoint import restore_weights
@@ -85,12 +87,25 @@ def stored_process(doc: dict) -> DiffusionProcess:
     return DiffusionProcess(Config.from_mapping(doc["config"]), precision=precision_of(doc))
 
 
+def trained_again(doc: dict) -> tuple[DiffusionProcess, list[float]]:
+    """The stored run trained afresh, and its loss curve: alone, or with its whole group where it was
+    trained in a fused group (``info.fused``), since its last bits depend on the group's kernels."""
+    process, losses = stored_process(doc), []
+    fused = doc.get("info", {}).get("fused")
+    if not fused:
+        train(process, as_tensor(mnist(train=True)),
+              log=lambda name, value, step: losses.append(float(value)) if name == "train.loss" else None)
+        return process, losses
+    me = fused["seeds"].index(process.config.seed)
+    members, _ = trained_group(process.config, fused["seeds"], process.precision, log=lambda i, name, value, step:
+                               losses.append(float(value)) if (i, name) == (me, "train.loss") else None)
+    return members[me], losses
+
+
 def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
     """(final model weights, training-loss curve, result) of a fresh execution of the stored config."""
-    process = stored_process(doc)
-    config, losses = process.config, []
-    train(process, as_tensor(mnist(train=True)),
-          log=lambda name, value, step: losses.append(float(value)) if name == "train.loss" else None)
+    process, losses = trained_again(doc)
+    config = process.config
     _, metrics = sample_and_evaluate(process, config.seed)
     if "nll_bpd" in doc.get("result", {}):
         metrics |= heldout_metrics(process, config.n_samples)

@@ -29,10 +29,12 @@ from core.fused import FusedTraining, check_fusable, train_fused
 from core.train import train
 
 
-def step_times(config: Config, k: int, steps: int, repeats: int) -> dict:
+def step_times(config: Config, k: int, steps: int, repeats: int, cuda_graphs: bool = True) -> dict:
     """Median seconds of ``steps`` solo steps and of ``steps`` fused steps of ``k`` members, per step."""
     solo = DiffusionProcess(config)
     fused = FusedTraining([DiffusionProcess(config.replace(seed=config.seed + i)) for i in range(k)])
+    solo.cuda_graphs = solo.cuda_graphs and cuda_graphs
+    fused.cuda_graphs = fused.cuda_graphs and cuda_graphs
     x0 = torch.rand(config.batch_size, config.channels, config.image_size, config.image_size,
                     device=solo.device) * 2 - 1  # (B, C, H, W) in [-1, 1]
     for _ in range(GRAPH_WARMUP_STEPS + 2):  # the eager warm-up, the capture and one replay
@@ -45,8 +47,19 @@ def step_times(config: Config, k: int, steps: int, repeats: int) -> dict:
                                     solo.device) / steps)
     solo_s, fused_s = statistics.median(times["solo"]), statistics.median(times["fused"])
     peak = torch.cuda.max_memory_allocated() / 2**20 if solo.device.type == "cuda" else None
-    return {"members": k, "solo_step_s": solo_s, "fused_step_s": fused_s,
+    return {"members": k, "cuda_graphs": fused.cuda_graphs, "solo_step_s": solo_s, "fused_step_s": fused_s,
             "fusion_speedup_vs_sequential": k * solo_s / fused_s, "peak_cuda_mib": peak}
+
+
+def time_group(config: Config, k: int, steps: int, repeats: int, cuda: bool) -> list[dict]:
+    """The timing of one K; on CUDA, where capturing the step as a graph fails, the failure and an eager timing."""
+    rows = []
+    for graphs in (True, False) if cuda else (True,):
+        try:
+            return rows + [step_times(config, k, steps, repeats, cuda_graphs=graphs)]
+        except (Exception if cuda else ()) as error:  # noqa: BLE001 - on a GPU, recorded, and tried eagerly
+            rows.append({"members": k, "cuda_graphs": graphs, "error": f"{type(error).__name__}: {error}"})
+    return rows
 
 
 def agreement(config: Config, images: torch.Tensor, steps: int) -> dict:
@@ -58,7 +71,8 @@ def agreement(config: Config, images: torch.Tensor, steps: int) -> dict:
     for _ in range(2):
         members = [DiffusionProcess(config.replace(seed=config.seed + i)) for i in range(2)]
         losses: list[float] = []
-        train_fused(FusedTraining(members), images, log=lambda i, n, v, s: losses.append(v) if i == 0 else None)
+        train_fused(FusedTraining(members), images, log=lambda i, n, v, s: losses.append(v) if (i, n) == (0, "train.loss")
+                    else None)
         groups.append((members, losses))
     (first, fused_loss), (again, _) = groups
     start = DiffusionProcess(config).model.parameters()
@@ -99,14 +113,17 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         sys.exit(str(error))
     result = {"date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-              "config": config.to_dict(), "precision": probe.precision,
-              "agreement": agreement(config, as_tensor(mnist(train=True)), args.agree_steps), "rows": []}
+              "config": config.to_dict(), "precision": probe.precision, "rows": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for k in members:
-        result["rows"].append(row := step_times(config, k, args.steps, args.repeats))
-        print(f"K={k:>3}  solo {row['solo_step_s'] * 1e3:7.2f} ms/step  fused {row['fused_step_s'] * 1e3:7.2f} "
-              f"ms/step  speed-up {row['fusion_speedup_vs_sequential']:.2f}x", flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result["rows"] += (rows := time_group(config, k, args.steps, args.repeats, probe.device.type == "cuda"))
+        for row in rows:
+            print(f"K={k:>3}  " + (row["error"] if "error" in row else
+                  f"solo {row['solo_step_s'] * 1e3:7.2f} ms/step  fused {row['fused_step_s'] * 1e3:7.2f} ms/step  "
+                  f"speed-up {row['fusion_speedup_vs_sequential']:.2f}x"), flush=True)
         args.out.write_text(json.dumps(result, indent=2))  # after every K: a call cut short keeps the rest
+    result["agreement"] = agreement(config, as_tensor(mnist(train=True)), args.agree_steps)
+    args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["agreement"]))
     return result
 

@@ -25,18 +25,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from core import ddpm
+from core.config import Config
 from core.data import iterate_batches
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess, make_ema
 from core.fastpath import CudaGraphed, side_stream
 
 # What a process's GradScaler starts from and how it moves (torch.amp.GradScaler's defaults).
 GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0, 0.5, 2000
+
+
+def unfusable_reason(config: Config) -> str | None:
+    """Why runs of ``config`` cannot train as one network, naming the value and the valid one; None if they can."""
+    if config.dropout > 0:
+        return (f"invalid dropout={config.dropout} for fused training: valid is 0.0 (dropout masks come from "
+                "torch's global generator, which vmap would draw in another order)")
+    if config.compile:
+        return ("invalid compile=True for fused training: valid is False (fused steps run eagerly, replayed as "
+                "CUDA graphs on CUDA)")
+    return None
 
 
 def check_fusable(processes: list[DiffusionProcess]) -> None:
@@ -57,12 +70,8 @@ def check_fusable(processes: list[DiffusionProcess]) -> None:
     seeds = [p.config.seed for p in processes]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"invalid seeds={seeds}: fused members need distinct seeds")
-    if first.config.dropout > 0:
-        raise ValueError(f"invalid dropout={first.config.dropout} for fused training: valid is 0.0 (dropout "
-                         "masks come from torch's global generator, which vmap would draw in another order)")
-    if first.config.compile:
-        raise ValueError("invalid compile=True for fused training: valid is False (fused steps run eagerly, "
-                         "replayed as CUDA graphs on CUDA)")
+    if reason := unfusable_reason(first.config):
+        raise ValueError(reason)
 
 
 def _member_view(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -161,6 +170,7 @@ class FusedTraining:
         self.scaler = StackedGradScaler(len(processes), self.device, enabled=first.scaler.is_enabled())
         self.ema = make_ema(self.weights, self.config.ema_decay) if self.config.ema else None
         self._read_states()
+        self.cuda_graphs = self.device.type == "cuda"  # as DiffusionProcess.cuda_graphs: False runs eagerly
         self._graph: CudaGraphed | None = None
         self._eager_steps = 0
 
@@ -246,13 +256,12 @@ class FusedTraining:
         one is captured as a CUDA graph; the draws are made outside it, in the solo order.
         """
         x0, t, noise = self.draw(batches)
-        cuda = self.device.type == "cuda"
-        if cuda and self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+        if self.cuda_graphs and self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
             self._graph = CudaGraphed(self._optimize, (x0, t, noise), warmup=0)
-        if self._graph is not None and self._graph.fits(x0, t, noise):
+        if self.cuda_graphs and self._graph is not None and self._graph.fits(x0, t, noise):
             losses = self._graph(x0, t, noise)
         else:
-            with side_stream() if cuda else contextlib.nullcontext():
+            with side_stream() if self.cuda_graphs else contextlib.nullcontext():
                 losses = self._optimize(x0, t, noise)
             self._eager_steps += 1
         if self.ema is not None:
@@ -266,19 +275,22 @@ def train_fused(fused: FusedTraining, images: torch.Tensor, log=None) -> None:
 
     :param images: (N, C, H, W) training images in [-1, 1]; each member draws its own batches.
     :param log: ``log(i, name, value, step)`` for member i, with the names and cadence of
-        :func:`core.train.train` (the mean loss since the last point).
+        :func:`core.train.train`: the mean loss since the last point, and the images a second of one member.
     """
     c = fused.config
     if fused.device.type == "cuda":
         images = images.to(fused.device)
     streams = [iterate_batches(images, c.batch_size, p.config.seed, start=fused.step) for p in fused.processes]
     pending: list[torch.Tensor] = []
+    started = time.perf_counter()
     while fused.step < c.train_steps:
         pending.append(fused.train_step_async([next(s) for s in streams]))
         if fused.step % c.log_every == 0 or fused.step == c.train_steps:
             means = torch.stack(pending).mean(dim=0).tolist()  # one read-back per logged point
+            images_per_s = len(pending) * c.batch_size / (time.perf_counter() - started)
+            for i, value in enumerate(means if log is not None else []):
+                log(i, "train.loss", value, fused.step)
+                log(i, "train.images_per_s", images_per_s, fused.step)
             pending.clear()
-            for i, value in enumerate(means):
-                if log is not None:
-                    log(i, "train.loss", value, fused.step)
+            started = time.perf_counter()
     fused.write_back()

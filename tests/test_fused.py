@@ -31,7 +31,8 @@ def members(config: Config = CONFIG, precision: str = "fp32") -> list[DiffusionP
 
 def fused_run(images, config: Config = CONFIG, precision: str = "fp32"):
     processes, logged = members(config, precision), {}
-    train_fused(FusedTraining(processes), images, log=lambda i, n, v, s: logged.setdefault((SEEDS[i], s), v))
+    train_fused(FusedTraining(processes), images, log=lambda i, n, v, s: logged.setdefault((SEEDS[i], s), v)
+                if n == "train.loss" else None)
     return processes, logged
 
 

@@ -15,6 +15,7 @@ import torch
 from ablations import cuda_mps
 from ablations import plan as plans
 from ablations import sweep
+from analysis.reproduce import refusal, reproduce
 from benchmarks import suite
 from tests.helpers import deterministic, final_weights, metrics_of, wait_for
 
@@ -164,6 +165,53 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
     home_sweep = run_sweep(["-m", carried, *SEQUENTIAL], home)
     assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 2
     assert db.runs.count_documents({}) == 2
+
+
+def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_its_group(server, env,
+                                                                                           sequential_db, tmp_path):
+    """--fuse, journal-only, synced at home: each cell's seeds trained as one network, then each a normal run
+    record whose loss curve is its solo twin's up to rounding; fused cells have keys of their own, a second
+    sweep (away and at home) finds them stored, and a run reproduces bit for bit by re-training its group."""
+    # no database answers there; the journal is kept under the name of the database it is synced to
+    away = env | {"ABLATIONS_HOME": str(tmp_path / "away"), "ABLATIONS_MONGO_URL": "mongodb://127.0.0.1:9/fused"}
+    fused = ["--fuse", "--journal-only", "--only", "attention", "--seeds", "0,1", "with", "smoke", "threads=1"]
+    first = run_sweep(fused, away)
+    assert first.returncode == 0 and first.stdout.count("COMPLETED") == 4, first.stdout[-3000:] + first.stderr
+    assert run_sweep(fused, away).stdout.count("stored") == 4
+    synced = subprocess.run([sys.executable, "-m", "ablations.store", "sync", "-m", f"{server.url}/fused"],
+                            env=away, capture_output=True, text=True, cwd=REPO)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    db = server.db("fused")
+    docs = list(db.runs.find({"status": "COMPLETED"}))
+    assert len(docs) == 4
+    groups = {d["config"]["cell"]: d["info"]["fused"]["group"] for d in docs}  # one group a cell
+    assert len(set(groups.values())) == 2 and all(d["info"]["fused"]["group"] == groups[d["config"]["cell"]]
+                                                  for d in docs)
+    for doc in (d for d in docs if d["config"]["seed"] == 0):
+        twin = sequential_db.runs.find_one({"config.cell": doc["config"]["cell"], "config.seed": 0})
+        assert doc["info"]["fused"]["seeds"] == [0, 1] and doc["config"]["fused"] is True
+        assert doc["info"]["config_hash"] != twin["info"]["config_hash"]  # a cell of its own
+        assert set(doc["info"]) == set(twin["info"]) | {"fused"} and set(doc["result"]) == set(twin["result"])
+        losses = metrics_of(db, doc["_id"])["train.loss"]
+        solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]
+        assert losses[0] == solo_losses[0] and losses[1] == pytest.approx(solo_losses[1], rel=2e-2)
+    home = env | {"ABLATIONS_HOME": str(tmp_path / "home")}
+    home_sweep = run_sweep(["-m", f"{server.url}/fused", "--fuse", *fused[2:]], home)  # the same sweep at home
+    assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 4, home_sweep.stdout
+    doc = next(d for d in docs if d["config"]["seed"] == 1 and d["config"]["cell"] == "baseline")
+    if refusal(doc):
+        pytest.skip(f"this checkout cannot reproduce its own runs: {refusal(doc)}")
+    assert reproduce(db, doc["_id"], log=lambda line: None) == 0
+
+
+def test_fused_options_are_refused_where_they_cannot_hold(env, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--fuse", "--workers", "2", "--dry-run", "with", "smoke"])
+    assert "invalid --fuse with --workers/--scheduler" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, str(REPO / "ablations" / "run.py"), "with", "smoke", "fused=True"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "invalid fused=True with fused_checkpoint=None: valid is both or neither" \
+        in out.stdout + out.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

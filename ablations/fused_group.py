@@ -1,0 +1,82 @@
+"""Train one cell's seeds as one fused network (:mod:`core.fused`) and leave each seed's checkpoint.
+
+    python ablations/fused_group.py --seeds 0,1,2 --out DIR with smoke attention=False threads=2
+
+``ablations/sweep.py --fuse`` runs this for each cell that can be fused, then each seed as a normal
+``ablations/run.py`` run with ``fused=True fused_checkpoint=DIR/seed-S.pt``: the run takes its trained
+state and its loss history from that checkpoint, records the group in ``info.fused`` (its seeds, its
+training seconds, its id) and evaluates as any run does. ``analysis/audit.py --reproduce`` re-trains
+the whole group to re-execute one of its runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from ablations.plan import comma_integers, parse_updates
+from core.checkpoint import save_checkpoint
+from core.config import SCALES, Config
+from core.data import as_tensor, mnist
+from core.diffusion import DiffusionProcess
+from core.fused import FusedTraining, train_fused
+
+
+def member_checkpoint(out: Path, seed: int) -> Path:
+    return out / f"seed-{seed}.pt"
+
+
+def group_config(words: list[str]) -> tuple[Config, dict]:
+    """The Config and the run options (``threads``, ``precision``) of a run's ``with`` words, seed aside."""
+    named, updates = parse_updates(words)
+    fields = {}
+    for name in named:
+        fields |= SCALES[name]
+    return Config.from_mapping(fields | updates), {k: updates[k] for k in ("threads", "precision") if k in updates}
+
+
+def trained_group(config: Config, seeds: list[int], precision: str = "auto", log=None) -> tuple[list, float]:
+    """The members of ``config`` at ``seeds``, trained together; and the seconds the training took.
+
+    :param log: ``log(i, name, value, step)`` for member i (see :func:`core.fused.train_fused`).
+    """
+    members = [DiffusionProcess(config.replace(seed=s), precision=precision) for s in seeds]
+    started = time.perf_counter()
+    train_fused(FusedTraining(members), as_tensor(mnist(train=True)), log=log)
+    if members[0].device.type == "cuda":
+        torch.cuda.synchronize()
+    return members, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    words = argv[argv.index("with") + 1:] if "with" in argv else []
+    parser = argparse.ArgumentParser(prog="python ablations/fused_group.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", required=True, type=comma_integers("seeds"))
+    parser.add_argument("--out", required=True, type=Path, help="where each seed's checkpoint is written")
+    args = parser.parse_args(argv[:argv.index("with")] if "with" in argv else argv)
+    try:
+        config, options = group_config(words)
+    except ValueError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    if options.get("threads"):
+        torch.set_num_threads(options["threads"])
+    histories: list[list] = [[] for _ in args.seeds]
+    members, train_s = trained_group(config, args.seeds, options.get("precision", "auto"),
+                                     log=lambda i, name, value, step: histories[i].append((name, value, step)))
+    group = {"seeds": args.seeds, "train_s": train_s, "group": uuid.uuid4().hex}
+    for member, history in zip(members, histories):
+        path = save_checkpoint(member, member_checkpoint(args.out, member.config.seed),
+                               extra={"history": history, "window": [], "fused": group})
+        print(f"seed {member.config.seed}: {path}")
+    print(f"trained {len(members)} members in {train_s:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
