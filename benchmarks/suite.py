@@ -3,6 +3,7 @@
     python benchmarks/suite.py --pack 6 --mps --out benchmarks/device/suite-h100.json -- --seeds 0,1,2 with gpu \
         train_steps=2000
     python benchmarks/suite.py --pack 2 -- --only attention --seeds 0 with smoke      # a quick check on a CPU
+    python benchmarks/suite.py --pack 6 --mps --fuse -- --seeds 0,1,2 with gpu train_steps=2000
 
 Everything after ``--`` goes to ``ablations/sweep.py``. Both sweeps run journal-only (no database),
 each into a fresh ``ABLATIONS_HOME`` under ``--work``, with the same torch threads (the machine's
@@ -13,7 +14,9 @@ its solo twin bit for bit (result, every metric but throughput, final weights), 
 the speed-up back, the median seconds of each phase of a run in either sweep (:func:`phase_medians`).
 
 ``--mps`` runs the packed sweep with ``--mps``: under a CUDA MPS daemon of its own, so that the K
-processes' kernels can overlap on the GPU instead of taking turns.
+processes' kernels can overlap on the GPU instead of taking turns. ``--fuse`` runs it with ``--fuse``
+(each cell's seeds trained as one network): its runs then agree with their solo twins up to rounding,
+and the JSON says how far (``largest_loss_rel_diff``, ``largest_fid_rel_diff``).
 """
 from __future__ import annotations
 
@@ -40,14 +43,14 @@ THROUGHPUT = TRAIN_METRICS[1]  # depends on the machine's load, so it is left ou
 
 
 def journal_records(home: Path) -> dict:
-    """Per config hash, the deterministic record of every journal-only run under ``home``: its result,
-    its metrics but throughput, and its final model weights as bytes."""
+    """Per cell and seed ("baseline/0"), the deterministic record of every journal-only run under ``home``:
+    its result, its metrics but throughput, and its final model weights as bytes."""
     records = {}
     for run_dir in sorted(home.glob("journal/*/offline/[0-9]*")):
-        info = json.loads((run_dir / "info.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
         metrics = json.loads((run_dir / "metrics.json").read_text())
         weights = load_weights(run_dir / FINAL_WEIGHTS)["model"]
-        records[info["config_hash"]] = {
+        records[f"{config['cell']}/{config['seed']}"] = {
             "result": json.loads((run_dir / "run.json").read_text())["result"],
             "metrics": {k: v["values"] for k, v in metrics.items() if k != THROUGHPUT},
             "weights": {k: v.cpu().numpy().tobytes() for k, v in weights.items()}}
@@ -80,11 +83,19 @@ def timed_sweep(sweep_args: list[str], pack: int, threads: int, home: Path, env:
 
 
 def compare(packed: dict, solo: dict) -> dict:
-    """Which packed runs equal their solo twins bit for bit, part by part."""
+    """Which packed runs equal their solo twins bit for bit, part by part; and, for runs that need not (fused
+    ones), the largest relative difference of a logged training loss and of the FID from their twins'."""
     same = {key: {part: packed[key][part] == solo.get(key, {}).get(part) for part in ("result", "metrics", "weights")}
             for key in packed}
+    twins = [(packed[key], solo[key]) for key in packed if key in solo]
+
+    def largest(pairs) -> float | None:
+        return max((abs(a - b) / abs(b) for a, b in pairs if b), default=None)
     return {"runs": len(packed), "solo_runs": len(solo), "bitwise_equal": all(all(s.values()) for s in same.values())
-            and packed.keys() == solo.keys(), "per_run": same}
+            and packed.keys() == solo.keys(), "per_run": same,
+            "largest_loss_rel_diff": largest(pair for p, s in twins for pair in
+                                             zip(p["metrics"]["train.loss"], s["metrics"]["train.loss"])),
+            "largest_fid_rel_diff": largest((p["result"]["fid"], s["result"]["fid"]) for p, s in twins)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=int, default=6)
     parser.add_argument("--mps", action="store_true", help="run the packed sweep under CUDA MPS")
+    parser.add_argument("--fuse", action="store_true",
+                        help="run the packed sweep with --fuse: each cell's seeds trained as one network")
     parser.add_argument("--work", type=Path, help="where the two journals go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     args = parser.parse_args(own)
@@ -104,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"invalid sweep arguments {sweep_args}: valid ones end in `with` and a scale, after `--`")
     work = args.work or Path(tempfile.mkdtemp(prefix="suite-"))
     threads = max(1, (os.cpu_count() or 1) // args.pack)
-    packed_s = timed_sweep([*(["--mps"] if args.mps else []), *sweep_args], args.pack, threads, work / "packed",
-                           dict(os.environ))
+    packed_s = timed_sweep([*(["--mps"] if args.mps else []), *(["--fuse"] if args.fuse else []), *sweep_args],
+                           args.pack, threads, work / "packed", dict(os.environ))
     sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
     equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
     config = json.loads(next((work / "packed").glob("journal/*/offline/[0-9]*/config.json")).read_text())
@@ -113,12 +126,14 @@ def main(argv: list[str] | None = None) -> dict:
               "packed": phase_medians(work / "packed", packed_s)}
     result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "pack": args.pack, "mps": args.mps, "threads_per_run": threads, "train_steps": config["train_steps"],
+              "pack": args.pack, "mps": args.mps, "fuse": args.fuse, "threads_per_run": threads, "train_steps": config["train_steps"],
               "sequential_s": sequential_s, "packed_s": packed_s,
               "suite_speedup_vs_sequential": sequential_s / packed_s, "phase_medians_s": phases} | equality
     print(f"{equality['runs']} runs: sequential {sequential_s:.0f} s, packed x{args.pack} {packed_s:.0f} s "
           f"-> {result['suite_speedup_vs_sequential']:.2f}x; packed runs equal solo runs bit for bit: "
-          f"{equality['bitwise_equal']}")
+          f"{equality['bitwise_equal']}" + (f" (fused: largest relative difference of a logged loss "
+                                            f"{equality['largest_loss_rel_diff']:.2g}, of a FID "
+                                            f"{equality['largest_fid_rel_diff']:.2g})" if args.fuse else ""))
     print("median seconds a run, solo -> packed: " + ", ".join(
         f"{k} {phases['sequential'][k]:.1f} -> {v:.1f}" for k, v in phases["packed"].items()))
     if args.out:

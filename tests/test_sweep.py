@@ -233,6 +233,8 @@ def test_suite_benchmark_compares_every_part_and_refuses_bad_arguments():
     assert not changed["bitwise_equal"]
     assert changed["per_run"]["a"] == {"result": True, "metrics": True, "weights": False}
     assert not suite.compare({"a": run}, {"a": run, "b": run})["bitwise_equal"]  # a run missing from the pack
+    near = suite.compare({"a": run}, {"a": run | {"result": {"fid": 1.25}, "metrics": {"train.loss": [0.4]}}})
+    assert near["largest_loss_rel_diff"] == pytest.approx(0.25) and near["largest_fid_rel_diff"] == pytest.approx(0.2)
     for bad in (["--pack", "1", "--", "with", "smoke"], ["--pack", "2", "--", "--seeds", "0"]):
         with pytest.raises(SystemExit):
             suite.main(bad)

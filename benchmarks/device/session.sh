@@ -9,6 +9,7 @@
 #                                                 # against K solo runs (K = 1, 3, 6, 18); its fp16 CUDA test
 #   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
 #                                                 # database; bundled in 15 MiB parts, the first four returned
+#   FUSE=1 bash benchmarks/device/session.sh suite   # ... each cell's seeds trained as one network (sweep.py --fuse)
 #   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
 #   bash benchmarks/device/session.sh reproduce  # ... and the baseline at seed 0 re-executed alone and compared
 #   bash benchmarks/device/session.sh paper      # a `paper` baseline and a `paper` ema=True run, packed 2 under MPS
@@ -28,6 +29,7 @@ WORK=${WORK:-outputs/device}  # kept between the calls of one warm machine (igno
 SITE=${SITE:-/tmp/site}       # where the kit's wheels are installed
 PACK=6
 PARTS_PER_CALL=4
+FUSE=${FUSE:-}  # non-empty: the suite's sweep runs with --fuse
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
   SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
   FALLBACK_LR=1e-3
@@ -112,7 +114,7 @@ fusion() {  # does stacking fill the GPU where processes under MPS did not (1.99
 }
 
 suite() {
-  local sweep=(ablations/sweep.py --plan ofat --seeds "$SEEDS" --pack "$PACK" --journal-only)
+  local sweep=(ablations/sweep.py --plan ofat --seeds "$SEEDS" --pack "$PACK" --journal-only ${FUSE:+--fuse})
   # Idempotent: where MPS fails, the second sweep runs (or re-runs) only the cells that did not complete.
   timed "$PY" "${sweep[@]}" "${MPS[@]}" with "${SCALE[@]}" || timed "$PY" "${sweep[@]}" with "${SCALE[@]}"
   rm -rf "$WORK/bundle"
