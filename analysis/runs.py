@@ -83,7 +83,7 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
             **{k: result.get(k) for k in RESULT_KEYS},
             "fid_floor": info.get("fid_floor"), "n_samples": c.get("n_samples"), "sampler": c.get("sampler"),
             "sampler_steps": c.get("sampler_steps"), "sampler_eta": c.get("sampler_eta", 0.0),
-            "train_steps": c.get("train_steps"),
+            "train_steps": c.get("train_steps"), "fused": bool(c.get("fused")),
             "batch_size": c.get("batch_size"), "lr": c.get("lr"), "peak_rss_mb": info.get("peak_rss_mb"),
             **{f"{k}_s": v for k, v in info.get("wall_time_s", {}).items()},
             "images_per_s": sum(speed) / len(speed) if speed else None,

@@ -203,11 +203,13 @@ class FusedTraining:
             params = dict(p.model.named_parameters())
             ema_params = dict(p.ema_model.module.named_parameters()) if self.ema is not None else {}
             for j, name in enumerate(self.names):
-                params[name].copy_(self.weights[j][i])
-                step_device = params[name].device if self.device.type == "cuda" else "cpu"  # as Adam keeps it
-                p.optimizer.state[params[name]] = {
+                param = params[name]
+                param.copy_(self.weights[j][i])
+                step_device = param.device if self.device.type == "cuda" else "cpu"  # where torch's Adam keeps it
+                p.optimizer.state[param] = {  # in the weight's own memory layout (channels_last), as Adam makes it
                     "step": torch.tensor(float(self.adam.steps[i]), dtype=torch.float32, device=step_device),
-                    "exp_avg": self.adam.exp_avg[j][i].clone(), "exp_avg_sq": self.adam.exp_avg_sq[j][i].clone()}
+                    "exp_avg": torch.empty_like(param).copy_(self.adam.exp_avg[j][i]),
+                    "exp_avg_sq": torch.empty_like(param).copy_(self.adam.exp_avg_sq[j][i])}
                 if self.ema is not None:
                     ema_params[name].copy_(self.ema.module[j][i])
             if self.ema is not None:

@@ -15,7 +15,9 @@ import torch
 from ablations import cuda_mps
 from ablations import plan as plans
 from ablations import sweep
+from analysis.report import setting
 from analysis.reproduce import refusal, reproduce
+from analysis.runs import runs_table
 from benchmarks import suite
 from tests.helpers import deterministic, final_weights, metrics_of, wait_for
 
@@ -195,6 +197,7 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
         losses = metrics_of(db, doc["_id"])["train.loss"]
         solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]
         assert losses[0] == solo_losses[0] and losses[1] == pytest.approx(solo_losses[1], rel=2e-2)
+    assert "4 runs trained with their cell's other seeds as one network" in setting(runs_table(docs))["training"]
     home = env | {"ABLATIONS_HOME": str(tmp_path / "home")}
     home_sweep = run_sweep(["-m", f"{server.url}/fused", "--fuse", *fused[2:]], home)  # the same sweep at home
     assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 4, home_sweep.stdout
