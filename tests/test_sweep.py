@@ -207,6 +207,20 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     assert reproduce(db, doc["_id"], log=lambda line: None) == 0
 
 
+def test_a_fused_sweep_runs_each_fusable_cell_as_one_job_and_dropout_alone():
+    args, _ = sweep.parse_args(["--fuse", "--only", "attention,dropout", "--seeds", "0,1,2", "with", "smoke"])
+    tasks = sweep.tasks_for(args, ["smoke"], sweep.store.resolve(None))
+    jobs = {(job[0].cell, tuple(t.seed for t in job)) for job in sweep.jobs_of(tasks)}
+    assert jobs == {("baseline", (0, 1, 2)), ("attention=False", (0, 1, 2)), ("dropout=0.1", (0,)),
+                    ("dropout=0.1", (1,)), ("dropout=0.1", (2,))}
+    keys = {t.cell: t.key for t in tasks if t.seed == 0}
+    plain, _ = sweep.parse_args(["--only", "attention,dropout", "--seeds", "0", "with", "smoke"])
+    unfused = {t.cell: t.key for t in sweep.tasks_for(plain, ["smoke"], sweep.store.resolve(None))}
+    assert keys["dropout=0.1"] == unfused["dropout=0.1"]  # trained alone: the same cell as in a plain sweep
+    assert keys["baseline"] != unfused["baseline"] and tasks[0].sweep_id != sweep.tasks_for(
+        plain, ["smoke"], sweep.store.resolve(None))[0].sweep_id
+
+
 def test_fused_options_are_refused_where_they_cannot_hold(env, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--fuse", "--workers", "2", "--dry-run", "with", "smoke"])
