@@ -7,6 +7,10 @@
 state and its loss history from that checkpoint, records the group in ``info.fused`` (its seeds, its
 training seconds, its id) and evaluates as any run does. ``analysis/audit.py --reproduce`` re-trains
 the whole group to re-execute one of its runs.
+
+EMA never changes training, so cells that differ only in ``ema`` share one: with ``--ema-off-twins``
+an ``ema=True`` group also leaves each seed's checkpoint as its ``ema=False`` cell would have, bit for
+bit (the sweep then trains the two cells once).
 """
 from __future__ import annotations
 
@@ -19,15 +23,16 @@ from pathlib import Path
 import torch
 
 from ablations.plan import comma_integers, parse_updates
-from core.checkpoint import save_checkpoint
+from core.checkpoint import save_state, without_ema
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.fused import FusedTraining, train_fused
 
 
-def member_checkpoint(out: Path, seed: int) -> Path:
-    return out / f"seed-{seed}.pt"
+def member_checkpoint(out: Path, seed: int, ema_off_twin: bool = False) -> Path:
+    """Where a member's checkpoint goes; ``ema_off_twin``: that of its EMA-off twin (``--ema-off-twins``)."""
+    return out / f"seed-{seed}{'-ema-off' if ema_off_twin else ''}.pt"
 
 
 def group_config(words: list[str]) -> tuple[Config, dict]:
@@ -58,11 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python ablations/fused_group.py", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", required=True, type=comma_integers("seeds"))
     parser.add_argument("--out", required=True, type=Path, help="where each seed's checkpoint is written")
+    parser.add_argument("--ema-off-twins", action="store_true",
+                        help="with ema=True: also leave each seed's checkpoint as its ema=False cell would (EMA never "
+                             "changes training, so one training serves both cells)")
     args = parser.parse_args(argv[:argv.index("with")] if "with" in argv else argv)
     try:
         config, options = group_config(words)
     except ValueError as error:
         print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    if args.ema_off_twins and not config.ema:
+        print("ERROR: invalid --ema-off-twins with ema=False: valid only for a config with ema=True", file=sys.stderr)
         return 2
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
@@ -71,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                                      log=lambda i, name, value, step: histories[i].append((name, value, step)))
     group = {"seeds": args.seeds, "train_s": train_s, "group": uuid.uuid4().hex}
     for member, history in zip(members, histories):
-        path = save_checkpoint(member, member_checkpoint(args.out, member.config.seed),
-                               extra={"history": history, "window": [], "fused": group})
-        print(f"seed {member.config.seed}: {path}")
+        state = member.state_dict() | {"extra": {"history": history, "window": [], "fused": group}}
+        print(f"seed {member.config.seed}: {save_state(state, member_checkpoint(args.out, member.config.seed))}")
+        if args.ema_off_twins:
+            save_state(without_ema(state), member_checkpoint(args.out, member.config.seed, ema_off_twin=True))
     print(f"trained {len(members)} members in {train_s:.1f} s")
     return 0
 

@@ -22,7 +22,8 @@ needs no database: runs go to the local journal, a cell COMPLETED there is skipp
 ``--fuse`` trains the seeds of each cell as one stacked network (:mod:`core.fused`,
 ``ablations/fused_group.py``), then records each seed as its own run: a member equals its solo run up
 to float rounding, not bit for bit, so fused runs are cells of their own (``fused=True`` is part of
-their identity and of the sweep id). Dropout's cells cannot be fused and train alone.
+their identity and of the sweep id). Dropout's cells cannot be fused and train alone. EMA never changes
+training, so the cells that differ only in ``ema`` (the baseline and its EMA cell) share one fused training.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from tqdm.auto import tqdm
 from ablations import cuda_mps, fused_group
 from ablations import plan as plans
 from ablations import store
-from ablations.record import CHECKPOINT, PACK_ENV
+from ablations.record import CHECKPOINT, PACK_ENV, config_hash
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 GROUP_PY = Path(__file__).resolve().parent / "fused_group.py"
@@ -70,6 +71,9 @@ class Task:
     pack: int = 1  # how many runs share this machine's device at a time (recorded as info.pack)
     refusal: str | None = None  # why this machine cannot run the cell (it may still be stored)
     env: dict = field(default_factory=dict)  # set for the run's process, beside this process's environment
+    # --fuse: cells with the same training key train together (seeds aside, they differ at most in `ema`)
+    training_key: str | None = None
+    ema: bool = False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -219,40 +223,44 @@ def run_cell(task: Task) -> dict:
 
 
 def run_group(tasks: list[Task]) -> list[dict]:
-    """The seeds of one fused cell: those not stored are trained as one network (ablations/fused_group.py),
-    then each is evaluated and recorded as its own run from its checkpoint."""
+    """One fused training (ablations/fused_group.py) for the seeds not stored of a cell, or of two cells that
+    differ only in ``ema`` (EMA never changes training: the EMA cell's group leaves its EMA-off twins too);
+    then each seed of each cell is evaluated and recorded as its own run from its checkpoint."""
     rows = [row for task in tasks if (row := stored_row(task))]
-    pending = [task for task in tasks if not any(r["seed"] == task.seed for r in rows)]
+    done = {(row["cell"], row["seed"]) for row in rows}
+    pending = [task for task in tasks if (task.cell, task.seed) not in done]
     if not pending:
         return rows
-    seeds = ",".join(str(task.seed) for task in pending)
-    words = [w for w in pending[0].words if not w.startswith("seed=")]
+    lead = next((task for task in pending if task.ema), pending[0])
+    twins = lead.ema and not all(task.ema for task in pending)
+    seeds = ",".join(map(str, sorted({task.seed for task in pending})))
+    words = [w for w in lead.words if not w.startswith("seed=")]
     with tempfile.TemporaryDirectory(prefix="fused-") as out:
         started = time.time()
-        trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--out", out, "with", *words],
-                                 capture_output=True, text=True, preexec_fn=_die_with_parent,
-                                 env=os.environ | pending[0].env)
+        trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--out", out,
+                                  *(["--ema-off-twins"] if twins else []), "with", *words],
+                                 capture_output=True, text=True, preexec_fn=_die_with_parent, env=os.environ | lead.env)
         if trained.returncode != 0:
-            print(f"cell {pending[0].cell} seeds {seeds}: fused training failed:\n"
+            print(f"cell {lead.cell} seeds {seeds}: fused training failed:\n"
                   f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
             return rows + [_row(task, "FAILED", wall_s=time.time() - started) for task in pending]
         for task in pending:
-            path = fused_group.member_checkpoint(Path(out), task.seed)
+            path = fused_group.member_checkpoint(Path(out), task.seed, ema_off_twin=twins and not task.ema)
             rows.append(run_cell(replace(task, words=[*task.words, f"fused_checkpoint={str(path)!r}"])))
     return rows
 
 
 def jobs_of(tasks: list[Task]) -> list[list[Task]]:
-    """What runs as one unit: each fused cell's seeds together (in the order of the plan), every other cell alone."""
+    """What runs as one unit: the fused tasks of one training key together (in the order of the plan), every
+    other cell alone."""
     groups: dict[str, list[Task]] = {}
     for task in tasks:
-        fused = "fused=True" in task.words
-        groups.setdefault(task.cell if fused else f"{task.cell}/{task.seed}", []).append(task)
+        groups.setdefault(task.training_key or f"{task.cell}/{task.seed}", []).append(task)
     return list(groups.values())
 
 
 def run_job(job: list[Task]) -> list[dict]:
-    return run_group(job) if "fused=True" in job[0].words else [run_cell(job[0])]
+    return run_group(job) if job[0].training_key else [run_cell(job[0])]
 
 
 def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
@@ -266,8 +274,9 @@ def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
         kept = [w for w in with_words if w.split("=")[0] not in c.overrides]  # a flip replaces the baseline's word
         fused = ["fused=True"] if c.fused else []
         words = [*kept, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads, *fused]
+        training = config_hash(c.config.replace(seed=0, ema=False), c.precision, True) if c.fused else None
         tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name, args.journal_only,
-                          args.pack, _refusal(c)))
+                          args.pack, _refusal(c), training_key=training, ema=c.config.ema))
     return tasks
 
 

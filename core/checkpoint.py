@@ -40,6 +40,21 @@ def save_checkpoint(process: DiffusionProcess, path: Path | str, extra: dict | N
     return _save_atomically(process.state_dict() | {"extra": extra or {}}, path)
 
 
+def without_ema(state: dict) -> dict:
+    """A full checkpoint's state as the same run with ``ema=False`` would have left it.
+
+    EMA reads the trained weights and never writes them, and draws nothing: an EMA run's weights,
+    optimiser, scaler and generators are its EMA-off twin's, bit for bit. Only the config and the
+    averaged weights differ.
+    """
+    return state | {"config": state["config"] | {"ema": False}, "ema": None}
+
+
+def save_state(state: dict, path: Path | str) -> Path:
+    """Write a state in the full-checkpoint format (``state_dict()`` plus ``extra``) atomically."""
+    return _save_atomically(state, path)
+
+
 def load_state(path: Path | str) -> dict:
     """The raw state of a checkpoint, loaded safely on the CPU."""
     return _load(path)

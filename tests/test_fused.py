@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
+from ablations import fused_group
 from benchmarks import fusion
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
@@ -182,3 +183,36 @@ def test_cuda_fp16_fused_members_follow_their_solo_runs_and_repeat(images):
         # fp16 rounds each member's kernels differently: within fp16's tolerance, not float32's
         assert distance(member.model.parameters(), solo.model.parameters()) < 0.1 * distance(
             solo.model.parameters(), start)
+
+
+def assert_same(a, b, path="") -> None:
+    """Two checkpoint states (nested dicts, lists, tensors) equal bit for bit."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_an_ema_groups_ema_off_twins_are_what_an_ema_off_group_leaves_bit_for_bit(tmp_path, capsys):
+    """EMA never changes training: one EMA group serves its EMA-off cell (sweep.py --fuse trains the two once)."""
+    words = ["smoke", "train_steps=6", "batch_size=16", "log_every=3", "amp=False", "threads=2"]
+    assert fused_group.main(["--seeds", "0,1", "--out", str(tmp_path / "ema"), "--ema-off-twins",
+                             "with", *words, "ema=True"]) == 0
+    assert fused_group.main(["--seeds", "0,1", "--out", str(tmp_path / "off"), "with", *words]) == 0
+    for seed in (0, 1):
+        twin = load_state(fused_group.member_checkpoint(tmp_path / "ema", seed, ema_off_twin=True))
+        own = load_state(fused_group.member_checkpoint(tmp_path / "off", seed))
+        losses = [[h for h in state["extra"].pop("history") if h[0] == "train.loss"] for state in (twin, own)]
+        assert losses[0] == losses[1] and twin["extra"].pop("fused")["seeds"] == own["extra"].pop("fused")["seeds"]
+        assert_same(twin, own)
+        assert load_state(fused_group.member_checkpoint(tmp_path / "ema", seed))["ema"] is not None
+    assert fused_group.main(["--seeds", "0", "--out", str(tmp_path / "x"), "--ema-off-twins", "with", *words]) == 2
+    assert "invalid --ema-off-twins with ema=False" in capsys.readouterr().err

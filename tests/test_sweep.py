@@ -171,12 +171,13 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
 
 def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_its_group(server, env,
                                                                                            sequential_db, tmp_path):
-    """--fuse, journal-only, synced at home: each cell's seeds trained as one network, then each a normal run
-    record whose loss curve is its solo twin's up to rounding; fused cells have keys of their own, a second
-    sweep (away and at home) finds them stored, and a run reproduces bit for bit by re-training its group."""
+    """--fuse, journal-only, synced at home: the seeds of the baseline and of its EMA cell trained once, as one
+    network, then each a normal run record whose loss curve is its solo twin's up to rounding; fused cells have
+    keys of their own, a second sweep (away and at home) finds them stored, and a run reproduces bit for bit by
+    re-training its group."""
     # no database answers there; the journal is kept under the name of the database it is synced to
     away = env | {"ABLATIONS_HOME": str(tmp_path / "away"), "ABLATIONS_MONGO_URL": "mongodb://127.0.0.1:9/fused"}
-    fused = ["--fuse", "--journal-only", "--only", "attention", "--seeds", "0,1", "with", "smoke", "threads=1"]
+    fused = ["--fuse", "--journal-only", "--only", "ema", "--seeds", "0,1", "with", "smoke", "threads=1"]
     first = run_sweep(fused, away)
     assert first.returncode == 0 and first.stdout.count("COMPLETED") == 4, first.stdout[-3000:] + first.stderr
     assert run_sweep(fused, away).stdout.count("stored") == 4
@@ -184,41 +185,41 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
                             env=away, capture_output=True, text=True, cwd=REPO)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     db = server.db("fused")
-    docs = list(db.runs.find({"status": "COMPLETED"}))
-    assert len(docs) == 4
-    groups = {d["config"]["cell"]: d["info"]["fused"]["group"] for d in docs}  # one group a cell
-    assert len(set(groups.values())) == 2 and all(d["info"]["fused"]["group"] == groups[d["config"]["cell"]]
-                                                  for d in docs)
-    for doc in (d for d in docs if d["config"]["seed"] == 0):
-        twin = sequential_db.runs.find_one({"config.cell": doc["config"]["cell"], "config.seed": 0})
-        assert doc["info"]["fused"]["seeds"] == [0, 1] and doc["config"]["fused"] is True
-        assert doc["info"]["config_hash"] != twin["info"]["config_hash"]  # a cell of its own
-        assert set(doc["info"]) == set(twin["info"]) | {"fused"} and set(doc["result"]) == set(twin["result"])
-        losses = metrics_of(db, doc["_id"])["train.loss"]
-        solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]
-        assert losses[0] == solo_losses[0] and losses[1] == pytest.approx(solo_losses[1], rel=2e-2)
-    assert "4 runs trained with their cell's other seeds as one network" in setting(runs_table(docs))["training"]
+    docs = {(d["config"]["cell"], d["config"]["seed"]): d for d in db.runs.find({"status": "COMPLETED"})}
+    assert len(docs) == 4 and len({d["info"]["fused"]["group"] for d in docs.values()}) == 1  # one training
+    for seed in (0, 1):  # EMA never changes training: the EMA cell's trained weights are the baseline's
+        assert all(torch.equal(a, b) for a, b in zip(final_weights(db, docs["baseline", seed]["_id"]).values(),
+                                                     final_weights(db, docs["ema=True", seed]["_id"]).values()))
+    doc, twin = docs["baseline", 0], sequential_db.runs.find_one({"config.cell": "baseline", "config.seed": 0})
+    assert doc["info"]["fused"]["seeds"] == [0, 1] and doc["config"]["fused"] is True
+    assert doc["info"]["config_hash"] != twin["info"]["config_hash"]  # a cell of its own
+    assert set(doc["info"]) == set(twin["info"]) | {"fused"} and set(doc["result"]) == set(twin["result"])
+    losses = metrics_of(db, doc["_id"])["train.loss"]
+    solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]
+    assert losses[0] == solo_losses[0] and losses[1] == pytest.approx(solo_losses[1], rel=2e-2)
+    training = setting(runs_table(list(docs.values())))["training"]
+    assert "4 runs trained with their cell's other seeds as one network" in training
     home = env | {"ABLATIONS_HOME": str(tmp_path / "home")}
     home_sweep = run_sweep(["-m", f"{server.url}/fused", "--fuse", *fused[2:]], home)  # the same sweep at home
     assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 4, home_sweep.stdout
-    doc = next(d for d in docs if d["config"]["seed"] == 1 and d["config"]["cell"] == "baseline")
-    if refusal(doc):
-        pytest.skip(f"this checkout cannot reproduce its own runs: {refusal(doc)}")
-    assert reproduce(db, doc["_id"], log=lambda line: None) == 0
+    if refusal(docs["baseline", 1]):
+        pytest.skip(f"this checkout cannot reproduce its own runs: {refusal(docs['baseline', 1])}")
+    # the EMA-off twin, made from the EMA group's training, re-executed by an EMA-off group: bit for bit
+    assert reproduce(db, docs["baseline", 1]["_id"], log=lambda line: None) == 0
 
 
-def test_a_fused_sweep_runs_each_fusable_cell_as_one_job_and_dropout_alone():
-    args, _ = sweep.parse_args(["--fuse", "--only", "attention,dropout", "--seeds", "0,1,2", "with", "smoke"])
+def test_a_fused_sweep_runs_each_training_as_one_job_and_dropout_alone():
+    args, _ = sweep.parse_args(["--fuse", "--only", "attention,ema,dropout", "--seeds", "0,1,2", "with", "smoke"])
     tasks = sweep.tasks_for(args, ["smoke"], sweep.store.resolve(None))
-    jobs = {(job[0].cell, tuple(t.seed for t in job)) for job in sweep.jobs_of(tasks)}
-    assert jobs == {("baseline", (0, 1, 2)), ("attention=False", (0, 1, 2)), ("dropout=0.1", (0,)),
-                    ("dropout=0.1", (1,)), ("dropout=0.1", (2,))}
+    jobs = {(tuple(sorted({t.cell for t in job})), tuple(sorted({t.seed for t in job})))
+            for job in sweep.jobs_of(tasks)}
+    assert jobs == {(("baseline", "ema=True"), (0, 1, 2)), (("attention=False",), (0, 1, 2)),
+                    (("dropout=0.1",), (0,)), (("dropout=0.1",), (1,)), (("dropout=0.1",), (2,))}
     keys = {t.cell: t.key for t in tasks if t.seed == 0}
     plain, _ = sweep.parse_args(["--only", "attention,dropout", "--seeds", "0", "with", "smoke"])
-    unfused = {t.cell: t.key for t in sweep.tasks_for(plain, ["smoke"], sweep.store.resolve(None))}
-    assert keys["dropout=0.1"] == unfused["dropout=0.1"]  # trained alone: the same cell as in a plain sweep
-    assert keys["baseline"] != unfused["baseline"] and tasks[0].sweep_id != sweep.tasks_for(
-        plain, ["smoke"], sweep.store.resolve(None))[0].sweep_id
+    unfused = sweep.tasks_for(plain, ["smoke"], sweep.store.resolve(None))
+    assert keys["dropout=0.1"] == {t.cell: t.key for t in unfused}["dropout=0.1"]  # alone: a plain sweep's cell
+    assert keys["baseline"] != unfused[0].key and tasks[0].sweep_id != unfused[0].sweep_id
 
 
 def test_fused_options_are_refused_where_they_cannot_hold(env, capsys):
