@@ -1,0 +1,259 @@
+"""What a sweep runs, one job at a time: a cell as an ``ablations/run.py`` process, or a fused training
+and its runs.
+
+A cell already COMPLETED in the store is skipped; an INTERRUPTED or FAILED one is resumed from its
+checkpoint when the journal has one, else run again. Cells are claimed atomically in the database
+(collection ``sweep_claims``), so two sweeps never run one cell twice. A fused job
+(``sweep.py --fuse``) trains the seeds not stored of one cell, or of the two cells that differ only in
+``ema``, with ``ablations/fused_group.py``, then runs each seed of each cell from its checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pymongo
+
+from ablations import fused_group
+from ablations import plan as plans
+from ablations import store
+from ablations.record import CHECKPOINT, PACK_ENV
+
+RUN_PY = Path(__file__).resolve().parent / "run.py"
+GROUP_PY = Path(__file__).resolve().parent / "fused_group.py"
+RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
+LEASE_S = 6 * 3600  # a claim held longer than this by an unreachable owner may be taken over
+
+
+@dataclass
+class Task:
+    """Everything a worker needs to run one cell (plain data, so Dask can ship it)."""
+
+    sweep_id: str
+    cell: str
+    seed: int
+    key: str
+    words: list[str]  # the `with` words of the run
+    mongo: str | None
+    db_name: str
+    journal_only: bool = False
+    pack: int = 1  # how many runs share this machine's device at a time (recorded as info.pack)
+    refusal: str | None = None  # why this machine cannot run the cell (it may still be stored)
+    env: dict = field(default_factory=dict)  # set for the run's process, beside this process's environment
+    # --fuse: cells with the same training key train together (seeds aside, they differ at most in `ema`)
+    training_key: str | None = None
+    ema: bool = False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def claim(db, key: str, owner: dict) -> bool:
+    """Atomically take cell ``key``: free, released, expired, or held by a dead process on this host."""
+    claims = db.sweep_claims
+    current = claims.find_one({"_id": key})
+    stale = current is not None and current.get("state") == "running" and (
+        current.get("expires", 0) < time.time()
+        or (current.get("host") == owner["host"] and not _pid_alive(current.get("pid", -1))))
+    free = {"$or": [{"state": {"$ne": "running"}}, {"expires": {"$lt": time.time()}}]}
+    if stale:
+        free = {"owner": current["owner"]}
+    try:
+        claims.find_one_and_update({"_id": key, **free}, {"$set": {**owner, "state": "running",
+                                                                   "expires": time.time() + LEASE_S}}, upsert=True)
+        return True
+    except pymongo.errors.DuplicateKeyError:
+        return False  # someone else holds it
+
+
+def _stored(db, key: str, status) -> dict | None:
+    return db.runs.find_one({"info.config_hash": key, "status": status}, sort=[("_id", pymongo.DESCENDING)])
+
+
+def _newest_first(base: Path) -> list[Path]:
+    """The run directories of a journal directory (named by run id), newest first."""
+    return sorted((d for d in base.glob("*") if d.name.isdigit()), key=lambda d: -int(d.name))
+
+
+def _resumable(key: str, base: Path) -> int | None:
+    """The newest unfinished run of this cell with a checkpoint in the journal directory ``base``.
+
+    Read from the journal's config.json, which exists from the run's first moment (the database
+    learns the config hash only at the first heartbeat, which a killed run may never reach)."""
+    for run_dir in _newest_first(base):
+        if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
+            continue
+        stored = json.loads((run_dir / "config.json").read_text())
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+        if status != "COMPLETED" and plans.key_of(stored) == key:
+            return int(run_dir.name)
+    return None
+
+
+def _die_with_parent() -> None:
+    """Linux: the run process gets SIGKILL when its parent (a Dask worker) dies, leaving no orphan."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _journal_run(run_dir: Path) -> dict | None:
+    """A journal-only run's run.json (status, result), or None while it has none."""
+    return json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else None
+
+
+def _stored_in_journal(key: str, base: Path) -> dict | None:
+    """The newest COMPLETED run of this cell in the journal directory ``base``, with its ``_id``."""
+    for run_dir in _newest_first(base):
+        info_path = run_dir / "info.json"
+        if info_path.exists() and json.loads(info_path.read_text()).get("config_hash") == key:
+            run = _journal_run(run_dir)
+            if run and run.get("status") == "COMPLETED":
+                return run | {"_id": int(run_dir.name)}
+    return None
+
+
+def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.CompletedProcess, int | None, dict]:
+    """Run the cell (a run that died is resumed once from its checkpoint); (status, output, run id, record)."""
+    journal = target.journal_dir(online=not task.journal_only)
+    for _ in range(1 + RETRIES):
+        resume = _resumable(task.key, journal)
+        words = [f"resume={resume}"] if resume is not None else task.words
+        store_args = (["-m", task.mongo] if task.mongo else []) + (["--journal-only"] if task.journal_only else [])
+        out = subprocess.run([sys.executable, str(RUN_PY), *store_args, "with", *words], capture_output=True,
+                             text=True, preexec_fn=_die_with_parent,
+                             env=os.environ | task.env | {PACK_ENV: str(task.pack)})
+        found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
+        run_id = int(found.group(1)) if found else None
+        doc = (fetch(run_id) if run_id is not None else None) or {}
+        status = doc.get("status") if out.returncode == 0 else "FAILED"
+        if status == "COMPLETED":
+            break
+    return status or "FAILED", out, run_id, doc
+
+
+def _row(task: Task, status: str, run_id=None, doc: dict | None = None, wall_s: float = 0.0) -> dict:
+    fid = (doc or {}).get("result", {}).get("fid") if status in ("COMPLETED", "stored") else None
+    return {"cell": task.cell, "seed": task.seed, "status": status, "run_id": run_id, "fid": fid, "wall_s": wall_s}
+
+
+def _not_to_run(task: Task, done: dict | None) -> dict | None:
+    """The row of a cell already stored (``done``), or of one this machine cannot run; None for the rest."""
+    if done:
+        return _row(task, "stored", done["_id"], done)
+    return _row(task, "not run here") if task.refusal else None
+
+
+# Set by a fused sweep here: at most --pack processes on this machine's device at once (a fused training, or a run).
+DEVICE_SLOTS: threading.BoundedSemaphore | None = None
+
+
+@contextlib.contextmanager
+def device_slot():
+    """Hold one of the ``--pack`` places on this machine's device (no limit where none is set)."""
+    with DEVICE_SLOTS if DEVICE_SLOTS is not None else contextlib.nullcontext():
+        yield
+
+
+def _run_here(task: Task, target: store.Target, fetch) -> dict:
+    started = time.time()
+    with device_slot():
+        status, out, run_id, doc = _attempts(task, target, fetch)
+    if status != "COMPLETED":
+        print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
+    return _row(task, status, run_id, doc, time.time() - started)
+
+
+def stored_row(task: Task) -> dict | None:
+    """The row of a cell already stored, or that this machine cannot run; None for one to run."""
+    target = store.resolve(task.mongo)
+    if task.journal_only:
+        return _not_to_run(task, _stored_in_journal(task.key, target.journal_dir(online=False)))
+    with target.client() as client:
+        return _not_to_run(task, _stored(client[target.db_name], task.key, "COMPLETED"))
+
+
+def run_cell(task: Task) -> dict:
+    """Run one cell unless it is stored or claimed; return a summary row."""
+    target = store.resolve(task.mongo)
+    if task.journal_only:  # no database: the journal is the store, and this sweep the only claimant
+        base = target.journal_dir(online=False)
+        if row := _not_to_run(task, _stored_in_journal(task.key, base)):
+            return row
+        return _run_here(task, target, lambda run_id: _journal_run(base / str(run_id)))
+    with target.client() as client:
+        db = client[target.db_name]
+        if row := _not_to_run(task, _stored(db, task.key, "COMPLETED")):
+            return row
+        owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        if not claim(db, task.key, owner):
+            return _row(task, "claimed elsewhere")
+        row = _run_here(task, target, lambda run_id: db.runs.find_one({"_id": run_id}))
+        db.sweep_claims.update_one({"_id": task.key, "owner": owner["owner"]},
+                                   {"$set": {"state": "done" if row["status"] == "COMPLETED" else "failed"}})
+    return row
+
+
+def run_group(tasks: list[Task]) -> list[dict]:
+    """One fused training (ablations/fused_group.py) for the seeds not stored of a cell, or of two cells that
+    differ only in ``ema`` (EMA never changes training: the EMA cell's group leaves its EMA-off twins too);
+    then each seed of each cell is evaluated and recorded as its own run from its checkpoint."""
+    rows = [row for task in tasks if (row := stored_row(task))]
+    done = {(row["cell"], row["seed"]) for row in rows}
+    pending = [task for task in tasks if (task.cell, task.seed) not in done]
+    if not pending:
+        return rows
+    lead = next((task for task in pending if task.ema), pending[0])
+    twins = lead.ema and not all(task.ema for task in pending)
+    seeds = ",".join(map(str, sorted({task.seed for task in pending})))
+    words = [w for w in lead.words if not w.startswith("seed=")]
+    with tempfile.TemporaryDirectory(prefix="fused-") as out:
+        started = time.time()
+        with device_slot():
+            trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--out", out,
+                                      *(["--ema-off-twins"] if twins else []), "with", *words], capture_output=True,
+                                     text=True, preexec_fn=_die_with_parent, env=os.environ | lead.env)
+        if trained.returncode != 0:
+            print(f"cell {lead.cell} seeds {seeds}: fused training failed:\n"
+                  f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
+            return rows + [_row(task, "FAILED", wall_s=time.time() - started) for task in pending]
+        members = [replace(task, words=[*task.words, "fused_checkpoint=" + repr(str(
+            fused_group.member_checkpoint(Path(out), task.seed, ema_off_twin=twins and not task.ema)))])
+            for task in pending]
+        with ThreadPoolExecutor(max_workers=len(members)) as pool:  # each run waits for a place on the device
+            rows += list(pool.map(run_cell, members))
+    return rows
+
+
+def jobs_of(tasks: list[Task]) -> list[list[Task]]:
+    """What runs as one unit: the fused tasks of one training key together (in the order of the plan), every
+    other cell alone."""
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.training_key or f"{task.cell}/{task.seed}", []).append(task)
+    return list(groups.values())
+
+
+def run_job(job: list[Task]) -> list[dict]:
+    return run_group(job) if job[0].training_key else [run_cell(job[0])]
