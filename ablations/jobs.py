@@ -177,8 +177,8 @@ def device_slot():
 
 
 def _run_here(task: Task, target: store.Target, fetch) -> dict:
-    started = time.time()
     with device_slot():
+        started = time.time()  # the run's own time, not its wait for a place on the device
         status, out, run_id, doc = _attempts(task, target, fetch)
     if status != "COMPLETED":
         print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
