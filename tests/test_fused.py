@@ -179,8 +179,8 @@ def test_cuda_fp16_fused_members_follow_their_solo_runs_and_repeat(images):
         solo = DiffusionProcess(member.config, precision="fp16")
         start = [p.clone() for p in solo.model.parameters()]
         train(solo, images)
-        assert member.scaler.get_scale() == solo.scaler.get_scale()
-        # fp16 rounds each member's kernels differently: within fp16's tolerance, not float32's
+        # fp16 rounds each member's kernels differently: within fp16's tolerance, not float32's (an overflow in
+        # one and not the other may even change a loss scale, so the scales are not compared)
         assert distance(member.model.parameters(), solo.model.parameters()) < 0.1 * distance(
             solo.model.parameters(), start)
 
