@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -36,6 +37,10 @@ from core.config import Config
 from core.data import iterate_batches
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess, make_ema
 from core.fastpath import CudaGraphed, side_stream
+
+# The weights' gradients are views of one (K, P) buffer, which autograd adds into in place; a view of a row
+# is not dense, and autograd warns (once, "not an error") that such a gradient "may impair performance".
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 # What a process's GradScaler starts from and how it moves (torch.amp.GradScaler's defaults).
 GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0, 0.5, 2000
@@ -95,16 +100,16 @@ class StackedAdam:
         self.steps = torch.zeros(k, dtype=torch.float64, device=params[0].device)  # (K,)
 
     @torch.no_grad()
-    def step(self, ok: torch.Tensor) -> None:
-        """One update of every member whose ``ok`` (K,) is True, from the weights' ``.grad``."""
+    def step(self, ok: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        """One update of every member whose ``ok`` (K,) is True, from ``grads`` (one per weight)."""
         beta1, beta2 = self.betas
         self.steps += ok
         # bias corrections 1 - beta^t, per member (Algorithm 1's m-hat and v-hat)
         correction1 = 1 - beta1 ** self.steps  # (K,)
         correction2_sqrt = (1 - beta2 ** self.steps).sqrt()  # (K,)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+        for p, grad, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
             keep = _member_view(ok, p.dim())
-            g = torch.where(keep, p.grad, 0.0)  # a skipped member's grad may be inf or nan
+            g = torch.where(keep, grad, 0.0)  # a skipped member's grad may be inf or nan
             new_m = m.lerp(g, 1 - beta1)
             new_v = torch.addcmul(v * beta2, g, g, value=1 - beta2)
             step_size = _member_view((self.lr / correction1).float(), p.dim())
@@ -125,16 +130,16 @@ class StackedGradScaler:
         self.scale = torch.full((k,), init_scale if enabled else 1.0, device=device)  # (K,)
         self.growth_tracker = torch.zeros(k, dtype=torch.int32, device=device)  # (K,)
 
-    def unscale(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """Divide each member's gradients by its scale; return which members' are all finite, (K,)."""
+    def unscale(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Divide each member's (K, ...) gradients by its scale; return which members' are all finite, (K,)."""
         ok = torch.ones_like(self.scale, dtype=torch.bool)
         if not self.enabled:
             return ok
         inverse = self.scale.double().reciprocal().float()  # (K,), as GradScaler computes it
         with torch.no_grad():
-            for p in params:
-                p.grad.mul_(_member_view(inverse, p.dim()))
-                ok &= p.grad.isfinite().flatten(1).all(dim=1)
+            for grad in grads:
+                grad.mul_(_member_view(inverse, grad.dim()))
+                ok &= grad.isfinite().flatten(1).all(dim=1)
         return ok
 
     def update(self, ok: torch.Tensor) -> None:
@@ -165,8 +170,14 @@ class FusedTraining:
         self.template = copy.deepcopy(first.model).to("meta")  # the architecture, without weights
         stacked, _ = stack_module_state([p.model for p in processes])  # name -> (K, ...) weight
         self.names = list(stacked)
-        self.weights = nn.ParameterList([nn.Parameter(stacked[n]) for n in self.names])
-        self.adam = StackedAdam(list(self.weights), lr=self.config.lr)
+        # Every weight of a member in one row: the optimiser and the loss scaling then run a few kernels
+        # over (K, P) instead of a dozen for each of the ~100 weights (P, the parameters of one member).
+        self.flat = torch.cat([stacked[n].flatten(1) for n in self.names], dim=1).detach()  # (K, P)
+        self.flat_grad = torch.zeros_like(self.flat)  # (K, P); backward adds into it in place
+        self.weights = nn.ParameterList([nn.Parameter(w) for w in self.named(self.flat)])  # views of flat
+        for weight, grad in zip(self.weights, self.named(self.flat_grad), strict=True):
+            weight.grad = grad
+        self.adam = StackedAdam([self.flat], lr=self.config.lr)
         self.scaler = StackedGradScaler(len(processes), self.device, enabled=first.scaler.is_enabled())
         self.ema = make_ema(self.weights, self.config.ema_decay) if self.config.ema else None
         self._read_states()
@@ -174,17 +185,24 @@ class FusedTraining:
         self._graph: CudaGraphed | None = None
         self._eager_steps = 0
 
+    def named(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The (K, ...) views of a (K, P) tensor laid out as :attr:`flat`, one for each of :attr:`names`."""
+        shapes = [p.shape for p in self.processes[0].model.parameters()]  # in stack_module_state's order
+        sizes = [shape.numel() for shape in shapes]
+        return [part.view(-1, *shape) for part, shape in zip(flat.split(sizes, dim=1), shapes, strict=True)]
+
     # ---- the members' state, in and out -------------------------------------------------------
 
     def _read_states(self) -> None:
         """Take each member's Adam moments, step count, loss scale and EMA (a resumed member has them)."""
         for i, p in enumerate(self.processes):
             params = dict(p.model.named_parameters())
+            exp_avg, exp_avg_sq = self.named(self.adam.exp_avg[0]), self.named(self.adam.exp_avg_sq[0])
             for j, name in enumerate(self.names):
                 state = p.optimizer.state.get(params[name], {})
                 if state:
-                    self.adam.exp_avg[j][i].copy_(state["exp_avg"])
-                    self.adam.exp_avg_sq[j][i].copy_(state["exp_avg_sq"])
+                    exp_avg[j][i].copy_(state["exp_avg"])
+                    exp_avg_sq[j][i].copy_(state["exp_avg_sq"])
                     self.adam.steps[i] = float(state["step"])
             if self.scaler.enabled:
                 self.scaler.scale[i] = p.scaler.get_scale()
@@ -202,14 +220,15 @@ class FusedTraining:
         for i, p in enumerate(self.processes):
             params = dict(p.model.named_parameters())
             ema_params = dict(p.ema_model.module.named_parameters()) if self.ema is not None else {}
+            exp_avg, exp_avg_sq = self.named(self.adam.exp_avg[0]), self.named(self.adam.exp_avg_sq[0])
             for j, name in enumerate(self.names):
                 param = params[name]
                 param.copy_(self.weights[j][i])
                 step_device = param.device if self.device.type == "cuda" else "cpu"  # where torch's Adam keeps it
                 p.optimizer.state[param] = {  # in the weight's own memory layout (channels_last), as Adam makes it
                     "step": torch.tensor(float(self.adam.steps[i]), dtype=torch.float32, device=step_device),
-                    "exp_avg": torch.empty_like(param).copy_(self.adam.exp_avg[j][i]),
-                    "exp_avg_sq": torch.empty_like(param).copy_(self.adam.exp_avg_sq[j][i])}
+                    "exp_avg": torch.empty_like(param).copy_(exp_avg[j][i]),
+                    "exp_avg_sq": torch.empty_like(param).copy_(exp_avg_sq[j][i])}
                 if self.ema is not None:
                     ema_params[name].copy_(self.ema.module[j][i])
             if self.ema is not None:
@@ -236,12 +255,11 @@ class FusedTraining:
 
     def _optimize(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Losses, gradients and one Adam step per member: what a CUDA graph replays."""
-        for w in self.weights:
-            w.grad = None
+        self.flat_grad.zero_()
         losses = self.losses(x0, t, noise)  # (K,)
         (losses * self.scaler.scale).sum().backward()  # member i's gradient, times its own scale
-        ok = self.scaler.unscale(list(self.weights))
-        self.adam.step(ok)
+        ok = self.scaler.unscale([self.flat_grad])
+        self.adam.step(ok, [self.flat_grad])
         self.scaler.update(ok)
         return losses.detach()
 
