@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from core import ddpm
 from core.config import SAMPLERS, Config, Sampler, choices, config_or_fields
-from core.fastpath import CompiledModule, CudaGraphed, side_stream, to_channels_last
+from core.fastpath import CompiledModule, CudaGraphed, GraphedAfterWarmup, to_channels_last
 from core.model import DiffusionModel
 from core.precision import DTYPES, resolve_precision
 from core.schedules import get_betas
@@ -115,8 +115,16 @@ class DiffusionProcess:
         # Replay training and sampler steps as CUDA graphs (core/fastpath.py); with compile=True the
         # graphs capture inductor's kernels.
         self.cuda_graphs = cuda
-        self._train_graph: CudaGraphed | None = None
-        self._eager_steps = 0  # eager training steps run so far, the warm-up before a capture
+        self.forget_train_graph()
+
+    def forget_train_graph(self) -> None:
+        """Start the training step's warm-up and capture anew (a captured step holds the optimiser's state)."""
+        self._train_step = GraphedAfterWarmup(self._optimize, GRAPH_WARMUP_STEPS)
+
+    @property
+    def _train_graph(self) -> CudaGraphed | None:
+        """The captured training step, once there is one."""
+        return self._train_step.graph
 
     def _adam_options(self) -> dict:
         """On CUDA, one fused Adam kernel that reads the GradScaler's state on the device: no host
@@ -189,15 +197,7 @@ class DiffusionProcess:
             raise ValueError("invalid cuda_graph=True: valid only on a CUDA device (this process runs on the CPU)")
         self.model.train()
         t, noise = self.draw_noise(x0)
-        graph = self._train_graph
-        if use_graph and graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
-            graph = self._train_graph = CudaGraphed(self._optimize, (x0, t, noise), warmup=0)
-        if use_graph and graph is not None and graph.fits(x0, t, noise):
-            loss = graph(x0, t, noise)
-        else:
-            with side_stream() if use_graph else contextlib.nullcontext():
-                loss = self._optimize(x0, t, noise)
-            self._eager_steps += 1
+        loss = self._train_step(x0, t, noise, use_graph=use_graph)
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
         self.step += 1
@@ -330,7 +330,7 @@ class DiffusionProcess:
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint from another device keeps this one's Adam
             group.update(self._adam_options())
-        self._train_graph, self._eager_steps = None, 0  # the graph holds the replaced optimiser state
+        self.forget_train_graph()  # the graph holds the replaced optimiser state
         self.scaler.load_state_dict(state["scaler"])
         self.train_generator.set_state(state["train_generator"])
         self.sample_generator.set_state(state["sample_generator"])

@@ -99,6 +99,29 @@ class CudaGraphed:
         return self.static_output.clone()  # the next replay overwrites static_output
 
 
+class GraphedAfterWarmup:
+    """``fn(*inputs)`` run eagerly for its first ``warmup`` calls (on a side stream, as capture requires),
+    then captured once as a :class:`CudaGraphed` and replayed for inputs of the captured shapes; inputs of
+    other shapes run eagerly. For a function that cannot be called for nothing (a training step moves the
+    weights), so its warm-up calls are real ones.
+    """
+
+    def __init__(self, fn: Callable, warmup: int):
+        self.fn, self.warmup = fn, warmup
+        self.graph: CudaGraphed | None = None
+        self.eager_calls = 0
+
+    def __call__(self, *inputs: torch.Tensor, use_graph: bool) -> torch.Tensor:
+        if use_graph and self.graph is None and self.eager_calls >= self.warmup:
+            self.graph = CudaGraphed(self.fn, inputs, warmup=0)
+        if use_graph and self.graph is not None and self.graph.fits(*inputs):
+            return self.graph(*inputs)
+        with side_stream() if use_graph else contextlib.nullcontext():
+            output = self.fn(*inputs)
+        self.eager_calls += 1
+        return output
+
+
 @contextlib.contextmanager
 def side_stream():
     """Run the block on a fresh CUDA stream, ordered after and before the current stream's work.

@@ -23,7 +23,6 @@ scaler and step, so sampling, evaluation and checkpoints go through the process 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 import warnings
@@ -36,7 +35,7 @@ from core import ddpm
 from core.config import Config
 from core.data import iterate_batches
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess, make_ema
-from core.fastpath import CudaGraphed, side_stream
+from core.fastpath import GraphedAfterWarmup
 
 # The weights' gradients are views of one (K, P) buffer, which autograd adds into in place; a view of a row
 # is not dense, and autograd warns (once, "not an error") that such a gradient "may impair performance".
@@ -182,8 +181,7 @@ class FusedTraining:
         self.ema = make_ema(self.weights, self.config.ema_decay) if self.config.ema else None
         self._read_states()
         self.cuda_graphs = self.device.type == "cuda"  # as DiffusionProcess.cuda_graphs: False runs eagerly
-        self._graph: CudaGraphed | None = None
-        self._eager_steps = 0
+        self._train_step = GraphedAfterWarmup(self._optimize, GRAPH_WARMUP_STEPS)
 
     def named(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """The (K, ...) views of a (K, P) tensor laid out as :attr:`flat`, one for each of :attr:`names`."""
@@ -237,7 +235,7 @@ class FusedTraining:
                 p.scaler.load_state_dict({**p.scaler.state_dict(), "scale": float(self.scaler.scale[i]),
                                           "_growth_tracker": int(self.scaler.growth_tracker[i])})
             p.step = self.step
-            p._train_graph, p._eager_steps = None, 0  # a captured solo step holds the old state
+            p.forget_train_graph()  # a captured solo step holds the old state
 
     # ---- training -----------------------------------------------------------------------------
 
@@ -276,14 +274,7 @@ class FusedTraining:
         one is captured as a CUDA graph; the draws are made outside it, in the solo order.
         """
         x0, t, noise = self.draw(batches)
-        if self.cuda_graphs and self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
-            self._graph = CudaGraphed(self._optimize, (x0, t, noise), warmup=0)
-        if self.cuda_graphs and self._graph is not None and self._graph.fits(x0, t, noise):
-            losses = self._graph(x0, t, noise)
-        else:
-            with side_stream() if self.cuda_graphs else contextlib.nullcontext():
-                losses = self._optimize(x0, t, noise)
-            self._eager_steps += 1
+        losses = self._train_step(x0, t, noise, use_graph=self.cuda_graphs)
         if self.ema is not None:
             self.ema.update_parameters(self.weights)
         self.step += 1
