@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ablations.plan import comma_integers, parse_updates
+from ablations.plan import comma_integers, fields_of
 from core.checkpoint import save_state, without_ema
-from core.config import SCALES, Config
+from core.config import Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.fused import FusedTraining, train_fused
@@ -37,11 +37,8 @@ def member_checkpoint(out: Path, seed: int, ema_off_twin: bool = False) -> Path:
 
 def group_config(words: list[str]) -> tuple[Config, dict]:
     """The Config and the run options (``threads``, ``precision``) of a run's ``with`` words, seed aside."""
-    named, updates = parse_updates(words)
-    fields = {}
-    for name in named:
-        fields |= SCALES[name]
-    return Config.from_mapping(fields | updates), {k: updates[k] for k in ("threads", "precision") if k in updates}
+    fields, updates = fields_of(words)
+    return Config.from_mapping(fields), {k: updates[k] for k in ("threads", "precision") if k in updates}
 
 
 def trained_group(config: Config, seeds: list[int], precision: str = "auto", log=None) -> tuple[list, float]:

@@ -55,6 +55,15 @@ def parse_updates(words: list[str]) -> tuple[list[str], dict]:
     return named, updates
 
 
+def fields_of(with_words: list[str]) -> tuple[dict, dict]:
+    """The fields ``with`` words give a run (its named scales', then its key=value updates), and the updates."""
+    named, updates = parse_updates(with_words)
+    fields = {}
+    for name in named:
+        fields |= SCALES[name]
+    return fields | updates, updates
+
+
 @dataclass
 class Cell:
     """One configuration x seed of a sweep."""
@@ -129,11 +138,7 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
     :param fuse: mark the cells that can train fused (:func:`core.fused.unfusable_reason`); the others,
         dropout's, train alone.
     """
-    named, updates = parse_updates(with_words)
-    base = {}
-    for name in named:
-        base.update(SCALES[name])
-    base.update(updates)
+    base, updates = fields_of(with_words)
     cells = []
     for name, overrides in cells_of(plan, only, Config.from_mapping(base)):
         for seed in seeds:
