@@ -37,8 +37,9 @@ data: install
 DEMO_SWEEP := --plan ofat --only attention,schedule --seeds 0,1
 demo: data
 	$(BIN)/python ablations/sweep.py $(DEMO_SWEEP) with smoke
-	$(BIN)/python analysis/report.py --sweep $$($(BIN)/python ablations/sweep.py $(DEMO_SWEEP) --print-id with smoke) \
-		--out outputs/demo-report
+	sweep=$$($(BIN)/python ablations/sweep.py $(DEMO_SWEEP) --print-id with smoke) && \
+		$(BIN)/python analysis/report.py --sweep $$sweep --out outputs/demo-report && \
+		$(BIN)/python analysis/audit.py --sweep $$sweep
 	$(BIN)/python -m ablations.store status
 
 test: install

@@ -5,7 +5,8 @@
 
 A bundle part is an xz-compressed tar of whole runs: each run's journal files (run.json,
 config.json, info.json, metrics.json, cout.txt and its artifacts; the full checkpoint only when
-asked) under ``<run_uuid>/``, the experiment sources they name under ``_sources/``, and a
+asked) under ``<run_uuid>/``, the experiment sources they name under ``_sources/``, the journal's
+sweep manifests (:mod:`ablations.sweep_manifest`, a few KiB, in every part) under ``_sweeps/``, and a
 ``manifest.json``. No part is larger than ``part_mib`` (a run is never split across parts), so the
 parts fit through a channel that limits the size of a file, such as a GPU machine that returns at
 most 16 MiB a file.
@@ -27,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ablations import sweep_manifest
 from ablations.record import CHECKPOINT
 from ablations.sync import is_settled, load
 
@@ -116,6 +118,8 @@ def _write_part(path: Path, group: list[Path], journals: dict, checkpoints: bool
                                      "cell": run["config"].get("cell"), "seed": run["config"].get("seed")})
         for source in sorted(sources):
             tar.add(source, arcname=f"_sources/{source.name}")
+        for sweep in sweep_manifest.journal_files(group[0].parent):
+            tar.add(sweep, arcname=f"{sweep_manifest.DIRECTORY}/{sweep.name}")
         _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
@@ -132,6 +136,8 @@ def unpack(bundle: Path, offline_dir: Path, log=print) -> list[Path]:
         for source in (tmp / "_sources").glob("*") if (tmp / "_sources").exists() else []:
             if not (offline_dir / "_sources" / source.name).exists():  # names carry the file's md5
                 shutil.move(str(source), offline_dir / "_sources" / source.name)
+        for sweep in sweep_manifest.journal_files(tmp):
+            sweep_manifest.write_journal(offline_dir, json.loads(sweep.read_text()))
         runs = []
         for entry in manifest["runs"]:
             target = offline_dir / entry["run_uuid"]

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pymongo
 
-from ablations import bundle, sync
+from ablations import bundle, sweep_manifest, sync
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "mongodb://127.0.0.1:27017"
@@ -103,9 +103,13 @@ def journal_runs(target: Target) -> list[Path]:
 
 
 def sync_journal(target: Target, log=print) -> bool:
-    """Upload every journaled run of ``target`` into its database; True when none failed."""
+    """Upload every journaled run of ``target`` into its database, and the journal-only sweeps' manifests;
+    True when none failed."""
     with target.client() as client:
-        return sync.sync_all(client[target.db_name], journal_runs(target), log)
+        db = client[target.db_name]
+        synced = sync.sync_all(db, journal_runs(target), log)
+        sweep_manifest.upload(db, target.journal_dir(online=False), log)
+        return synced
 
 
 def ping(target: Target, timeout_ms: int = 2000) -> bool:

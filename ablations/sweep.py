@@ -8,8 +8,9 @@
     python ablations/sweep.py --plan ofat --seeds 0,1,2 --pack 6 --journal-only with gpu   # 6 runs at once, no database
     python ablations/sweep.py --plan ofat --seeds 0,1,2 --fuse with gpu      # each cell's 3 seeds as one network
 
-Idempotent: a cell x seed already COMPLETED in the store is skipped; an INTERRUPTED or FAILED
-one is resumed from its checkpoint when the journal has one, else run again. Cells are claimed
+Idempotent: a cell x seed already COMPLETED in the store is skipped, whichever sweep stored it (the
+sweep's manifest, :mod:`ablations.sweep_manifest`, keeps such a cell in this sweep's report); an
+INTERRUPTED or FAILED one is resumed from its checkpoint when the journal has one, else run again. Cells are claimed
 atomically in the database (collection ``sweep_claims``), so two sweeps never run one cell twice
 (:mod:`ablations.jobs` runs them).
 
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ablations import cuda_mps, jobs
 from ablations import plan as plans
-from ablations import store
+from ablations import store, sweep_manifest
 from ablations.jobs import Task, jobs_of, run_cell, run_job
 from ablations.record import config_hash
 
@@ -115,6 +116,18 @@ def execute(tasks: list[Task], args) -> list[dict]:
     return rows
 
 
+def record_manifest(tasks: list[Task], args, with_words: list[str], target: store.Target) -> None:
+    """Write down what the sweep is made of before it runs anything (:mod:`ablations.sweep_manifest`), so that
+    its report holds the cells it skips because another sweep stored them."""
+    sweep = sweep_manifest.manifest(tasks[0].sweep_id, args.plan, args.only, with_words, tasks)
+    if args.journal_only:
+        sweep_manifest.write_journal(target.journal_dir(online=False), sweep)
+        return
+    store.ensure_server(target)
+    with target.client() as client:
+        sweep_manifest.record(client[target.db_name], sweep)
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'cell':<34}{'seed':>5}  {'status':<18}{'run':>5}{'FID':>10}{'wall s':>9}")
     for r in sorted(rows, key=lambda r: (r["cell"], r["seed"])):
@@ -185,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in tasks:
             print(f"  {t.cell:<34} seed {t.seed:<4} with {' '.join(t.words)}")
         return 0
-    if not args.journal_only:
-        store.ensure_server(target)
+    record_manifest(tasks, args, words, target)
     rows = execute(tasks, args)
     print_table(rows)
     refused = next((t.refusal for t in tasks if t.refusal), None)

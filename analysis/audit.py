@@ -6,8 +6,9 @@
 
 The audit checks every run's status (and heartbeat freshness while RUNNING), completeness (every
 expected metric and artifact, a final checkpoint that loads), provenance (a commit, a clean tree,
-the current data and classifier hashes), duplicate cells and orphan artifacts. It prints a table
-and exits non-zero on any problem. ``--reproduce`` re-executes a run from its stored config and
+the current data and classifier hashes), duplicate cells and orphan artifacts; with ``--sweep``, also
+that every cell x seed the sweep planned has a COMPLETED run (its own, or one it found stored by another
+sweep). It prints a table and exits non-zero on any problem. ``--reproduce`` re-executes a run from its stored config and
 seed at its recorded thread count, refusing when the working tree is not the recorded commit.
 ``--resample`` scores the run's stored weights under other sampler seeds: the part of a FID's
 spread that is sampling noise (the rest is the training seed's).
@@ -24,6 +25,7 @@ import gridfs
 from ablations.record import ARTIFACTS, METRICS, STALE_AFTER_S, dirty_run_code, final_weights, non_plain
 from ablations.plan import comma_integers
 from ablations.store import resolve  # URL resolution only
+from ablations.sweep_manifest import COLLECTION as SWEEPS
 from core.classifier import expected_sha256
 from core.data import MNIST_SHA256
 
@@ -89,12 +91,22 @@ def audit(db, sweep: str | None = None, now: dt.datetime | None = None) -> list[
             problems.append(f"duplicate cell: {completed[key]} COMPLETED runs of this config in the sweep")
         rows.append({"run_id": doc["_id"], "status": doc.get("status"), "cell": doc["config"].get("cell"),
                      "seed": doc["config"].get("seed"), "problems": problems})
+    rows += unfinished_cells(db, sweep) if sweep else []
     referenced = {a["file_id"] for d in db.runs.find({}, {"artifacts": 1}) for a in d.get("artifacts", [])}
     orphans = [f.filename for f in fs.find({"filename": {"$regex": "^artifact://"}}) if f._id not in referenced]
     if orphans:
         rows.append({"run_id": "-", "status": "-", "cell": "-", "seed": "-",
                      "problems": [f"{len(orphans)} orphan artifact(s), e.g. {orphans[0]}"]})
     return rows
+
+
+def unfinished_cells(db, sweep: str) -> list[dict]:
+    """A row for each cell x seed of the sweep's manifest that no COMPLETED run holds."""
+    manifest = db[SWEEPS].find_one({"_id": sweep}) or {"cells": []}
+    return [{"run_id": "-", "status": "-", "cell": entry["cell"], "seed": entry["seed"],
+             "problems": ["planned by the sweep, and no COMPLETED run of it is stored"]}
+            for entry in manifest["cells"]
+            if not db.runs.find_one({"info.config_hash": entry["key"], "status": "COMPLETED"}, {"_id": 1})]
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 
 from ablations.record import SAMPLE_GRID, TOGGLES, seed_value
 from analysis import figures, stats
+from ablations.sweep_manifest import in_sweeps, member_cell
 from analysis.runs import curves_table, from_dump, from_mongo, levels_table, runs_table
 
 METRICS = ("fid", "kid_mean", "precision", "recall", "nll_bpd", "eps_mse")
@@ -103,6 +104,8 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
                              runs[["commit", "dirty"]].drop_duplicates().itertuples(index=False)),
         "run ids": ", ".join(str(i) for i in runs.run_id),
     }
+    if runs.sweep_id.nunique() > 1:  # e.g. cells a sweep found stored by another sweep, and took as they were
+        facts["stored by sweeps"] = ", ".join(f"{s} ({n} runs)" for s, n in runs.sweep_id.value_counts().items())
     if agreement := rank_agreement(runs):
         facts["held-out bound against FID"] = agreement  # likelihood and sample quality can disagree
     return facts
@@ -116,7 +119,7 @@ def make_figures(docs: list[dict], runs: pd.DataFrame, tabs: dict, out: Path) ->
         paths.append(figures.denoising_by_noise_level(levels, out))
     grids = {}
     for d in docs:
-        cell = d.get("config", {}).get("cell") or "custom"
+        cell = member_cell(d)
         if cell not in grids and SAMPLE_GRID in d.get("artifact_data", {}):
             grids[cell] = base64.b64decode(d["artifact_data"][SAMPLE_GRID])
     if grids:
@@ -247,7 +250,7 @@ def build(docs: list[dict], out: Path, sweep: str | list[str] | None = None) -> 
     """Write the report for the COMPLETED runs of ``docs`` (of the given sweeps, if any) into ``out``; return its
     tables. Runs of more than one scale get :func:`build_scales`."""
     sweeps = [sweep] if isinstance(sweep, str) else sweep
-    docs = [d for d in docs if d.get("status") == "COMPLETED" and (not sweeps or d["config"].get("sweep_id") in sweeps)]
+    docs = [d for d in docs if d.get("status") == "COMPLETED" and (not sweeps or in_sweeps(d, sweeps))]
     if not docs:
         raise ValueError(f"no COMPLETED runs{' in sweep ' + ', '.join(sweeps) if sweeps else ''}: nothing to report")
     scales = list(dict.fromkeys(d["config"].get("scale") or "custom" for d in docs))
@@ -272,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         docs = [doc for dump in args.dump for doc in from_dump(dump)]
     else:
-        docs = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo_url, sweep)]
+        fetched = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo_url, sweep)]
+        ids = [doc["_id"] for doc in fetched]
+        docs = [doc for i, doc in enumerate(fetched) if doc["_id"] not in ids[:i]]  # a run two sweeps share, once
     try:
         build(docs, args.out, args.sweep)
     except ValueError as exc:

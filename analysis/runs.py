@@ -5,7 +5,9 @@
 
 A dump is a JSON list of the stored run documents (MongoDB extended JSON, so dates and ids
 round-trip), each with its metrics under ``metrics`` and its small artifacts (the sample grid)
-embedded under ``artifact_data``, so that the report regenerates without any database.
+embedded under ``artifact_data``, so that the report regenerates without any database. A sweep's
+runs include the cells it found stored by another sweep, as copies marked ``member_of`` (see
+:mod:`ablations.sweep_manifest`); importing a dump stores the runs without that mark.
 """
 from __future__ import annotations
 
@@ -20,17 +22,21 @@ from bson import json_util
 
 from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
 from ablations.store import resolve  # URL resolution only: no Sacred machinery
+from ablations.sweep_manifest import MEMBER_OF, borrowed, member_cell
 
 EMBEDDED = (SAMPLE_GRID,)  # artifacts small enough to travel inside a dump
 
 
 def from_mongo(url: str | None = None, sweep: str | None = None, status: str | None = None) -> list[dict]:
-    """Run documents of a database (optionally one sweep), each with ``metrics`` and ``artifact_data``."""
+    """Run documents of a database (optionally one sweep's, borrowed cells included), each with ``metrics``
+    and ``artifact_data``."""
     target = resolve(url)
     with target.client() as client:
         db = client[target.db_name]
         query = {k: v for k, v in (("config.sweep_id", sweep), ("status", status)) if v is not None}
         docs = list(db.runs.find(query, sort=[("_id", 1)]))
+        if sweep is not None:
+            docs += [d for d in borrowed(db, sweep, docs) if status in (None, d.get("status"))]
         fs = gridfs.GridFS(db)
         for doc in docs:
             doc["metrics"] = {m["name"]: {"steps": m["steps"], "values": m["values"]}
@@ -60,6 +66,7 @@ def import_dump(docs: list[dict], url: str | None = None) -> int:
         for doc in docs:
             doc = dict(doc)
             metrics, data = doc.pop("metrics", {}), doc.pop("artifact_data", {})
+            doc.pop(MEMBER_OF, None)  # how a sweep saw the run, not part of its record
             doc["artifacts"] = [{"name": n, "file_id": fs.put(base64.b64decode(b), filename=f"artifact://runs/"
                                                               f"{doc['_id']}/{n}")} for n, b in data.items()]
             db.runs.replace_one({"_id": doc["_id"]}, doc, upsert=True)
@@ -77,7 +84,7 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
         speed = d.get("metrics", {}).get("train.images_per_s", {}).get("values", [])
         rows.append({
             "run_id": d["_id"], "status": d.get("status"), "sweep_id": c.get("sweep_id"),
-            "cell": c.get("cell") or "custom", "seed": c.get("seed"), "scale": c.get("scale"),
+            "cell": member_cell(d), "seed": c.get("seed"), "scale": c.get("scale"),
             "dtype": precision_of(d),  # the precision it computed in (info.precision); "precision" is a metric
             **{t: c.get(t) for t in TOGGLES},
             **{k: result.get(k) for k in RESULT_KEYS},
@@ -105,7 +112,7 @@ def separate_precisions(runs: pd.DataFrame) -> pd.DataFrame:
 
 def levels_table(docs: list[dict], metric: str = "heldout.eps_mse") -> pd.DataFrame:
     """Long table of a held-out metric per noise level: run_id, cell, seed, log_snr, value."""
-    rows = [{"run_id": d["_id"], "cell": d.get("config", {}).get("cell") or "custom",
+    rows = [{"run_id": d["_id"], "cell": member_cell(d),
              "seed": d.get("config", {}).get("seed"), "log_snr": d["info"]["heldout"]["log_snr"][step], "value": v}
             for d in docs if metric in d.get("metrics", {})
             for step, v in zip(d["metrics"][metric]["steps"], d["metrics"][metric]["values"])]
@@ -114,7 +121,7 @@ def levels_table(docs: list[dict], metric: str = "heldout.eps_mse") -> pd.DataFr
 
 def curves_table(docs: list[dict], metric: str = "train.loss") -> pd.DataFrame:
     """Long table of one training curve: run_id, cell, seed, step, value."""
-    rows = [{"run_id": d["_id"], "cell": d.get("config", {}).get("cell") or "custom",
+    rows = [{"run_id": d["_id"], "cell": member_cell(d),
              "seed": d.get("config", {}).get("seed"), "step": s, "value": v}
             for d in docs for s, v in zip(*(d.get("metrics", {}).get(metric, {}).get(k, []) for k in ("steps", "values")))]
     return pd.DataFrame(rows, columns=["run_id", "cell", "seed", "step", "value"])

@@ -72,7 +72,8 @@ def _git(repo: Path, *args) -> subprocess.CompletedProcess:
 
 
 def git_state(repo: Path = REPO) -> dict:
-    """Commit, dirty flag and changed tracked files of the code that runs, or None outside git.
+    """Commit, dirty flag and changed files of the code that runs (tracked files, and Python files git neither
+    tracks nor ignores), or None outside git.
 
     Where ``$ABLATIONS_GIT_SNAPSHOT`` names a :func:`git_snapshot` of the checkout this is a copy of, the copy
     is checked against it instead, even where the copy holds a ``.git`` of its own: a GPU machine's copy may
@@ -84,6 +85,8 @@ def git_state(repo: Path = REPO) -> dict:
     if head.returncode:
         return {"commit": None, "dirty": None, "changed": None}
     changed = [line[3:] for line in _git(repo, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    # A new Python file that git does not ignore may be imported by the run, and no commit holds it.
+    changed += _git(repo, "ls-files", "--others", "--exclude-standard", "--", "*.py").stdout.splitlines()
     return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed": changed}
 
 

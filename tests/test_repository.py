@@ -101,6 +101,23 @@ def test_the_repository_describes_itself():
     assert "## Layout" in texts["README.md"]
 
 
+def test_a_new_python_file_that_git_does_not_ignore_makes_the_tree_dirty(tmp_path):
+    """A run may import a module no commit holds; an ignored or non-Python file cannot change what runs."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    subprocess.run([*git, "add", ".gitignore"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=tmp_path, check=True)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "scratch.py").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    assert provenance.git_state(tmp_path)["changed"] == []
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "new_module.py").write_text("")
+    assert provenance.git_state(tmp_path) | {"commit": None} == {"commit": None, "dirty": True,
+                                                                 "changed": ["core/new_module.py"]}
+
+
 def test_a_copy_without_git_records_the_commit_and_what_differs_from_it(tmp_path, monkeypatch):
     """A GPU machine gets the files without .git: a snapshot written here lets its runs record the commit."""
     snapshot = provenance.git_snapshot(ROOT)

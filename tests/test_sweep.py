@@ -14,10 +14,11 @@ import torch
 
 from ablations import cuda_mps
 from ablations import plan as plans
-from ablations import sweep
+from ablations import sweep, sweep_manifest
+from analysis import audit, report
 from analysis.report import setting
 from analysis.reproduce import refusal, reproduce
-from analysis.runs import runs_table
+from analysis.runs import from_mongo, import_dump, runs_table
 from benchmarks import suite
 from tests.helpers import deterministic, final_weights, metrics_of, wait_for
 
@@ -125,6 +126,41 @@ def test_sequential_then_dask_same_results_and_idempotent(server, env, sequentia
     assert dask_db.runs.count_documents({"status": "COMPLETED"}) == 2
 
 
+def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(server, env, sequential_db, tmp_path):
+    """A cell COMPLETED by another sweep is skipped, yet it is in this sweep's export, report and audit, under
+    this sweep's name for it; the stored document is not changed, and importing the export drops the mark."""
+    url = f"{server.url}/borrowing"
+    baseline = sequential_db.runs.find_one({"config.cell": "baseline", "config.seed": 0})
+    import_dump(from_mongo(f"{server.url}/sequential", baseline["config"]["sweep_id"]), url)
+    # with EMA on in the baseline, the cell ema=False is the config of the attention sweep's baseline
+    words = ["--only", "ema", "--seeds", "0", "with", "smoke", "threads=1", "ema=True"]
+    out = run_sweep(["-m", url, *words], env)
+    assert out.returncode == 0 and out.stdout.count("stored") == 1 and out.stdout.count("COMPLETED") == 1, \
+        out.stdout[-3000:] + out.stderr[-3000:]
+    sid = run_sweep(["--print-id", *words], env).stdout.strip()
+    assert sid != baseline["config"]["sweep_id"]
+    docs = from_mongo(url, sid)
+    lent = next(d for d in docs if d.get(sweep_manifest.MEMBER_OF))
+    assert len(docs) == 2 and lent["_id"] == baseline["_id"] and lent["config"] == baseline["config"]
+    assert lent[sweep_manifest.MEMBER_OF] == {"sweep_id": sid, "cell": "ema=False"}
+    assert sweep_manifest.MEMBER_OF not in server.db("borrowing").runs.find_one({"_id": lent["_id"]})
+    assert sorted(runs_table(docs).cell) == ["baseline", "ema=False"]
+
+    assert report.main(["--mongo-url", url, "--sweep", sid, "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| ema=False |" in text and f"{baseline['config']['sweep_id']} (1 runs)" in text
+    import_dump(docs, f"{server.url}/imported")  # an export of the sweep, imported elsewhere: plain records
+    imported = server.db("imported").runs.find_one({"_id": lent["_id"]})
+    assert imported is not None and sweep_manifest.MEMBER_OF not in imported
+
+    db = server.db("borrowing")
+    assert audit.unfinished_cells(db, sid) == []
+    args, with_words = sweep.parse_args([*words[:2], "--seeds", "0,1", *words[4:]])
+    sweep.record_manifest(sweep.tasks_for(args, with_words, sweep.store.resolve(url)), args, with_words,
+                          sweep.store.resolve(url))  # the same sweep, extended to seed 1 (not run yet)
+    assert sorted((r["cell"], r["seed"]) for r in audit.unfinished_cells(db, sid)) == [("baseline", 1), ("ema=False", 1)]
+
+
 def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_runs(server, env, sequential_db,
                                                                                   tmp_path):
     """Made where no database answers (packed, journal-only), carried as bundle parts, synced at home: the
@@ -158,6 +194,8 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
         assert synced.returncode == 0 and synced.stdout.count("inserted") == (2 if attempt == 0 else 0), synced.stdout
     db = server.db("carried")
     assert db.runs.count_documents({}) == 2 and db.runs.count_documents({"status": "COMPLETED"}) == 2
+    sid = sequential_db.runs.find_one()["config"]["sweep_id"]  # the sweep's manifest travelled with its runs
+    assert db.sweeps.find_one({"_id": sid})["cells"] == sequential_db.sweeps.find_one({"_id": sid})["cells"]
     assert_same_runs(db, sequential_db)  # packed equals solo, bit for bit
     for doc in db.runs.find():
         twin = sequential_db.runs.find_one({"info.config_hash": doc["info"]["config_hash"]})
