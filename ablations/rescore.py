@@ -20,7 +20,7 @@ import torch
 
 from ablations import record
 from ablations.plan import comma_integers
-from ablations.store import resolve
+from ablations.store import StoreUnavailable, database, resolve
 from core.checkpoint import restore_weights
 from core.config import Config
 from core.diffusion import DiffusionProcess
@@ -68,13 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
     args = parser.parse_args(argv)
     target = resolve(args.mongo)
-    with target.client() as client:
-        db = client[target.db_name]
-        docs = selected(db, args.sweep, args.runs, args.force)
-        print(f"{len(docs)} run(s) to rescore in {target.safe_url} / {target.db_name}")
-        for doc in docs:
-            results = rescore_run(db, doc)
-            print(f"run {doc['_id']:>5}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    try:
+        with database(args.mongo) as db:
+            docs = selected(db, args.sweep, args.runs, args.force)
+            print(f"{len(docs)} run(s) to rescore in {target.safe_url} / {target.db_name}")
+            for doc in docs:
+                results = rescore_run(db, doc)
+                print(f"run {doc['_id']:>5}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    except StoreUnavailable as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

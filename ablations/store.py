@@ -14,6 +14,7 @@ Runs made with ``--journal-only`` on a machine that cannot reach the database tr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -134,6 +135,19 @@ def ensure_server(target: Target, log=print) -> None:
             f"no MongoDB answers at {target.safe_url} (waited {TIMEOUT_MS / 1000:.0f} s). Start it, or run "
             f"journal-only with --journal-only and upload later with `python -m ablations.store sync`.")
     start_embedded(target, log=log)
+
+
+@contextlib.contextmanager
+def database(mongo_arg: str | None = None, log=print):
+    """The database that ``mongo_arg`` names (see :func:`resolve`), answering: for the default, the embedded
+    server is started when nothing answers.
+
+    :raises StoreUnavailable: naming the URL, when a database given by ``-m`` or the environment does not answer.
+    """
+    target = resolve(mongo_arg)
+    ensure_server(target, log=log)
+    with target.client() as client:
+        yield client[target.db_name]
 
 
 def _server_files(root: Path | None = None) -> dict[str, Path]:

@@ -123,9 +123,8 @@ def record_manifest(tasks: list[Task], args, with_words: list[str], target: stor
     if args.journal_only:
         sweep_manifest.write_journal(target.journal_dir(online=False), sweep)
         return
-    store.ensure_server(target)
-    with target.client() as client:
-        sweep_manifest.record(client[target.db_name], sweep)
+    with store.database(args.mongo) as db:
+        sweep_manifest.record(db, sweep)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -198,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         for t in tasks:
             print(f"  {t.cell:<34} seed {t.seed:<4} with {' '.join(t.words)}")
         return 0
-    record_manifest(tasks, args, words, target)
+    try:
+        record_manifest(tasks, args, words, target)
+    except store.StoreUnavailable as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     rows = execute(tasks, args)
     print_table(rows)
     refused = next((t.refusal for t in tasks if t.refusal), None)

@@ -71,6 +71,16 @@ def upload(db, offline_dir: Path, log=print) -> int:
     return len(files)
 
 
+def check_known(db, sweep_id: str) -> None:
+    """:raises ValueError: naming ``sweep_id`` and the stored ones, when no run and no manifest names it."""
+    if db[COLLECTION].find_one({"_id": sweep_id}, {"_id": 1}) or db.runs.find_one({"config.sweep_id": sweep_id},
+                                                                                  {"_id": 1}):
+        return
+    known = sorted({s for s in db.runs.distinct("config.sweep_id") if s} | set(db[COLLECTION].distinct("_id")))
+    raise ValueError(f"invalid sweep {sweep_id!r}: this database holds no run and no manifest of it; valid values "
+                     f"are the stored sweeps: {', '.join(known) or 'none'}")
+
+
 def borrowed(db, sweep_id: str, own: list[dict]) -> list[dict]:
     """Copies of the runs that ``sweep_id`` found stored by other sweeps (see the module's docstring).
 

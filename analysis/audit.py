@@ -24,8 +24,8 @@ import gridfs
 
 from ablations.record import ARTIFACTS, METRICS, STALE_AFTER_S, dirty_run_code, final_weights, non_plain
 from ablations.plan import comma_integers
-from ablations.store import resolve  # URL resolution only
-from ablations.sweep_manifest import COLLECTION as SWEEPS
+from ablations.store import StoreUnavailable, database  # URLs and the server only
+from ablations.sweep_manifest import COLLECTION as SWEEPS, check_known
 from core.classifier import expected_sha256
 from core.data import MNIST_SHA256
 
@@ -126,18 +126,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", type=comma_integers("seeds"),
                         help="sampler seeds for --resample (default 0,1,2)")
     args = parser.parse_args(argv)
-    target = resolve(args.mongo_url)
-    with target.client() as client:
-        db = client[target.db_name]
-        if args.reproduce is not None:
-            from analysis.reproduce import reproduce
+    try:
+        with database(args.mongo_url) as db:
+            return run_command(db, args)
+    except (ValueError, StoreUnavailable) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
 
-            return reproduce(db, args.reproduce)
-        if args.resample is not None:
-            from analysis.reproduce import resample
 
-            return resample(db, args.resample, args.seeds)
-        rows = audit(db, args.sweep)
+def run_command(db, args) -> int:
+    """Reproduce, resample, or audit (the whole database, or one known sweep) and print its table."""
+    if args.reproduce is not None:
+        from analysis.reproduce import reproduce
+
+        return reproduce(db, args.reproduce)
+    if args.resample is not None:
+        from analysis.reproduce import resample
+
+        return resample(db, args.resample, args.seeds)
+    if args.sweep:
+        check_known(db, args.sweep)
+    rows = audit(db, args.sweep)
     print_rows(rows)
     bad = sum(bool(r["problems"]) for r in rows)
     print(f"{len(rows)} rows, {bad} with problems")

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from ablations.record import SAMPLE_GRID, TOGGLES, seed_value
+from ablations.store import StoreUnavailable
 from analysis import figures, stats
 from ablations.sweep_manifest import in_sweeps, member_cell
 from analysis.runs import curves_table, from_dump, from_mongo, levels_table, runs_table
@@ -263,6 +264,15 @@ def build(docs: list[dict], out: Path, sweep: str | list[str] | None = None) -> 
     return tabs
 
 
+def runs_of(args) -> list[dict]:
+    """The run documents the command line names: its dumps, or its sweeps' runs in the database (or all of them)."""
+    if args.dump:
+        return [doc for dump in args.dump for doc in from_dump(dump)]
+    fetched = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo_url, sweep)]
+    ids = [doc["_id"] for doc in fetched]
+    return [doc for i, doc in enumerate(fetched) if doc["_id"] not in ids[:i]]  # a run two sweeps share, once
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -272,15 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="append", help="only this sweep id (repeat it for several)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
     args = parser.parse_args(argv)
-    if args.dump:
-        docs = [doc for dump in args.dump for doc in from_dump(dump)]
-    else:
-        fetched = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo_url, sweep)]
-        ids = [doc["_id"] for doc in fetched]
-        docs = [doc for i, doc in enumerate(fetched) if doc["_id"] not in ids[:i]]  # a run two sweeps share, once
     try:
-        build(docs, args.out, args.sweep)
-    except ValueError as exc:
+        build(runs_of(args), args.out, args.sweep)
+    except (ValueError, StoreUnavailable) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.html'}")

@@ -21,18 +21,22 @@ import pandas as pd
 from bson import json_util
 
 from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
-from ablations.store import resolve  # URL resolution only: no Sacred machinery
-from ablations.sweep_manifest import MEMBER_OF, borrowed, member_cell
+from ablations.store import StoreUnavailable, database  # URLs and the server: no Sacred machinery
+from ablations.sweep_manifest import MEMBER_OF, borrowed, check_known, member_cell
 
 EMBEDDED = (SAMPLE_GRID,)  # artifacts small enough to travel inside a dump
+
+
+def _to_stderr(line: str) -> None:  # the embedded server's start-up lines, kept off a JSON or table on stdout
+    print(line, file=sys.stderr)
 
 
 def from_mongo(url: str | None = None, sweep: str | None = None, status: str | None = None) -> list[dict]:
     """Run documents of a database (optionally one sweep's, borrowed cells included), each with ``metrics``
     and ``artifact_data``."""
-    target = resolve(url)
-    with target.client() as client:
-        db = client[target.db_name]
+    with database(url, log=_to_stderr) as db:
+        if sweep is not None:
+            check_known(db, sweep)
         query = {k: v for k, v in (("config.sweep_id", sweep), ("status", status)) if v is not None}
         docs = list(db.runs.find(query, sort=[("_id", 1)]))
         if sweep is not None:
@@ -59,9 +63,7 @@ def export(docs: list[dict], path: Path | str) -> Path:
 
 def import_dump(docs: list[dict], url: str | None = None) -> int:
     """Insert dumped runs (with their metrics and embedded artifacts) into a database; return how many."""
-    target = resolve(url)
-    with target.client() as client:
-        db = client[target.db_name]
+    with database(url, log=_to_stderr) as db:
         fs = gridfs.GridFS(db)
         for doc in docs:
             doc = dict(doc)
@@ -138,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("path", type=Path)
     imp.add_argument("-m", "--mongo-url")
     args = parser.parse_args(argv)
-    if args.command == "export":
-        docs = from_mongo(args.mongo_url, args.sweep)
-        print(f"wrote {len(docs)} runs to {export(docs, args.path)}")
-    else:
-        print(f"imported {import_dump(from_dump(args.path), args.mongo_url)} runs")
+    try:
+        if args.command == "export":
+            docs = from_mongo(args.mongo_url, args.sweep)
+            print(f"wrote {len(docs)} runs to {export(docs, args.path)}")
+        else:
+            print(f"imported {import_dump(from_dump(args.path), args.mongo_url)} runs")
+    except (ValueError, StoreUnavailable) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

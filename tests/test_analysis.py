@@ -264,6 +264,19 @@ def test_rescoring_adds_the_held_out_metrics_and_touches_nothing_else(stored):
     db.runs.delete_one({"_id": 960})
 
 
+def test_a_sweep_id_that_is_not_stored_or_a_database_that_does_not_answer_is_refused_by_name(stored, capsys):
+    """A mistyped sweep id would otherwise give an empty audit that passes, or an empty export."""
+    server, sweep_id = stored
+    assert audit.main(["--mongo-url", server.url, "--sweep", "sw-typo"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid sweep 'sw-typo'" in err and sweep_id in err
+    assert runs.main(["export", "--sweep", "sw-typo", "-m", server.url, "/nonexistent/runs.json"]) == 2
+    assert report.main(["--mongo-url", server.url, "--sweep", "sw-typo"]) == 2
+    assert "valid values are the stored sweeps" in capsys.readouterr().err
+    assert report.main(["--mongo-url", "mongodb://127.0.0.1:9/x", "--sweep", sweep_id]) == 2
+    assert "no MongoDB answers at mongodb://127.0.0.1:9" in capsys.readouterr().err
+
+
 def test_resample_refuses_bad_seeds_before_any_work(capsys):
     with pytest.raises(SystemExit) as exit_:
         audit.main(["--resample", "1", "--seeds", "0,x"])
