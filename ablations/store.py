@@ -138,13 +138,13 @@ def ensure_server(target: Target, log=print) -> None:
 
 
 @contextlib.contextmanager
-def database(mongo_arg: str | None = None, log=print):
-    """The database that ``mongo_arg`` names (see :func:`resolve`), answering: for the default, the embedded
-    server is started when nothing answers.
+def database(target: Target | str | None = None, log=print):
+    """The database of ``target`` (a :class:`Target`, or a ``-m`` value for :func:`resolve`), answering: for the
+    default, the embedded server is started when nothing answers.
 
     :raises StoreUnavailable: naming the URL, when a database given by ``-m`` or the environment does not answer.
     """
-    target = resolve(mongo_arg)
+    target = target if isinstance(target, Target) else resolve(target)
     ensure_server(target, log=log)
     with target.client() as client:
         yield client[target.db_name]

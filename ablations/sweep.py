@@ -123,7 +123,7 @@ def record_manifest(tasks: list[Task], args, with_words: list[str], target: stor
     if args.journal_only:
         sweep_manifest.write_journal(target.journal_dir(online=False), sweep)
         return
-    with store.database(args.mongo) as db:
+    with store.database(target) as db:
         sweep_manifest.record(db, sweep)
 
 

@@ -328,3 +328,21 @@ probe"""
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "calls").read_text().splitlines() == calls
+
+
+@pytest.mark.parametrize("part, words", [
+    ({}, "--plan ofat --seeds 0,1,2 --pack 6 --journal-only --mps with gpu"),
+    ({"SEEDS": "1", "ONLY": "ema", "SUITE_SET": "train_steps=8000 log_every=500", "FUSE": "1"},
+     "--plan ofat --seeds 1 --pack 6 --journal-only --fuse --only ema --mps with gpu train_steps=8000 log_every=500"),
+])
+def test_the_gpu_suite_stage_runs_the_part_of_the_suite_it_is_given(tmp_path, part, words):
+    """session.sh's suite, its Python replaced by echo: the sweep it would start, whole or a part."""
+    suite = f"""
+source {SESSION}
+PY=echo; MPS=(--mps); parts() {{ :; }}
+suite"""
+    env = {k: v for k, v in os.environ.items() if k not in ("REHEARSE", "SEEDS", "ONLY", "SUITE_SET", "FUSE")}
+    done = subprocess.run(["bash", "-c", suite], env=env | part | {"OUT": str(tmp_path), "WORK": str(tmp_path / "w")},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "ablations/sweep.py " + words

@@ -10,6 +10,10 @@
 #   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
 #                                                 # database; bundled in 15 MiB parts, the first four returned
 #   FUSE=1 bash benchmarks/device/session.sh suite   # ... each cell's seeds trained as one network (sweep.py --fuse)
+#   ONLY=ema SEEDS=0,1,2 SUITE_SET="train_steps=8000" bash benchmarks/device/session.sh suite
+#                                                 # a part of the suite that fits one call: here the baseline and
+#                                                 # ema=False, 3 seeds each, at 8,000 steps (other sessions add
+#                                                 # the other toggles; at home the sweeps' reports share the baseline)
 #   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
 #   bash benchmarks/device/session.sh reproduce  # ... and the baseline at seed 0 re-executed alone and compared
 #   bash benchmarks/device/session.sh paper      # a `paper` baseline and a `paper` ema=True run, packed 2 under MPS
@@ -31,14 +35,14 @@ PACK=6
 PARTS_PER_CALL=4
 FUSE=${FUSE:-}  # non-empty: the suite's sweep runs with --fuse
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
-  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=0,1; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
+  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=${SEEDS:-0,1}; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
   FALLBACK_LR=1e-3
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
   FUSION=(--scale smoke --set device=cpu --members 1,2 --steps 2 --repeats 2 --agree-steps 4)
   FUSION_TESTS=(tests/test_fused.py -k "refused or stacked")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
-  SCALE=(gpu); CURVE=${CURVE:-4000,8000,12000,16000,20000}; CURVE_SCALE=gpu; SEEDS=0,1,2; PART_MIB=15
+  SCALE=(gpu); CURVE=${CURVE:-4000,8000,12000,16000,20000}; CURVE_SCALE=gpu; SEEDS=${SEEDS:-0,1,2}; PART_MIB=15
   # 1,000 steps packed 1.99x on an H100, where training was a fifth of a solo run; at 3,000 it is about
   # two fifths, nearer the suite's budget (about 8 minutes in all)
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-3000}
@@ -114,9 +118,13 @@ fusion() {  # does stacking fill the GPU where processes under MPS did not (1.99
 }
 
 suite() {
-  local sweep=(ablations/sweep.py --plan ofat --seeds "$SEEDS" --pack "$PACK" --journal-only ${FUSE:+--fuse})
+  local sweep=(ablations/sweep.py --plan ofat --seeds "$SEEDS" --pack "$PACK" --journal-only ${FUSE:+--fuse}
+               ${ONLY:+--only "$ONLY"})
+  local words=("${SCALE[@]}")
+  # shellcheck disable=SC2206  # SUITE_SET is words, e.g. "train_steps=8000"
+  words+=(${SUITE_SET:-})
   # Idempotent: where MPS fails, the second sweep runs (or re-runs) only the cells that did not complete.
-  timed "$PY" "${sweep[@]}" "${MPS[@]}" with "${SCALE[@]}" || timed "$PY" "${sweep[@]}" with "${SCALE[@]}"
+  timed "$PY" "${sweep[@]}" "${MPS[@]}" with "${words[@]}" || timed "$PY" "${sweep[@]}" with "${words[@]}"
   rm -rf "$WORK/bundle"
   timed "$PY" -m ablations.store bundle "$WORK/bundle" --part-mib "$PART_MIB"
   parts 1
