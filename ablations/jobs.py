@@ -52,9 +52,11 @@ class Task:
     pack: int = 1  # how many runs share this machine's device at a time (recorded as info.pack)
     refusal: str | None = None  # why this machine cannot run the cell (it may still be stored)
     env: dict = field(default_factory=dict)  # set for the run's process, beside this process's environment
-    # --fuse: cells with the same training key train together (seeds aside, they differ at most in `ema`)
+    # --fuse: cells with the same training key train together (seeds aside, they differ at most in `ema` and
+    # `schedule`)
     training_key: str | None = None
     ema: bool = False
+    schedule: str = "cosine"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -216,9 +218,10 @@ def run_cell(task: Task) -> dict:
 
 
 def run_group(tasks: list[Task]) -> list[dict]:
-    """One fused training (ablations/fused_group.py) for the seeds not stored of a cell, or of two cells that
-    differ only in ``ema`` (EMA never changes training: the EMA cell's group leaves its EMA-off twins too);
-    then each seed of each cell is evaluated and recorded as its own run from its checkpoint."""
+    """One fused training (ablations/fused_group.py) for the seeds not stored of cells that differ only in
+    ``ema`` and ``schedule``: its members are those seeds at each of those schedules, trained with EMA where a
+    cell has it (EMA never changes training: the group then leaves its EMA-off twins too); then each seed of
+    each cell is evaluated and recorded as its own run from its checkpoint."""
     rows = [row for task in tasks if (row := stored_row(task))]
     done = {(row["cell"], row["seed"]) for row in rows}
     pending = [task for task in tasks if (task.cell, task.seed) not in done]
@@ -227,11 +230,13 @@ def run_group(tasks: list[Task]) -> list[dict]:
     lead = next((task for task in pending if task.ema), pending[0])
     twins = lead.ema and not all(task.ema for task in pending)
     seeds = ",".join(map(str, sorted({task.seed for task in pending})))
-    words = [w for w in lead.words if not w.startswith("seed=")]
+    schedules = ",".join(sorted({task.schedule for task in pending}))
+    words = [w for w in lead.words if not w.startswith(("seed=", "schedule="))]
     with tempfile.TemporaryDirectory(prefix="fused-") as out:
         started = time.time()
         with device_slot():
-            trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--out", out,
+            trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--schedules", schedules,
+                                      "--out", out,
                                       *(["--ema-off-twins"] if twins else []), "with", *words], capture_output=True,
                                      text=True, preexec_fn=_die_with_parent, env=os.environ | lead.env)
         if trained.returncode != 0:
@@ -239,7 +244,7 @@ def run_group(tasks: list[Task]) -> list[dict]:
                   f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
             return rows + [_row(task, "FAILED", wall_s=time.time() - started) for task in pending]
         members = [replace(task, words=[*task.words, "fused_checkpoint=" + repr(str(
-            fused_group.member_checkpoint(Path(out), task.seed, ema_off_twin=twins and not task.ema)))])
+            fused_group.member_checkpoint(Path(out), task.seed, task.schedule, ema_off_twin=twins and not task.ema)))])
             for task in pending]
         with ThreadPoolExecutor(max_workers=len(members)) as pool:  # each run waits for a place on the device
             rows += list(pool.map(run_cell, members))

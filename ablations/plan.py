@@ -73,7 +73,7 @@ class Cell:
     overrides: dict = field(default_factory=dict)  # the flipped toggles
     config: Config | None = None
     precision: Precision = "fp32"  # what the run will compute in on this machine
-    fused: bool = False  # trained with its cell's other seeds as one network (sweep.py --fuse)
+    fused: bool = False  # trained as one network with its fused group (sweep.py --fuse)
 
     @property
     def key(self) -> str:

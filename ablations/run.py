@@ -6,7 +6,7 @@
     python ablations/run.py with resume=RUN_ID              # continue an interrupted run exactly
     python ablations/run.py -m mongodb://host:27017/mydb with schedule=linear
     python ablations/run.py --journal-only with smoke       # no database now; `python -m ablations.store sync` later
-    python ablations/run.py with fused=True fused_checkpoint=DIR/seed-0.pt   # what `sweep.py --fuse` runs
+    python ablations/run.py with fused=True fused_checkpoint=DIR/seed-0-cosine.pt   # what `sweep.py --fuse` runs
 
 The config is built from :class:`core.config.Config` (the single source of defaults and valid
 choices) plus the run options below; invalid values fail before any run is stored.
@@ -36,7 +36,7 @@ RUN_OPTIONS = {
     "checkpoint_every": 100,  # steps between full checkpoints in the run's journal directory
     "resume": None,  # id of an interrupted run to continue from its last checkpoint
     "resume_checkpoint": None,  # filled in from `resume`; not set by hand
-    "fused": False,  # trained with its cell's other seeds as one network (sweep.py --fuse): part of its identity
+    "fused": False,  # trained as one network with its fused group (sweep.py --fuse): part of its identity
     "fused_checkpoint": None,  # set by sweep.py --fuse: this seed's checkpoint from ablations/fused_group.py
     "sweep_id": None,  # set by ablations/sweep.py: which sweep this run belongs to
     "cell": None,  # set by ablations/sweep.py: the plan cell (e.g. "baseline", "attention")

@@ -24,8 +24,9 @@ needs no database: runs go to the local journal, a cell COMPLETED there is skipp
 ``--fuse`` trains the seeds of each cell as one stacked network (:mod:`core.fused`,
 ``ablations/fused_group.py``), then records each seed as its own run: a member equals its solo run up
 to float rounding, not bit for bit, so fused runs are cells of their own (``fused=True`` is part of
-their identity and of the sweep id). Dropout's cells cannot be fused and train alone. EMA never changes
-training, so the cells that differ only in ``ema`` (the baseline and its EMA cell) share one fused training.
+their identity and of the sweep id). Dropout's cells cannot be fused and train alone. The cells that differ
+only in ``ema`` and ``schedule`` (the baseline, its EMA cell and its linear-schedule cell) share one fused
+training: EMA never changes training, and a schedule only sets the coefficients that noise a member's batch.
 A fused training and each run take one of the ``--pack`` places on the device.
 """
 from __future__ import annotations
@@ -58,9 +59,11 @@ def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
         kept = [w for w in with_words if w.split("=")[0] not in c.overrides]  # a flip replaces the baseline's word
         fused = ["fused=True"] if c.fused else []
         words = [*kept, *flips, f"seed={c.seed}", f"sweep_id={sid!r}", f"cell={c.name!r}", *threads, *fused]
-        training = config_hash(c.config.replace(seed=0, ema=False), c.precision, True) if c.fused else None
+        # what a fused training does not depend on left out: the seed, EMA and the schedule (see fused_group.py)
+        training = config_hash(c.config.replace(seed=0, ema=False, schedule="cosine"), c.precision, True) \
+            if c.fused else None
         tasks.append(Task(sid, c.name, c.seed, c.key, words, args.mongo, target.db_name, args.journal_only,
-                          args.pack, _refusal(c), training_key=training, ema=c.config.ema))
+                          args.pack, _refusal(c), training_key=training, ema=c.config.ema, schedule=c.config.schedule))
     return tasks
 
 
@@ -159,7 +162,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--mps", action="store_true",
                    help="with --pack on a GPU: run the packed processes under a CUDA MPS daemon of the sweep's own")
     p.add_argument("--fuse", action="store_true",
-                   help="train each cell's seeds as one network (core/fused.py); dropout cells train alone")
+                   help="train each cell's seeds, and the cells differing only in ema or schedule, as one network "
+                        "(core/fused.py); dropout cells train alone")
     p.add_argument("--journal-only", action="store_true",
                    help="no database: runs go to the local journal (then `python -m ablations.store bundle`/`sync`)")
     p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")

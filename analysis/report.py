@@ -95,8 +95,8 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
         "computed in": ", ".join(f"{p} ({n} runs)" for p, n in runs.dtype.value_counts().sort_index().items()),
         "training": " or ".join(f"{int(n)} steps x {int(b)} images at lr {lr:g}" for n, b, lr in
                                 runs[["train_steps", "batch_size", "lr"]].drop_duplicates().itertuples(index=False))
-        + " per run" + (f"; {int(runs.fused.sum())} runs trained with their cell's other seeds as one network "
-                        "(sweep.py --fuse)" if "fused" in runs and runs.fused.any() else ""),
+        + " per run" + (f"; {int(runs.fused.sum())} runs trained fused with the other members of their group, as one "
+                        "network (sweep.py --fuse)" if "fused" in runs and runs.fused.any() else ""),
         "samples per run": f"{int(first.n_samples)}, sampler {sampler}, against the 10,000 MNIST test digits",
         "real-vs-real FID floor at this N": f"{runs.fid_floor.dropna().mean():.2f}" if runs.fid_floor.notna().any()
         else "not recorded",

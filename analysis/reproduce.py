@@ -11,7 +11,7 @@ import gridfs
 import numpy as np
 import torch
 
-from ablations.fused_group import trained_group
+from ablations.fused_group import members_of, trained_group
 from ablations.plan import planned_precision
 from ablations.record import dirty_run_code, final_weights, precision_of
 from core.checkpoint import restore_weights
@@ -96,8 +96,9 @@ def trained_again(doc: dict) -> tuple[DiffusionProcess, list[float]]:
         train(process, as_tensor(mnist(train=True)),
               log=lambda name, value, step: losses.append(float(value)) if name == "train.loss" else None)
         return process, losses
-    me = fused["seeds"].index(process.config.seed)
-    members, _ = trained_group(process.config, fused["seeds"], process.precision, log=lambda i, name, value, step:
+    group = members_of(fused, process.config)
+    me = group.index((process.config.seed, process.config.schedule))
+    members, _ = trained_group(process.config, group, process.precision, log=lambda i, name, value, step:
                                losses.append(float(value)) if (i, name) == (me, "train.loss") else None)
     return members[me], losses
 

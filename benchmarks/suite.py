@@ -15,8 +15,9 @@ the speed-up back, the median seconds of each phase of a run in either sweep (:f
 
 ``--mps`` runs the packed sweep with ``--mps``: under a CUDA MPS daemon of its own, so that the K
 processes' kernels can overlap on the GPU instead of taking turns. ``--fuse`` runs it with ``--fuse``
-(each cell's seeds trained as one network): its runs then agree with their solo twins up to rounding,
-and the JSON says how far (``largest_loss_rel_diff``, ``largest_fid_rel_diff``).
+(each cell's seeds, with the cells differing only in ema or schedule, trained as one network): its runs
+then agree with their solo twins up to rounding, and the JSON says how far (``largest_loss_rel_diff``,
+``largest_fid_rel_diff``).
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pack", type=int, default=6)
     parser.add_argument("--mps", action="store_true", help="run the packed sweep under CUDA MPS")
     parser.add_argument("--fuse", action="store_true",
-                        help="run the packed sweep with --fuse: each cell's seeds trained as one network")
+                        help="run the packed sweep with --fuse: fused groups (see sweep.py --fuse)")
     parser.add_argument("--work", type=Path, help="where the two journals go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     args = parser.parse_args(own)

@@ -16,6 +16,10 @@ What differs is the kernels, and so the last bits of every step; from there the 
 from their solo twins as any two float orderings of one training do (``tests/test_fused.py``
 bounds the difference after a few steps). A fused group repeats itself bit for bit.
 
+Members may also differ in ``schedule``: the schedule only sets the coefficient tables that noise each
+member's batch (Eq. 4 of Ho et al. 2020, computed member by member, outside the mapped network), so a
+``schedule=linear`` cell trains in the same group as its cosine baseline.
+
 Not fused: dropout, whose masks come from torch's global generator and would be drawn in another
 order under vmap (a member would not be its solo run even approximately), and torch.compile.
 After :meth:`FusedTraining.write_back` each member's process holds its weights, EMA, optimiser,
@@ -41,6 +45,9 @@ from core.fastpath import GraphedAfterWarmup
 # is not dense, and autograd warns (once, "not an error") that such a gradient "may impair performance".
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
+# What members of one group may differ in: the rest of their configs is the same network and optimiser.
+MEMBER_FIELDS = ("seed", "schedule")
+
 # What a process's GradScaler starts from and how it moves (torch.amp.GradScaler's defaults).
 GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0, 0.5, 2000
 
@@ -61,19 +68,20 @@ def check_fusable(processes: list[DiffusionProcess]) -> None:
     if not processes:
         raise ValueError("invalid processes=[]: fusing needs at least one DiffusionProcess")
     first = processes[0]
-    base = {k: v for k, v in first.config.to_dict().items() if k != "seed"}
+    base = {k: v for k, v in first.config.to_dict().items() if k not in MEMBER_FIELDS}
     for p in processes[1:]:
-        other = {k: v for k, v in p.config.to_dict().items() if k != "seed"}
+        other = {k: v for k, v in p.config.to_dict().items() if k not in MEMBER_FIELDS}
         diff = {k: (base[k], other[k]) for k in base if base[k] != other[k]}
         if diff:
-            raise ValueError(f"invalid group: fused members may differ only in seed, these differ: {diff}")
+            raise ValueError(f"invalid group: fused members may differ only in {' and '.join(MEMBER_FIELDS)}, "
+                             f"these differ: {diff}")
         if (p.device, p.precision, p.step) != (first.device, first.precision, first.step):
             raise ValueError("invalid group: members must share device, precision and step, found "
                              f"{(str(first.device), first.precision, first.step)} and "
                              f"{(str(p.device), p.precision, p.step)}")
-    seeds = [p.config.seed for p in processes]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"invalid seeds={seeds}: fused members need distinct seeds")
+    members = [(p.config.seed, p.config.schedule) for p in processes]
+    if len(set(members)) != len(members):
+        raise ValueError(f"invalid members (seed, schedule)={members}: fused members need to be distinct")
     if reason := unfusable_reason(first.config):
         raise ValueError(reason)
 
@@ -153,7 +161,7 @@ class StackedGradScaler:
 
 
 class FusedTraining:
-    """K :class:`DiffusionProcess` members that differ only in seed, trained as one stacked network.
+    """K :class:`DiffusionProcess` members that differ only in seed and schedule, trained as one stacked network.
 
     :param processes: the members, all at the same step (fresh, or restored from checkpoints).
         Their state is read in here and written back by :meth:`write_back`.
@@ -164,7 +172,6 @@ class FusedTraining:
         self.processes = processes
         first = processes[0]
         self.config, self.device, self.step = first.config, first.device, first.step
-        self.coeffs = first.coeffs
         self.autocast = first.autocast
         self.template = copy.deepcopy(first.model).to("meta")  # the architecture, without weights
         stacked, _ = stack_module_state([p.model for p in processes])  # name -> (K, ...) weight
@@ -244,11 +251,11 @@ class FusedTraining:
 
     def losses(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Each member's L_simple (Ho et al. 2020, Eq. 14): (K, B, C, H, W) batches in, (K,) out."""
-        k, b = t.shape
-        x_t = ddpm.q_sample(self.coeffs, x0.flatten(0, 1), t.flatten(), noise.flatten(0, 1))  # Eq. 4
+        # Eq. 4, each member with its own schedule's coefficients: (K, B, C, H, W)
+        x_t = torch.stack([ddpm.q_sample(p.coeffs, x0[i], t[i], noise[i]) for i, p in enumerate(self.processes)])
         weights = dict(zip(self.names, self.weights, strict=True))
         with self.autocast():
-            predicted = vmap(self._network)(weights, x_t.unflatten(0, (k, b)), t)  # (K, B, C, H, W)
+            predicted = vmap(self._network)(weights, x_t, t)  # (K, B, C, H, W)
         return (predicted.float() - noise).square().mean(dim=(1, 2, 3, 4))
 
     def _optimize(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

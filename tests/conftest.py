@@ -6,8 +6,21 @@ import signal
 import pytest
 import torch
 
+from ablations import store
 from core.diffusion import DiffusionProcess
 from tests.helpers import Server, run_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_embedded_server_left_behind():
+    """Tests talk to servers of their own: one that starts the default embedded server (in the user's
+    ``runs/``) and leaves it running fails the session, and the server is stopped."""
+    before = store.server_pid()
+    yield
+    after = store.server_pid()
+    if after is not None and after != before:
+        store.stop_embedded(log=lambda line: None)
+        pytest.fail(f"a test started the default embedded server (PID {after}) and left it running")
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,23 @@ def distance(a, b) -> float:
     return torch.cat([(x - y).flatten() for x, y in zip(a, b, strict=True)]).norm().item()
 
 
-def test_fused_members_follow_their_solo_runs(images):
-    fused, fused_loss = fused_run(images)
-    for member in fused:
+# Members differ in seed, or (a schedule=linear cell fused with its cosine baseline) in seed and schedule.
+MIXED = [CONFIG.replace(seed=0), CONFIG.replace(seed=1), CONFIG.replace(seed=0, schedule="linear")]
+
+
+@pytest.mark.parametrize("configs", [None, MIXED], ids=["seeds", "seeds-and-schedules"])
+def test_fused_members_follow_their_solo_runs(images, configs):
+    if configs is None:
+        fused, fused_loss = fused_run(images)
+    else:
+        fused, fused_loss = [DiffusionProcess(c, precision="fp32") for c in configs], {}
+        train_fused(FusedTraining(fused), images, log=lambda i, n, v, s: fused_loss.setdefault((i, s), v)
+                    if n == "train.loss" else None)
+    for i, member in enumerate(fused):
         solo, solo_loss = DiffusionProcess(member.config, precision="fp32"), {}
         start = [p.clone() for p in solo.model.parameters()]
-        train(solo, images, log=lambda n, v, s: solo_loss.setdefault((solo.config.seed, s), v) if n == "train.loss"
-              else None)
+        who = i if configs is not None else solo.config.seed  # how the fused losses are keyed
+        train(solo, images, log=lambda n, v, s: solo_loss.setdefault((who, s), v) if n == "train.loss" else None)
         # the same draws in the same order: the generators end in the same state, the step counts agree
         assert torch.equal(member.train_generator.get_state(), solo.train_generator.get_state())
         assert member.step == solo.step == CONFIG.train_steps
@@ -146,7 +156,7 @@ def test_a_group_that_cannot_train_as_one_is_refused_by_name(change, words):
     with pytest.raises(ValueError) as error:
         FusedTraining(group)
     assert all(word in str(error.value) for word in words)
-    with pytest.raises(ValueError, match=r"invalid seeds=\[0, 0\]"):
+    with pytest.raises(ValueError, match=r"invalid members \(seed, schedule\)=\[\(0, 'cosine'\), \(0, 'cosine'\)\]"):
         FusedTraining([DiffusionProcess(CONFIG, precision="fp32"), DiffusionProcess(CONFIG, precision="fp32")])
 
 
@@ -207,11 +217,16 @@ def test_an_ema_groups_ema_off_twins_are_what_an_ema_off_group_leaves_bit_for_bi
                              "with", *words, "ema=True"]) == 0
     assert fused_group.main(["--seeds", "0,1", "--out", str(tmp_path / "off"), "with", *words]) == 0
     for seed in (0, 1):
-        twin = load_state(fused_group.member_checkpoint(tmp_path / "ema", seed, ema_off_twin=True))
-        own = load_state(fused_group.member_checkpoint(tmp_path / "off", seed))
+        twin = load_state(fused_group.member_checkpoint(tmp_path / "ema", seed, "cosine", ema_off_twin=True))
+        own = load_state(fused_group.member_checkpoint(tmp_path / "off", seed, "cosine"))
         losses = [[h for h in state["extra"].pop("history") if h[0] == "train.loss"] for state in (twin, own)]
         assert losses[0] == losses[1] and twin["extra"].pop("fused")["seeds"] == own["extra"].pop("fused")["seeds"]
         assert_same(twin, own)
-        assert load_state(fused_group.member_checkpoint(tmp_path / "ema", seed))["ema"] is not None
+        assert load_state(fused_group.member_checkpoint(tmp_path / "ema", seed, "cosine"))["ema"] is not None
     assert fused_group.main(["--seeds", "0", "--out", str(tmp_path / "x"), "--ema-off-twins", "with", *words]) == 2
     assert "invalid --ema-off-twins with ema=False" in capsys.readouterr().err
+    assert fused_group.main(["--seeds", "0", "--schedules", "cosine,cosin", "--out", str(tmp_path / "x"),
+                             "with", *words]) == 2
+    assert "invalid --schedules cosine,cosin: valid values are distinct names from cosine, linear" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any work

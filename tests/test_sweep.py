@@ -209,22 +209,25 @@ def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_run
 
 def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_its_group(server, env,
                                                                                            sequential_db, tmp_path):
-    """--fuse, journal-only, synced at home: the seeds of the baseline and of its EMA cell trained once, as one
-    network, then each a normal run record whose loss curve is its solo twin's up to rounding; fused cells have
-    keys of their own, a second sweep (away and at home) finds them stored, and a run reproduces bit for bit by
-    re-training its group."""
+    """--fuse, journal-only, synced at home: the seeds of the baseline, of its EMA cell and of its linear-schedule
+    cell trained once, as one network, then each a normal run record whose loss curve is its solo twin's up to
+    rounding; fused cells have keys of their own, a second sweep (away and at home) finds them stored, and a run
+    reproduces bit for bit by re-training its group."""
     # no database answers there; the journal is kept under the name of the database it is synced to
     away = env | {"ABLATIONS_HOME": str(tmp_path / "away"), "ABLATIONS_MONGO_URL": "mongodb://127.0.0.1:9/fused"}
-    fused = ["--fuse", "--journal-only", "--only", "ema", "--seeds", "0,1", "with", "smoke", "threads=1"]
+    fused = ["--fuse", "--journal-only", "--only", "ema,schedule", "--seeds", "0,1", "with", "smoke", "threads=1"]
     first = run_sweep(fused, away)
-    assert first.returncode == 0 and first.stdout.count("COMPLETED") == 4, first.stdout[-3000:] + first.stderr
-    assert run_sweep(fused, away).stdout.count("stored") == 4
+    assert first.returncode == 0 and first.stdout.count("COMPLETED") == 6, first.stdout[-3000:] + first.stderr
+    assert run_sweep(fused, away).stdout.count("stored") == 6
     synced = subprocess.run([sys.executable, "-m", "ablations.store", "sync", "-m", f"{server.url}/fused"],
                             env=away, capture_output=True, text=True, cwd=REPO)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     db = server.db("fused")
     docs = {(d["config"]["cell"], d["config"]["seed"]): d for d in db.runs.find({"status": "COMPLETED"})}
-    assert len(docs) == 4 and len({d["info"]["fused"]["group"] for d in docs.values()}) == 1  # one training
+    assert len(docs) == 6 and len({d["info"]["fused"]["group"] for d in docs.values()}) == 1  # one training
+    assert sorted(map(tuple, docs["schedule=linear", 0]["info"]["fused"]["members"])) == [
+        (0, "cosine"), (0, "linear"), (1, "cosine"), (1, "linear")]
+    assert docs["schedule=linear", 0]["config"]["schedule"] == "linear"
     for seed in (0, 1):  # EMA never changes training: the EMA cell's trained weights are the baseline's
         assert all(torch.equal(a, b) for a, b in zip(final_weights(db, docs["baseline", seed]["_id"]).values(),
                                                      final_weights(db, docs["ema=True", seed]["_id"]).values()))
@@ -236,10 +239,10 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]
     assert losses[0] == solo_losses[0] and losses[1] == pytest.approx(solo_losses[1], rel=2e-2)
     training = setting(runs_table(list(docs.values())))["training"]
-    assert "4 runs trained with their cell's other seeds as one network" in training
+    assert "6 runs trained fused with the other members of their group, as one network" in training
     home = env | {"ABLATIONS_HOME": str(tmp_path / "home")}
     home_sweep = run_sweep(["-m", f"{server.url}/fused", "--fuse", *fused[2:]], home)  # the same sweep at home
-    assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 4, home_sweep.stdout
+    assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 6, home_sweep.stdout
     if refusal(docs["baseline", 1]):
         pytest.skip(f"this checkout cannot reproduce its own runs: {refusal(docs['baseline', 1])}")
     # the EMA-off twin, made from the EMA group's training, re-executed by an EMA-off group: bit for bit
@@ -247,11 +250,12 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
 
 
 def test_a_fused_sweep_runs_each_training_as_one_job_and_dropout_alone():
-    args, _ = sweep.parse_args(["--fuse", "--only", "attention,ema,dropout", "--seeds", "0,1,2", "with", "smoke"])
+    args, _ = sweep.parse_args(["--fuse", "--only", "attention,ema,dropout,schedule", "--seeds", "0,1,2",
+                                "with", "smoke"])
     tasks = sweep.tasks_for(args, ["smoke"], sweep.store.resolve(None))
     jobs = {(tuple(sorted({t.cell for t in job})), tuple(sorted({t.seed for t in job})))
             for job in sweep.jobs_of(tasks)}
-    assert jobs == {(("baseline", "ema=True"), (0, 1, 2)), (("attention=False",), (0, 1, 2)),
+    assert jobs == {(("baseline", "ema=True", "schedule=linear"), (0, 1, 2)), (("attention=False",), (0, 1, 2)),
                     (("dropout=0.1",), (0,)), (("dropout=0.1",), (1,)), (("dropout=0.1",), (2,))}
     keys = {t.cell: t.key for t in tasks if t.seed == 0}
     plain, _ = sweep.parse_args(["--only", "attention,dropout", "--seeds", "0", "with", "smoke"])
