@@ -8,9 +8,9 @@ The audit checks every run's status (and heartbeat freshness while RUNNING), com
 expected metric and artifact, a final checkpoint that loads), provenance (a commit, a clean tree,
 the current data and classifier hashes), duplicate cells and orphan artifacts; with ``--sweep``, also
 that every cell x seed the sweep planned has a COMPLETED run (its own, or one it found stored by another
-sweep). It prints a table and exits non-zero on any problem. ``--reproduce`` re-executes a run from its stored config and
-seed at its recorded thread count, refusing when the working tree is not the recorded commit.
-``--resample`` scores the run's stored weights under other sampler seeds: the part of a FID's
+sweep). It prints a table and exits non-zero on any problem. ``--reproduce`` re-executes a run from its
+stored config and seed at its recorded thread count, refusing when the working tree is not the
+recorded commit. ``--resample`` scores the run's stored weights under other sampler seeds: the part of a FID's
 spread that is sampling noise (the rest is the training seed's).
 """
 from __future__ import annotations
