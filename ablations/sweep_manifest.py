@@ -99,6 +99,13 @@ def borrowed(db, sweep_id: str, own: list[dict]) -> list[dict]:
     return copies
 
 
+def unfinished(db, sweep_id: str) -> list[dict]:
+    """The entries of the sweep's manifest (``cell``, ``seed``, ``key``) that no COMPLETED run holds."""
+    sweep = db[COLLECTION].find_one({"_id": sweep_id}) or {"cells": []}
+    return [entry for entry in sweep["cells"]
+            if not db.runs.find_one({"info.config_hash": entry["key"], "status": "COMPLETED"}, {"_id": 1})]
+
+
 def member_cell(doc: dict) -> str:
     """The cell a run stands for: the borrowing sweep's name for it, else its own, else "custom"."""
     return (doc.get(MEMBER_OF) or {}).get("cell") or doc.get("config", {}).get("cell") or "custom"

@@ -25,7 +25,7 @@ import gridfs
 from ablations.record import ARTIFACTS, METRICS, STALE_AFTER_S, dirty_run_code, final_weights, non_plain
 from ablations.plan import comma_integers
 from ablations.store import StoreUnavailable, database  # URLs and the server only
-from ablations.sweep_manifest import COLLECTION as SWEEPS, check_known
+from ablations.sweep_manifest import check_known, unfinished
 from core.classifier import expected_sha256
 from core.data import MNIST_SHA256
 
@@ -102,11 +102,9 @@ def audit(db, sweep: str | None = None, now: dt.datetime | None = None) -> list[
 
 def unfinished_cells(db, sweep: str) -> list[dict]:
     """A row for each cell x seed of the sweep's manifest that no COMPLETED run holds."""
-    manifest = db[SWEEPS].find_one({"_id": sweep}) or {"cells": []}
     return [{"run_id": "-", "status": "-", "cell": entry["cell"], "seed": entry["seed"],
              "problems": ["planned by the sweep, and no COMPLETED run of it is stored"]}
-            for entry in manifest["cells"]
-            if not db.runs.find_one({"info.config_hash": entry["key"], "status": "COMPLETED"}, {"_id": 1})]
+            for entry in unfinished(db, sweep)]
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -28,7 +28,7 @@ from ablations.record import SAMPLE_GRID, TOGGLES, seed_value
 from ablations.store import StoreUnavailable
 from analysis import figures, stats
 from ablations.sweep_manifest import in_sweeps, member_cell
-from analysis.runs import curves_table, from_dump, from_mongo, levels_table, runs_table
+from analysis.runs import curves_table, from_dump, from_mongo, levels_table, planned_not_stored, runs_table
 
 METRICS = ("fid", "kid_mean", "precision", "recall", "nll_bpd", "eps_mse")
 VERDICT_METRICS = ("fid", "nll_bpd", "eps_mse")  # each its own Holm family; lower is better for all three
@@ -247,9 +247,13 @@ def build_scales(docs: list[dict], out: Path, scales: list[str]) -> dict[str, pd
     return side_by_side
 
 
-def build(docs: list[dict], out: Path, sweep: str | list[str] | None = None) -> dict[str, pd.DataFrame]:
+def build(docs: list[dict], out: Path, sweep: str | list[str] | None = None,
+          missing: list[dict] | None = None) -> dict[str, pd.DataFrame]:
     """Write the report for the COMPLETED runs of ``docs`` (of the given sweeps, if any) into ``out``; return its
-    tables. Runs of more than one scale get :func:`build_scales`."""
+    tables. Runs of more than one scale get :func:`build_scales`.
+
+    :param missing: the cells x seeds the sweeps planned that no COMPLETED run holds (named in the setting).
+    """
     sweeps = [sweep] if isinstance(sweep, str) else sweep
     docs = [d for d in docs if d.get("status") == "COMPLETED" and (not sweeps or in_sweeps(d, sweeps))]
     if not docs:
@@ -260,7 +264,10 @@ def build(docs: list[dict], out: Path, sweep: str | list[str] | None = None) -> 
     runs = runs_table(docs)
     tabs = tables(runs)
     figs = make_figures(docs, runs, tabs, out / "figures")
-    render(tabs, setting(runs), figs, out, f"MNIST DDPM ablations{' — sweep ' + ', '.join(sweeps) if sweeps else ''}")
+    facts = setting(runs)
+    if missing:  # an unfinished sweep says what its numbers lack
+        facts["planned, no COMPLETED run yet"] = ", ".join(f"{e['cell']} seed {e['seed']}" for e in missing)
+    render(tabs, facts, figs, out, f"MNIST DDPM ablations{' — sweep ' + ', '.join(sweeps) if sweeps else ''}")
     return tabs
 
 
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
     args = parser.parse_args(argv)
     try:
-        build(runs_of(args), args.out, args.sweep)
+        missing = [] if args.dump else [e for s in args.sweep or [] for e in planned_not_stored(args.mongo_url, s)]
+        build(runs_of(args), args.out, args.sweep, missing)
     except (ValueError, StoreUnavailable) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

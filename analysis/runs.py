@@ -22,7 +22,7 @@ from bson import json_util
 
 from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
 from ablations.store import StoreUnavailable, database  # URLs and the server: no Sacred machinery
-from ablations.sweep_manifest import MEMBER_OF, borrowed, check_known, member_cell
+from ablations.sweep_manifest import MEMBER_OF, borrowed, check_known, member_cell, unfinished
 
 EMBEDDED = (SAMPLE_GRID,)  # artifacts small enough to travel inside a dump
 
@@ -48,6 +48,12 @@ def from_mongo(url: str | None = None, sweep: str | None = None, status: str | N
             doc["artifact_data"] = {a["name"]: base64.b64encode(fs.get(a["file_id"]).read()).decode()
                                     for a in doc.get("artifacts", []) if a["name"] in EMBEDDED}
     return docs
+
+
+def planned_not_stored(url: str | None, sweep: str) -> list[dict]:
+    """The cells x seeds a sweep planned that no COMPLETED run holds (:func:`ablations.sweep_manifest.unfinished`)."""
+    with database(url, log=_to_stderr) as db:
+        return unfinished(db, sweep)
 
 
 def from_dump(path: Path | str) -> list[dict]:

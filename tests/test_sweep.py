@@ -158,7 +158,10 @@ def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(se
     args, with_words = sweep.parse_args([*words[:2], "--seeds", "0,1", *words[4:]])
     sweep.record_manifest(sweep.tasks_for(args, with_words, sweep.store.resolve(url)), args, with_words,
                           sweep.store.resolve(url))  # the same sweep, extended to seed 1 (not run yet)
-    assert sorted((r["cell"], r["seed"]) for r in audit.unfinished_cells(db, sid)) == [("baseline", 1), ("ema=False", 1)]
+    unfinished = sorted((r["cell"], r["seed"]) for r in audit.unfinished_cells(db, sid))
+    assert unfinished == [("baseline", 1), ("ema=False", 1)]
+    assert report.main(["--mongo-url", url, "--sweep", sid, "--out", str(tmp_path / "report")]) == 0
+    assert "baseline seed 1, ema=False seed 1" in (tmp_path / "report" / "report.md").read_text()  # says what it lacks
 
 
 def test_packed_journal_only_sweep_travels_as_a_bundle_and_syncs_like_direct_runs(server, env, sequential_db,
