@@ -27,10 +27,10 @@ import torch
 from ablations.plan import comma_integers, fields_of
 from core.checkpoint import save_state, without_ema
 from core.config import Config
-from core.schedules import SCHEDULES
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.fused import FusedTraining, train_fused
+from core.schedules import SCHEDULES
 
 
 def member_checkpoint(out: Path, seed: int, schedule: str, ema_off_twin: bool = False) -> Path:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
     schedules = args.schedules or [config.schedule]
-    if bad := [s for s in schedules if s not in SCHEDULES] or len(set(schedules)) != len(schedules):
+    if any(s not in SCHEDULES for s in schedules) or len(set(schedules)) != len(schedules):
         print(f"ERROR: invalid --schedules {','.join(schedules)}: valid values are distinct names from "
               f"{', '.join(SCHEDULES)}", file=sys.stderr)
         return 2

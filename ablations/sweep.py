@@ -10,9 +10,9 @@
 
 Idempotent: a cell x seed already COMPLETED in the store is skipped, whichever sweep stored it (the
 sweep's manifest, :mod:`ablations.sweep_manifest`, keeps such a cell in this sweep's report); an
-INTERRUPTED or FAILED one is resumed from its checkpoint when the journal has one, else run again. Cells are claimed
-atomically in the database (collection ``sweep_claims``), so two sweeps never run one cell twice
-(:mod:`ablations.jobs` runs them).
+INTERRUPTED or FAILED one is resumed from its checkpoint when the journal has one, else run again.
+Cells are claimed atomically in the database (collection ``sweep_claims``), so two sweeps never run
+one cell twice (:mod:`ablations.jobs` runs them).
 
 ``--pack K`` runs K cells at a time on this machine's one device, each in its own process (a normal
 Sacred run, with the torch threads of the CPU shared out): a process computes exactly what it would
