@@ -73,7 +73,7 @@ def flipped_value(toggle: str, baseline: Config) -> object:
 
 
 # Config fields added after runs were stored, with the value those runs computed with: out of the identity there.
-LATER_FIELDS = {"sampler_eta": 0.0}
+LATER_FIELDS = {"sampler_eta": 0.0, "lr_schedule": "constant"}
 
 
 def config_hash(config: Config, precision: Precision, fused: bool = False) -> str:

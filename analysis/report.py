@@ -93,8 +93,10 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
         "computed in": ", ".join(f"{p} ({n} runs)" for p, n in runs.dtype.value_counts().sort_index().items()),
-        "training": " or ".join(f"{int(n)} steps x {int(b)} images at lr {lr:g}" for n, b, lr in
-                                runs[["train_steps", "batch_size", "lr"]].drop_duplicates().itertuples(index=False))
+        "training": " or ".join(f"{int(n)} steps x {int(b)} images at lr {lr:g}" + ("" if rate == "constant" else
+                                f", annealed ({rate})") for n, b, lr, rate in
+                                runs[["train_steps", "batch_size", "lr", "lr_schedule"]].drop_duplicates()
+                                .itertuples(index=False))
         + " per run" + (f"; {int(runs.fused.sum())} runs trained fused with the other members of their group, as one "
                         "network (sweep.py --fuse)" if "fused" in runs and runs.fused.any() else ""),
         "samples per run": f"{int(first.n_samples)}, sampler {sampler}, against the 10,000 MNIST test digits",

@@ -4,6 +4,7 @@
     python benchmarks/budget.py --curve 4000,8000,12000,16000,20000 --scale gpu --ema both [--seeds 0] [--out FILE]
         [--set device=cpu n_samples=1000 ...] [--grids DIR] [--checkpoint FILE [--checkpoint-every 500]]
     python benchmarks/budget.py --choose CURVE.json [CURVE-LR.json ...] --speedup SUITE.json [--minutes 9] [--runs 18]
+    python benchmarks/budget.py --join DIR [DIR ...] --out CURVE.json [--grids DIR]
 
 A budget is ``STEPSxBATCH@LR``. Every budget trains the baseline config (attention on, no EMA,
 cosine, the default AMP and memory layout) from the same seed, samples with the `small` scale's
@@ -20,7 +21,10 @@ run's full checkpoint there, and a later call with the same options and that fil
 for bit, so that a probe too long for one sitting (a CPU's) is made in several.
 Nothing in training depends on the total number of steps (constant learning rate, data order and
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
-(tested). This is the probe that chooses the `gpu` scale's budget.
+(tested). This is the probe that chooses the `gpu` scale's budget. An annealed rate
+(``--set lr_schedule=cosine``) does depend on it: there a curve is one point, one run, a call, and
+``--join`` makes one curve of several such calls (each call's ``--out`` ``DIR/curve.json`` and
+``--grids DIR``): their rows by step, and their grids side by side.
 
 ``--choose`` reads such curves (one per probed learning rate) and a ``benchmarks/suite.py`` result
 measured on the same GPU, and names the largest probed budget whose baseline draws digits
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from ablations.plan import parse_updates
@@ -126,6 +131,7 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
         each point, with the rows so far). Where it already holds this run, the curve goes on from it, bit for
         bit, and its rows come first (:func:`resumable_state`): a probe longer than one sitting, in several calls.
     """
+    check_curve_points(config, at_steps)
     process, train_s, rows = open_curve_run(config, at_steps, checkpoint)
     views = [trained_weights_view(process), process] if trained_too and config.ema else [process]
     firsts = {}
@@ -158,17 +164,32 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
     return rows, process
 
 
+def check_curve_points(config: Config, at_steps: list[int]) -> None:
+    """A curve scores one run at several steps, which is each shorter run only where the rate does not depend
+    on the budget: under a decaying ``lr_schedule``, one point (one run) a call; else ValueError."""
+    if config.lr_schedule != "constant" and len(at_steps) > 1:
+        raise ValueError(f"invalid --curve {','.join(map(str, at_steps))} with lr_schedule={config.lr_schedule!r}: "
+                         "its rate at each step depends on the run's budget, so a longer run passing a point is "
+                         "not the run of that many steps; valid is one point a call (one run), or "
+                         "lr_schedule='constant'")
+
+
 def resumable_state(path: Path, config: Config, at_steps: list[int]) -> dict | None:
     """The checkpoint a curve of ``config`` goes on from, or None where ``path`` does not exist yet.
 
-    It must be this run's (every field but ``train_steps`` equal) and must not be past a point it did not score;
+    It must be this run's (every field but ``train_steps`` equal, and that too under a decaying ``lr_schedule``)
+    and must not be past a point it did not score;
     else ValueError, naming what differs.
     """
     if not path.exists():
         return None
     state = load_state(path)
     # through Config, so that a checkpoint from before a field was added holds that field's default
-    stored, wanted = (dict(c.to_dict(), train_steps=None) for c in (Config.from_mapping(state["config"]), config))
+    # under a decaying lr_schedule the budget shapes the run, and the curve's one point is its budget
+    budget_free = config.lr_schedule == "constant"
+    config = config if budget_free else config.replace(train_steps=at_steps[0])
+    stored, wanted = (dict(c.to_dict(), **({"train_steps": None} if budget_free else {}))
+                      for c in (Config.from_mapping(state["config"]), config))
     if stored != wanted:
         diff = ", ".join(f"{k}={stored.get(k)!r} (here {v!r})" for k, v in wanted.items() if stored.get(k) != v)
         raise ValueError(f"invalid --checkpoint {path}: another run's ({diff}); valid checkpoints are this "
@@ -234,45 +255,49 @@ def steps_to_score(rows: list[dict], score: float = DIGITS["classifier_score"]) 
     return None if rise <= 0 else round(b["step"] + (score - b["classifier_score"]) / rise)
 
 
-def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float = Config.lr) -> dict:
+def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float = Config.lr,
+           scale_schedule: str = Config.lr_schedule) -> dict:
     """The largest probed budget whose baseline draws digits and whose suite fits, and every point's verdict.
 
-    :param curve: probe rows, of one or more runs (one per learning rate and EMA setting).
+    :param curve: probe rows, of one or more series (one per learning rate, rate schedule and EMA setting): one
+        run's points, or under an annealed ``lr_schedule`` one run a point (its budget).
     :param scale_lr: the scale's own learning rate (default: the seed's), preferred to a probed other one.
+    :param scale_schedule: the scale's own ``lr_schedule``, likewise preferred.
 
     The seed's baseline is kept as far as it can be: EMA off wins wherever one of its budgets qualifies, at the
-    scale's rate first; else an EMA budget does, and the scale's baseline then holds EMA (its OFAT cell
-    ``ema=False`` flips it off: ``ablations.record.flipped_value``).
+    scale's rate and schedule first; else an EMA budget does, and the scale's baseline then holds EMA (its OFAT
+    cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
     """
     if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:  # one run per rate and EMA setting: its time per step
         raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")
     runs_of: dict[tuple, list[dict]] = {}
     for row in sorted(curve, key=lambda r: r["step"]):
-        runs_of.setdefault((row.get("lr", scale_lr), row["ema"]), []).append(row)
-    for (lr, ema), rows in runs_of.items():
+        runs_of.setdefault((row.get("lr", scale_lr), row.get("lr_schedule", "constant"), row["ema"]), []).append(row)
+    for (lr, schedule, ema), rows in runs_of.items():
         if len(rows) < 2:
-            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if ema else 'off'} at lr {lr:g}; "
-                             f"valid curves have 2 or more for each rate and EMA setting they probe")
-    points = [{"step": r["step"], "lr": lr, "ema": ema, "draws_digits": draws_digits(r),
-               "classifier_score": r["classifier_score"], "fid": r["fid"],
-               "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60}
-              for (lr, ema), rows in runs_of.items() for r in rows]
+            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if ema else 'off'} at lr {lr:g} "
+                             f"({schedule}); valid curves have 2 or more for each rate, schedule and EMA setting")
+    series = [{"lr": lr, "lr_schedule": schedule, "ema": ema} for lr, schedule, ema in runs_of]
+    points = [key | {"step": r["step"], "draws_digits": draws_digits(r), "classifier_score": r["classifier_score"],
+                     "fid": r["fid"], "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60}
+              for key, rows in zip(series, runs_of.values()) for r in rows]
     fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
-    pick = max(fitting, key=lambda p: (not p["ema"], p["lr"] == scale_lr, p["step"]), default=None)
-    reach = [{"lr": lr, "ema": ema, "step": step, "extrapolated": step is not None and step > rows[-1]["step"],
-              "projected_suite_min": step and project_suite_s(step, rows, suite, runs) / 60}
-             for (lr, ema), rows in runs_of.items() for step in [steps_to_score(rows)]]
+    pick = max(fitting, key=lambda p: (not p["ema"], p["lr"] == scale_lr, p["lr_schedule"] == scale_schedule,
+                                       p["step"]), default=None)
+    reach = [key | {"step": step, "extrapolated": step is not None and step > rows[-1]["step"],
+                    "projected_suite_min": step and project_suite_s(step, rows, suite, runs) / 60}
+             for key, rows in zip(series, runs_of.values()) for step in [steps_to_score(rows)]]
     return {"train_steps": pick and pick["step"], "lr": pick and pick["lr"], "ema": pick and pick["ema"],
-            "minutes": minutes, "runs": runs, "speedup": suite["suite_speedup_vs_sequential"], "points": points,
-            "score_reached": reach}
+            "lr_schedule": pick and pick["lr_schedule"], "minutes": minutes, "runs": runs,
+            "speedup": suite["suite_speedup_vs_sequential"], "points": points, "score_reached": reach}
 
 
 def choose_main(args) -> dict:
     curve = [row for path in args.choose for row in json.loads(path.read_text())]
-    scale_lr = Config.from_mapping(SCALES[args.scale]).lr
-    choice = choose(curve, json.loads(args.speedup.read_text()), args.minutes, args.runs, scale_lr)
+    scale = Config.from_mapping(SCALES[args.scale])
+    choice = choose(curve, json.loads(args.speedup.read_text()), args.minutes, args.runs, scale.lr, scale.lr_schedule)
     for p in choice["points"]:
-        print(f"lr {p['lr']:<6g} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "
+        print(f"{series_name(p):<9} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "
               f"{p['classifier_score']:5.2f}, FID {p['fid']:7.1f}, digits {'yes' if p['draws_digits'] else 'no ':<3}  "
               f"suite ~{p['projected_suite_min']:5.1f} min")
     if choice["train_steps"] is None:
@@ -281,14 +306,36 @@ def choose_main(args) -> dict:
             where = "nowhere: its last two points do not rise" if r["step"] is None else (
                 f"{'near' if r['extrapolated'] else 'at'} {r['step']:,} steps, suite ~{r['projected_suite_min']:.1f} min"
                 + (" (a straight line through its last two points)" if r["extrapolated"] else ""))
-            print(f"   lr {r['lr']:g} EMA {'on ' if r['ema'] else 'off'}: classifier score "
+            print(f"   {series_name(r)} EMA {'on ' if r['ema'] else 'off'}: classifier score "
                   f"{DIGITS['classifier_score']:g} {where}")
         return choice
-    words = [f"train_steps={choice['train_steps']}"] + ([f"lr={choice['lr']:g}"] if choice["lr"] != scale_lr else [])
+    words = [f"train_steps={choice['train_steps']}"] + ([f"lr={choice['lr']:g}"] if choice["lr"] != scale.lr else []) \
+        + ([f"lr_schedule={choice['lr_schedule']}"] if choice["lr_schedule"] != scale.lr_schedule else [])
     print(f"-> the {args.scale} scale's budget: {' '.join(words)}" + (
         " ema=True (with EMA off no probed budget both draws digits and fits; the OFAT cell ema=False then flips "
         "EMA off)" if choice["ema"] else ""))
     return choice
+
+
+def series_name(point: dict) -> str:
+    """``lr 0.001`` for a constant rate, ``lr 0.001 cosine`` for an annealed one."""
+    return f"lr {point['lr']:g}" + ("" if point["lr_schedule"] == "constant" else f" {point['lr_schedule']}")
+
+
+def join_points(folders: list[Path], grids: Path | None = None) -> list[dict]:
+    """One curve of single-point probes (an annealed rate's: one run a budget), each call's ``curve.json`` and
+    grids in a folder of its own: their rows in order of step, and each grid name's grids side by side in
+    ``grids`` (left to right, as a curve's own strip)."""
+    parts = sorted(((json.loads((f / "curve.json").read_text()), f) for f in folders), key=lambda p: p[0][0]["step"])
+    if grids:
+        grids.mkdir(parents=True, exist_ok=True)
+        for name in sorted({png.name for _, folder in parts for png in folder.glob("*.png")}):
+            images = [Image.open(folder / name) for _, folder in parts if (folder / name).exists()]
+            strip = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)))
+            for i, image in enumerate(images):
+                strip.paste(image, (sum(j.width for j in images[:i]), 0))
+            strip.save(grids / name)
+    return [row for rows, _ in parts for row in rows]
 
 
 def scale_fields(scale: str, words: list[str], lr: float | None) -> dict:
@@ -304,7 +351,9 @@ def curve_configs(args) -> list[Config]:
     """One baseline config per seed of a ``--curve`` call (``--ema both``: an EMA run whose trained weights are
     scored too); a bad field or value raises ValueError."""
     fields = scale_fields(args.scale, args.set, args.lr)
-    configs = [Config(**fields, seed=int(seed), ema=args.ema != "off") for seed in args.seeds.split(",")]
+    # --ema, not the scale's ema (the `gpu` scale's is True), says which weights the probe scores
+    configs = [Config(**(fields | {"seed": int(seed), "ema": args.ema != "off"})) for seed in args.seeds.split(",")]
+    check_curve_points(configs[0], curve_steps(args))
     if args.checkpoint_every < 0:
         raise ValueError(f"invalid --checkpoint-every {args.checkpoint_every}: valid values are integers >= 0")
     if args.checkpoint:
@@ -327,7 +376,8 @@ def curve_main(args, configs: list[Config]) -> list[dict]:
     for config in configs:
         def labelled(points: list[dict]) -> list[dict]:
             # what was probed: the rate, the seed, and the --set words that changed the scale
-            return rows + [row | {"lr": config.lr, "seed": config.seed, "set": args.set} for row in points]
+            return rows + [row | {"lr": config.lr, "lr_schedule": config.lr_schedule, "seed": config.seed,
+                                  "set": args.set} for row in points]
 
         def save(points: list[dict]) -> None:  # after every point: a probe cut short keeps what it measured
             args.out.write_text(json.dumps(labelled(points), indent=1))
@@ -347,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--curve", help="comma-separated steps at which to evaluate one run per EMA setting")
     mode.add_argument("--choose", type=Path, nargs="+", metavar="CURVE_JSON",
                       help="pick the scale's budget from --curve JSONs (one per probed learning rate)")
+    mode.add_argument("--join", type=Path, nargs="+", metavar="DIR",
+                      help="one curve of single-point --curve calls, each with its curve.json and grids in DIR")
     parser.add_argument("--speedup", type=Path, metavar="SUITE_JSON", help="--choose: a benchmarks/suite.py result")
     parser.add_argument("--minutes", type=float, default=9.0, help="--choose: the suite's time budget")
     parser.add_argument("--runs", type=int, default=18, help="--choose: runs in the suite")
@@ -367,12 +419,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.choose and not args.speedup:
         parser.error("invalid --choose without --speedup: valid calls name a benchmarks/suite.py result JSON")
+    if args.join and not args.out:
+        parser.error("invalid --join without --out: valid calls name the joined curve's JSON")
+    if missing := [str(d) for d in args.join or [] if not (d / "curve.json").is_file()]:
+        parser.error(f"invalid --join {' '.join(missing)}: no curve.json there; valid folders are those that "
+                     "single-point --curve calls wrote (--out DIR/curve.json --grids DIR)")
     if args.curve:
         try:  # every config is checked before any work starts
             configs = curve_configs(args)
         except ValueError as error:
             parser.error(str(error))
-    rows = choose_main(args) if args.choose else curve_main(args, configs) if args.curve else budgets_main(args)
+    rows = choose_main(args) if args.choose else curve_main(args, configs) if args.curve else \
+        join_points(args.join, args.grids) if args.join else budgets_main(args)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -21,7 +21,7 @@ from core.config import SAMPLERS, Config, Sampler, choices, config_or_fields
 from core.fastpath import CompiledModule, CudaGraphed, GraphedAfterWarmup, to_channels_last
 from core.model import DiffusionModel
 from core.precision import DTYPES, resolve_precision
-from core.schedules import get_betas
+from core.schedules import get_betas, learning_rate
 from core.seeding import make_generator, rng_state, seed_everything, set_rng_state
 
 SAMPLE_SEED_OFFSET = 1_000_003  # keeps the sampling stream apart from the training stream
@@ -173,6 +173,15 @@ class DiffusionProcess:
         self.scaler.update()
         return loss.detach()
 
+    def _set_rate(self, rate: float) -> None:
+        """Set Adam's rate for the next update. On CUDA it lives in a tensor, which a captured step reads
+        at each replay (a Python number would be baked into the graph)."""
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = torch.tensor(rate, device=self.device) if self.device.type == "cuda" else rate
+
     def train_step(self, batch, cuda_graph: bool | None = None) -> float:
         """One Adam step on a batch: a (B, C, H, W) tensor or a torchvision ``(images, labels)`` pair.
 
@@ -197,6 +206,8 @@ class DiffusionProcess:
             raise ValueError("invalid cuda_graph=True: valid only on a CUDA device (this process runs on the CPU)")
         self.model.train()
         t, noise = self.draw_noise(x0)
+        if self.config.lr_schedule != "constant":
+            self._set_rate(learning_rate(self.config.lr, self.config.lr_schedule, self.step, self.config.train_steps))
         loss = self._train_step(x0, t, noise, use_graph=use_graph)
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)

@@ -40,6 +40,7 @@ from core.config import Config
 from core.data import iterate_batches
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess, make_ema
 from core.fastpath import GraphedAfterWarmup
+from core.schedules import learning_rate
 
 # The weights' gradients are views of one (K, P) buffer, which autograd adds into in place; a view of a row
 # is not dense, and autograd warns (once, "not an error") that such a gradient "may impair performance".
@@ -100,7 +101,9 @@ class StackedAdam:
     """
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.params, self.betas, self.eps = params, betas, eps
+        # a tensor, which a captured step reads at each replay, so that the rate may follow a schedule
+        self.lr = torch.tensor(lr, dtype=torch.float64, device=params[0].device)
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         k = params[0].shape[0]
@@ -281,6 +284,8 @@ class FusedTraining:
         one is captured as a CUDA graph; the draws are made outside it, in the solo order.
         """
         x0, t, noise = self.draw(batches)
+        c = self.config
+        self.adam.lr.fill_(learning_rate(c.lr, c.lr_schedule, self.step, c.train_steps))
         losses = self._train_step(x0, t, noise, use_graph=self.cuda_graphs)
         if self.ema is not None:
             self.ema.update_parameters(self.weights)

@@ -1,7 +1,7 @@
-"""Beta schedules by name.
+"""Beta schedules, and learning-rate schedules, by name.
 
 Append-only: a committed schedule is never changed, because stored runs name
-their schedule and must mean the same thing when re-executed. Add a new name
+their schedules and must mean the same thing when re-executed. Add a new name
 instead.
 """
 from __future__ import annotations
@@ -54,3 +54,32 @@ def get_betas(name: str, noise_steps: int = 1000) -> np.ndarray:
     if name not in SCHEDULES:
         raise ValueError(f"invalid schedule={name!r}: valid values are {' or '.join(map(repr, SCHEDULES))}")
     return SCHEDULES[name](noise_steps)
+
+
+def constant_rate(step: int, train_steps: int) -> float:
+    """The seed's Adam: the same rate at every step (factor 1)."""
+    return 1.0
+
+
+def cosine_rate(step: int, train_steps: int) -> float:
+    """Cosine annealing without restarts (Loshchilov & Hutter 2017, Eq. 5, eta_min = 0): the factor
+    1/2 (1 + cos(pi s / S)) of the base rate at update s of S, from 1 at the first update towards 0 at the last.
+
+    :param step: updates already taken (0 for the first).
+    :param train_steps: S, the run's whole budget: the rate of an update depends on it.
+    """
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, train_steps) / train_steps))
+
+
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": constant_rate,
+    "cosine": cosine_rate,
+}
+
+
+def learning_rate(base: float, name: str, step: int, train_steps: int) -> float:
+    """The rate of update ``step`` (0-based) of a ``train_steps`` run under schedule ``name`` of :data:`LR_SCHEDULES`.
+
+    A pure function of the step, so a resumed or fused run needs no scheduler state to follow it.
+    """
+    return base * LR_SCHEDULES[name](step, train_steps)

@@ -1,4 +1,5 @@
 """The benchmark's contenders are what it says they are: a matched size, the same task, seeded."""
+import argparse
 import json
 import os
 import shutil
@@ -10,12 +11,13 @@ import pytest
 import torch
 
 from PIL import Image
+from torchvision.utils import save_image
 
 from benchmarks import budget, paper, samplers, variants
 from benchmarks.budget import learning_curve, parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
-from core.checkpoint import load_weights, save_weights
+from core.checkpoint import load_weights, save_checkpoint, save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
@@ -147,6 +149,41 @@ def test_a_probe_in_several_sittings_is_the_probe_in_one(tmp_path, capsys):
     assert torch.load(whole, weights_only=True)["step"] == 8  # refused before any work
 
 
+def test_an_annealed_probe_is_one_run_a_point_and_goes_on_only_from_its_own_budget(tmp_path):
+    """Under lr_schedule='cosine' the budget shapes every update, so a curve is one point (one run) and a checkpoint
+    of a run with another budget is another run's."""
+    config = Config(**SCALES["smoke"], lr_schedule="cosine", device="cpu")
+    with pytest.raises(ValueError, match="invalid --curve 4,8 with lr_schedule='cosine'.*valid is one point a call"):
+        learning_curve(config, [4, 8], as_tensor(mnist(train=True)))
+    save_checkpoint(DiffusionProcess(config.replace(train_steps=4)), tmp_path / "at4.pt")
+    assert budget.resumable_state(tmp_path / "at4.pt", config, [4])["step"] == 0
+    with pytest.raises(ValueError, match=r"another run's \(train_steps=4 \(here 8\)\)"):
+        budget.resumable_state(tmp_path / "at4.pt", config, [8])
+
+
+def test_single_point_probes_join_into_one_curve_with_their_grids_side_by_side(tmp_path, capsys):
+    """``--join``: the rows of single-point calls (an annealed rate's budgets) in order of step, and each grid
+    name's grids left to right; a folder without a curve.json is refused before anything is written."""
+    folders = []
+    for steps, shade in ((8000, 0.2), (4000, 0.8)):  # given out of order
+        folder = tmp_path / f"anneal-{steps}"
+        folder.mkdir()
+        (folder / "curve.json").write_text(json.dumps([{"step": steps, "ema": e, "lr_schedule": "cosine"}
+                                                       for e in (False, True)]))
+        save_image(torch.full((3, 6, 5), shade), folder / "curve-seed0-ema-on-lr0.001.png")
+        folders.append(str(folder))
+    out = tmp_path / "anneal.json"
+    budget.main(["--join", *folders, "--out", str(out), "--grids", str(tmp_path / "joined")])
+    assert [(r["step"], r["ema"]) for r in json.loads(out.read_text())] == [(4000, False), (4000, True),
+                                                                            (8000, False), (8000, True)]
+    with Image.open(tmp_path / "joined" / "curve-seed0-ema-on-lr0.001.png") as strip:
+        assert strip.size == (10, 6) and strip.getpixel((0, 0))[0] > strip.getpixel((9, 0))[0]  # 4,000 first
+    with pytest.raises(SystemExit):
+        budget.main(["--join", str(tmp_path), "--out", str(tmp_path / "no.json")])
+    assert f"invalid --join {tmp_path}: no curve.json there" in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()
+
+
 def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_path, capsys):
     """``--set`` changes the scale's fields, ``--grids`` keeps a strip of samples per run, bad input is refused."""
     out = tmp_path / "curve.json"
@@ -158,11 +195,18 @@ def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_
     with Image.open(tmp_path / "grids" / "curve-seed0-ema-off-lr0.0003.png") as grid:  # a grid of 16 (8 x 2) per step
         assert grid.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
     for words, message in ((["colour=3"], "invalid --set colour: valid fields are amp, attention"),
-                           (["device=gpu"], "invalid device='gpu': valid values are 'auto' or 'cpu' or 'cuda'")):
+                           (["device=gpu"], "invalid device='gpu': valid values are 'auto' or 'cpu' or 'cuda'"),
+                           (["lr_schedule=cosine", "--curve", "2,4"], "invalid --curve 2,4 with lr_schedule='cosine'")):
         with pytest.raises(SystemExit):
             budget.main(["--curve", "2", "--scale", "smoke", "--set", *words, "--out", str(tmp_path / "no.json")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "no.json").exists()
+    # the `gpu` scale holds ema=True, and --ema says which weights the probe scores (the scale's ema once clashed)
+    words = dict(scale="gpu", set=["device=cpu"], lr=None, seeds="0,1", curve="100", checkpoint=None,
+                 checkpoint_every=0)
+    off = budget.curve_configs(argparse.Namespace(ema="off", **words))
+    assert [(c.ema, c.seed) for c in off] == [(False, 0), (False, 1)]
+    assert budget.curve_configs(argparse.Namespace(ema="both", **words))[0].ema
 
 
 def test_real_digits_meet_the_draws_digits_rule_and_pure_noise_does_not():
@@ -205,11 +249,17 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     picked = budget.choose(no_digits + fast, suite, minutes=9)
     assert (picked["train_steps"], picked["lr"], picked["ema"]) == (12000, 1e-3, False)
     assert budget.choose(curve, suite, minutes=3)["train_steps"] is None
+    # an annealed rate's series (lr_schedule, one run a point) is a series of its own, chosen where only it draws
+    # digits, and its schedule is among the budget's words
+    annealed = [p | {"lr": 1e-3, "lr_schedule": "cosine", "classifier_score": 9.3} for p in no_digits[:4]]
+    picked = budget.choose(no_digits + annealed, suite, minutes=9, scale_lr=1e-3)
+    assert (picked["train_steps"], picked["lr"], picked["lr_schedule"], picked["ema"]) == (12000, 1e-3, "cosine", False)
     with pytest.raises(ValueError, match="invalid curve: 1 points with EMA off at lr 0.0001"):
         budget.choose(curve[:1] + curve[4:], suite)
     with pytest.raises(ValueError, match=r"invalid curve: seeds \[0, 1\]"):
         budget.choose(curve + [p | {"seed": 1} for p in curve], suite)
-    for name, rows in {"curve": curve, "no-digits": no_digits, "fast": fast, "suite": suite}.items():
+    for name, rows in {"curve": curve, "no-digits": no_digits, "fast": fast, "suite": suite,
+                       "annealed": no_digits + annealed}.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(rows))
     # rows without "lr" are at the scale's rate: the gpu scale's 1e-3
     choose = ["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")]
@@ -237,6 +287,10 @@ def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp
     budget.main(["--choose", str(tmp_path / "no-digits.json"), str(tmp_path / "fast.json"), "--speedup",
                  str(tmp_path / "suite.json")])
     assert "-> the gpu scale's budget: train_steps=12000\n" in capsys.readouterr().out  # at the scale's own rate
+    budget.main(["--choose", str(tmp_path / "annealed.json"), "--speedup", str(tmp_path / "suite.json")])
+    out = capsys.readouterr().out
+    assert "lr 0.001 cosine EMA off   12000 steps: classifier score  9.30" in out
+    assert "-> the gpu scale's budget: train_steps=12000 lr_schedule=cosine\n" in out
     with pytest.raises(SystemExit):
         budget.main(choose[:2])
     assert "invalid --choose without --speedup" in capsys.readouterr().err
@@ -293,8 +347,8 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     shutil.copy(SESSION, script)
     env = os.environ | {"OUT": str(tmp_path / "out")}
     unknown = subprocess.run(["bash", str(script), "warmup"], env=env, capture_output=True, text=True)
-    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, speedup, fusion, suite, parts N, " \
-        "reproduce, paper, samplers" in unknown.stdout
+    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, anneal, speedup, fusion, suite, " \
+        "parts N, reproduce, paper, samplers" in unknown.stdout
     no_kit = subprocess.run(["bash", str(script), "probe"], env=env, capture_output=True, text=True)
     assert no_kit.returncode == 2 and "no .device/ here: run make device-kit" in no_kit.stdout
     assert "no .device/ here" in (tmp_path / "out" / "probe.log").read_text()  # the log comes back through $OUT
@@ -328,6 +382,22 @@ probe"""
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "calls").read_text().splitlines() == calls
+
+
+def test_the_gpu_anneal_stage_probes_one_run_a_budget_and_joins_them_into_one_curve(tmp_path):
+    """session.sh's anneal, rehearsed at the smoke scale on this CPU: a cosine-annealed run per budget, joined."""
+    (tmp_path / "out").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PROBE_SET", "ANNEAL_CURVE")}
+    done = subprocess.run(["bash", "-c", f"source {SESSION}\nanneal"], capture_output=True, text=True,
+                          env=env | {"REHEARSE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+                                     "WORK": str(tmp_path / "work"), "PROBE_SET": "n_samples=16"})
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "out" / "anneal.json").read_text())
+    assert [(r["step"], r["ema"], r["lr_schedule"]) for r in rows] == [(10, False, "cosine"), (10, True, "cosine"),
+                                                                       (20, False, "cosine"), (20, True, "cosine")]
+    assert rows[0]["fid"] != rows[2]["fid"]  # two runs, not one scored twice
+    with Image.open(tmp_path / "out" / "curve-seed0-ema-on-lr0.0001.png") as strip:  # 8 x 2 samples a budget
+        assert strip.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
 
 
 @pytest.mark.parametrize("part, words", [

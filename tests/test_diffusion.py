@@ -4,6 +4,7 @@ import torch
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import Config
 from core.diffusion import DiffusionProcess, ema_decay_at
+from core.schedules import learning_rate
 
 
 def test_golden_five_step_training_run(tiny_process, batch):
@@ -81,6 +82,7 @@ def test_overfitting_one_batch_lowers_the_loss(batch):
     (dict(device="tpu"), r"device='tpu'"),
     (dict(sampler_eta=1.5), r"sampler_eta=1\.5.*from 0 to 1"),
     (dict(sampler="ancestral", sampler_eta=1), r"sampler_eta=1\.0.*0 with sampler='ancestral'"),
+    (dict(lr_schedule="step"), r"lr_schedule='step'.*'constant' or 'cosine'"),
 ])
 def test_bad_constructor_values_name_field_and_choices(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -148,6 +150,29 @@ def test_resume_from_checkpoint_is_exact(tmp_path, batch):
     for a, b in zip(straight.ema_model.parameters(), resumed.ema_model.parameters()):
         assert torch.equal(a, b)
     assert torch.equal(straight.sample(2, sampler="ddim", steps=3), resumed.sample(2, sampler="ddim", steps=3))
+
+
+def test_a_cosine_rate_steps_at_its_schedule_and_resumes_exactly(tmp_path, batch):
+    """Each update takes the rate of its step under lr_schedule='cosine' (Adam's group shows it), a run resumed
+    from its checkpoint goes on bit for bit, and the rate changes what is learned."""
+    options = dict(noise_steps=20, device="cpu", amp=False, lr=1e-3, lr_schedule="cosine", train_steps=6)
+    straight, rates = DiffusionProcess(**options), []
+    for _ in range(6):
+        straight.train_step(batch)
+        rates.append(straight.optimizer.param_groups[0]["lr"])
+    assert rates == [learning_rate(1e-3, "cosine", s, 6) for s in range(6)]
+    first = DiffusionProcess(**options)
+    for _ in range(3):
+        first.train_step(batch)
+    save_checkpoint(first, tmp_path / "ckpt.pt")
+    resumed = load_checkpoint(tmp_path / "ckpt.pt", device="cpu")
+    for _ in range(3):
+        resumed.train_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.parameters(), resumed.model.parameters()))
+    constant = DiffusionProcess(**options | {"lr_schedule": "constant"})
+    for _ in range(6):
+        constant.train_step(batch)
+    assert not any(torch.equal(a, b) for a, b in zip(straight.model.parameters(), constant.model.parameters()))
 
 
 def test_loading_a_checkpoint_of_another_config_is_refused(tiny_process):

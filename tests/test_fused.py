@@ -45,7 +45,11 @@ def distance(a, b) -> float:
 MIXED = [CONFIG.replace(seed=0), CONFIG.replace(seed=1), CONFIG.replace(seed=0, schedule="linear")]
 
 
-@pytest.mark.parametrize("configs", [None, MIXED], ids=["seeds", "seeds-and-schedules"])
+# ... or follow an annealed rate (lr_schedule), which the group sets at each step as each solo run does
+ANNEALED = [CONFIG.replace(seed=s, lr_schedule="cosine") for s in (0, 1)]
+
+
+@pytest.mark.parametrize("configs", [None, MIXED, ANNEALED], ids=["seeds", "seeds-and-schedules", "cosine-rate"])
 def test_fused_members_follow_their_solo_runs(images, configs):
     if configs is None:
         fused, fused_loss = fused_run(images)

@@ -106,6 +106,8 @@ def test_the_committed_runs_keep_their_identity():
     # ... and so is one that samples with DDIM's eta (a field added after them); `with sampler_eta=1` is 1.0
     assert config_hash(baseline.replace(sampler_eta=1), "bf16") == config_hash(baseline.replace(sampler_eta=1.0), "bf16") \
         != config_hash(baseline, "bf16")
+    # ... and one whose rate anneals (lr_schedule, added after them too; "constant" is what they trained at)
+    assert config_hash(baseline.replace(lr_schedule="cosine"), "bf16") != config_hash(baseline, "bf16")
 
 
 def test_the_sweep_id_names_the_precision_only_where_amp_is_not_the_devices_own():

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from core.schedules import SCHEDULES, cosine_betas, get_betas, linear_betas
+from core.schedules import SCHEDULES, cosine_betas, get_betas, learning_rate, linear_betas
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -35,3 +35,14 @@ def test_cosine_betas_clipped_at_0_999():
 def test_unknown_schedule_names_the_choices():
     with pytest.raises(ValueError, match=r"schedule='cosin'.*'cosine' or 'linear'"):
         get_betas("cosin")
+
+
+def test_learning_rate_schedules():
+    """"constant" is the base rate at every update; "cosine" anneals it from the base at the first update,
+    through half of it midway, to 0 at the budget (Loshchilov & Hutter 2017, Eq. 5), and stays there."""
+    assert {learning_rate(1e-3, "constant", s, 100) for s in (0, 50, 99, 150)} == {1e-3}
+    cosine = [learning_rate(1e-3, "cosine", s, 100) for s in range(101)]
+    assert cosine[0] == 1e-3 and cosine[50] == pytest.approx(5e-4)
+    assert cosine[25] == pytest.approx(1e-3 * (2 + 2 ** 0.5) / 4)  # 1/2 (1 + cos(pi / 4))
+    assert all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[99] > 0 and cosine[100] == 0
+    assert learning_rate(1e-3, "cosine", 120, 100) == 0
