@@ -3,7 +3,8 @@
     python -m ablations.rescore --sweep SWEEP_ID [-m URL] [--force]
     python -m ablations.rescore --runs 10,11 [-m URL]
 
-For each COMPLETED run without held-out results (all selected runs with ``--force``), it loads the
+For each COMPLETED run without held-out results (all selected runs with ``--force``; with ``--sweep``, every run
+the sweep's report counts, those it found stored by other sweeps included), it loads the
 run's final weights from GridFS, computes :func:`core.likelihood.heldout_metrics` at the run's
 thread count, and adds to the record, without touching anything else in it: the result keys of
 :data:`ablations.record.HELDOUT_KEYS`, their metric series, ``info.heldout``, and ``info.rescored``
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 import gridfs
 import torch
 
-from ablations import record
+from ablations import record, sweep_manifest
 from ablations.plan import comma_integers
 from ablations.store import StoreUnavailable, database, resolve
 from core.checkpoint import restore_weights
@@ -53,16 +54,25 @@ def rescore_run(db, doc: dict) -> dict:
 
 
 def selected(db, sweep: str | None, runs: list[int] | None, force: bool) -> list[dict]:
-    query = {"status": "COMPLETED"} | ({"config.sweep_id": sweep} if sweep else {"_id": {"$in": runs}})
-    if not force:
-        query["result.nll_bpd"] = {"$exists": False}
-    return list(db.runs.find(query, sort=[("_id", 1)]))
+    """The COMPLETED runs to score: of ``runs``, or every run ``sweep``'s report counts (its own, and those it found
+    stored by other sweeps: :func:`ablations.sweep_manifest.borrowed`); without ``force``, those not yet scored.
+
+    :raises ValueError: for a sweep of which the database holds no run and no manifest.
+    """
+    if sweep:
+        sweep_manifest.check_known(db, sweep)
+        docs = list(db.runs.find({"status": "COMPLETED", "config.sweep_id": sweep}))
+        docs += sweep_manifest.borrowed(db, sweep, docs)  # marked copies: only their _id is written to
+    else:
+        docs = list(db.runs.find({"status": "COMPLETED", "_id": {"$in": runs}}))
+    return sorted((d for d in docs if force or "nll_bpd" not in (d.get("result") or {})), key=lambda d: d["_id"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.rescore", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--sweep", help="every COMPLETED run of this sweep")
+    which.add_argument("--sweep", help="every COMPLETED run that this sweep's report counts, its own and those it "
+                       "found stored")
     which.add_argument("--runs", type=comma_integers("runs", "10,11"), help="these run ids, e.g. 10,11")
     parser.add_argument("--force", action="store_true", help="rescore runs that already hold held-out results")
     parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
@@ -75,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             for doc in docs:
                 results = rescore_run(db, doc)
                 print(f"run {doc['_id']:>5}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,7 @@ import torch
 
 from ablations import cuda_mps
 from ablations import plan as plans
-from ablations import sweep, sweep_manifest
+from ablations import rescore, sweep, sweep_manifest
 from analysis import audit, report
 from analysis.report import setting
 from analysis.reproduce import refusal, reproduce
@@ -155,6 +155,11 @@ def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(se
 
     db = server.db("borrowing")
     assert audit.unfinished_cells(db, sid) == []
+    # rescoring the sweep takes the run it found stored too (scored already: only with --force)
+    assert sorted(d["_id"] for d in rescore.selected(db, sid, None, force=True)) == sorted(d["_id"] for d in docs)
+    assert rescore.selected(db, sid, None, force=False) == []
+    with pytest.raises(ValueError, match="invalid sweep 'sw-typo'"):
+        rescore.selected(db, "sw-typo", None, force=True)
     args, with_words = sweep.parse_args([*words[:2], "--seeds", "0,1", *words[4:]])
     sweep.record_manifest(sweep.tasks_for(args, with_words, sweep.store.resolve(url)), args, with_words,
                           sweep.store.resolve(url))  # the same sweep, extended to seed 1 (not run yet)
