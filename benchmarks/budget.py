@@ -26,21 +26,15 @@ noise from the run's own generators), so each point is the run of that many step
 ``--join`` makes one curve of several such calls (each call's ``--out`` ``DIR/curve.json`` and
 ``--grids DIR``): their rows by step, and their grids side by side.
 
-``--choose`` reads such curves (one per probed learning rate) and a ``benchmarks/suite.py`` result
-measured on the same GPU, and names the largest probed budget whose baseline draws digits
-(:func:`draws_digits`) and whose whole suite is projected to fit in ``--minutes`` with a 15% margin;
-EMA off (the seed's) before EMA on, the scale's learning rate before another (:func:`choose`). The projection
-(:func:`project_suite_s`): a solo run of N steps costs what the suite benchmark's solo runs cost
-(start-up, training, sampling, scoring), plus the extra steps at the curve's time per step (an EMA
-run's, for an ``--ema both`` curve: a little above the baseline's, so it errs long); the packed
-suite costs ``--runs`` of those divided by the measured speed-up. A suite result with phase medians
-is projected from its packed runs' own training time a step instead.
+``--choose`` reads such curves (one per probed learning rate and schedule) and a ``benchmarks/suite.py``
+result measured on the same GPU, and names the largest probed budget whose baseline draws digits and
+whose whole suite is projected to fit in ``--minutes`` with a 15% margin: :mod:`benchmarks.budget_choice`
+holds the rule, the projection and the pick.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -49,6 +43,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from ablations.plan import parse_updates
+from benchmarks.budget_choice import choose_main
 from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
@@ -211,115 +206,6 @@ def open_curve_run(config: Config, at_steps: list[int], checkpoint: Path | None)
     process.load_state_dict(state)  # weights, EMA, optimiser and every generator: training goes on exactly
     extra = state.get("extra", {})
     return process, extra.get("train_s", 0.0), list(extra.get("rows", []))
-
-
-DIGITS = {"classifier_score": 9.0, "min_class_share": 0.05, "max_class_share": 0.15}
-MARGIN = 0.85  # of the time budget a projection may use: packed runs with dropout or EMA cost a little more
-
-
-def draws_digits(row: dict) -> bool:
-    """A probe point whose samples are digits: classifier score >= 9, every class 5-15% of the samples."""
-    return (row["classifier_score"] >= DIGITS["classifier_score"] and row["min_class_share"] >= DIGITS["min_class_share"]
-            and row["max_class_share"] <= DIGITS["max_class_share"])
-
-
-def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) -> float:
-    """Projected wall seconds of ``runs`` packed runs of ``steps`` training steps each.
-
-    :param curve: one run's probe rows (increasing steps, cumulative ``train_s``): the time per step.
-    :param suite: a ``benchmarks/suite.py`` result: solo seconds a run at its ``train_steps``, and the speed-up.
-
-    Where the result holds the packed runs' phase medians (``phase_medians_s``), the packed sweep is projected
-    from them: ``runs / pack`` waves of the measured pack, each longer by the extra steps at the packed runs'
-    own training seconds a step. How well training packs, not the whole run's speed-up, then scales with the
-    budget: at the suite benchmark's short budget, fixed costs (start-up, scoring) weigh far more.
-    """
-    if packed := suite.get("phase_medians_s", {}).get("packed"):
-        wave_s = suite["packed_s"] * suite["pack"] / suite["runs"]
-        extra_s = (steps - suite["train_steps"]) * packed["train"] / suite["train_steps"]
-        return math.ceil(runs / suite["pack"]) * (wave_s + extra_s)
-    first, last = curve[0], curve[-1]
-    step_s = (last["train_s"] - first["train_s"]) / (last["step"] - first["step"])
-    solo_s = suite["sequential_s"] / suite["runs"] + (steps - suite["train_steps"]) * step_s
-    return runs * solo_s / suite["suite_speedup_vs_sequential"]
-
-
-def steps_to_score(rows: list[dict], score: float = DIGITS["classifier_score"]) -> int | None:
-    """The first of one run's probe points (increasing steps) at classifier ``score`` or above; where none is,
-    the step at which a straight line through the last two reaches it (an extrapolation), or None where that
-    line does not rise."""
-    if reached := [r["step"] for r in rows if r["classifier_score"] >= score]:
-        return reached[0]
-    a, b = rows[-2:]
-    rise = (b["classifier_score"] - a["classifier_score"]) / (b["step"] - a["step"])
-    return None if rise <= 0 else round(b["step"] + (score - b["classifier_score"]) / rise)
-
-
-def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18, scale_lr: float = Config.lr,
-           scale_schedule: str = Config.lr_schedule) -> dict:
-    """The largest probed budget whose baseline draws digits and whose suite fits, and every point's verdict.
-
-    :param curve: probe rows, of one or more series (one per learning rate, rate schedule and EMA setting): one
-        run's points, or under an annealed ``lr_schedule`` one run a point (its budget).
-    :param scale_lr: the scale's own learning rate (default: the seed's), preferred to a probed other one.
-    :param scale_schedule: the scale's own ``lr_schedule``, likewise preferred.
-
-    The seed's baseline is kept as far as it can be: EMA off wins wherever one of its budgets qualifies, at the
-    scale's rate and schedule first; else an EMA budget does, and the scale's baseline then holds EMA (its OFAT
-    cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
-    """
-    if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:  # one run per rate and EMA setting: its time per step
-        raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")
-    runs_of: dict[tuple, list[dict]] = {}
-    for row in sorted(curve, key=lambda r: r["step"]):
-        runs_of.setdefault((row.get("lr", scale_lr), row.get("lr_schedule", "constant"), row["ema"]), []).append(row)
-    for (lr, schedule, ema), rows in runs_of.items():
-        if len(rows) < 2:
-            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if ema else 'off'} at lr {lr:g} "
-                             f"({schedule}); valid curves have 2 or more for each rate, schedule and EMA setting")
-    series = [{"lr": lr, "lr_schedule": schedule, "ema": ema} for lr, schedule, ema in runs_of]
-    points = [key | {"step": r["step"], "draws_digits": draws_digits(r), "classifier_score": r["classifier_score"],
-                     "fid": r["fid"], "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60}
-              for key, rows in zip(series, runs_of.values()) for r in rows]
-    fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
-    pick = max(fitting, key=lambda p: (not p["ema"], p["lr"] == scale_lr, p["lr_schedule"] == scale_schedule,
-                                       p["step"]), default=None)
-    reach = [key | {"step": step, "extrapolated": step is not None and step > rows[-1]["step"],
-                    "projected_suite_min": step and project_suite_s(step, rows, suite, runs) / 60}
-             for key, rows in zip(series, runs_of.values()) for step in [steps_to_score(rows)]]
-    return {"train_steps": pick and pick["step"], "lr": pick and pick["lr"], "ema": pick and pick["ema"],
-            "lr_schedule": pick and pick["lr_schedule"], "minutes": minutes, "runs": runs,
-            "speedup": suite["suite_speedup_vs_sequential"], "points": points, "score_reached": reach}
-
-
-def choose_main(args) -> dict:
-    curve = [row for path in args.choose for row in json.loads(path.read_text())]
-    scale = Config.from_mapping(SCALES[args.scale])
-    choice = choose(curve, json.loads(args.speedup.read_text()), args.minutes, args.runs, scale.lr, scale.lr_schedule)
-    for p in choice["points"]:
-        print(f"{series_name(p):<9} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "
-              f"{p['classifier_score']:5.2f}, FID {p['fid']:7.1f}, digits {'yes' if p['draws_digits'] else 'no ':<3}  "
-              f"suite ~{p['projected_suite_min']:5.1f} min")
-    if choice["train_steps"] is None:
-        print(f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
-        for r in choice["score_reached"]:  # how far off: what weighs the budget against the rule
-            where = "nowhere: its last two points do not rise" if r["step"] is None else (
-                f"{'near' if r['extrapolated'] else 'at'} {r['step']:,} steps, suite ~{r['projected_suite_min']:.1f} min"
-                + (" (a straight line through its last two points)" if r["extrapolated"] else ""))
-            print(f"   {series_name(r)} EMA {'on ' if r['ema'] else 'off'}: classifier score "
-                  f"{DIGITS['classifier_score']:g} {where}")
-        return choice
-    words = [f"train_steps={choice['train_steps']}"] + ([f"lr={choice['lr']:g}"] if choice["lr"] != scale.lr else []) \
-        + ([f"lr_schedule={choice['lr_schedule']}"] if choice["lr_schedule"] != scale.lr_schedule else [])
-    print(f"-> the {args.scale} scale's budget: {' '.join(words)}" + (
-        " ema=True (with EMA off no probed budget both draws digits and fits; the OFAT cell ema=False then flips "
-        "EMA off)" if choice["ema"] else ""))
-    return choice
-
-
-def series_name(point: dict) -> str:
-    """``lr 0.001`` for a constant rate, ``lr 0.001 cosine`` for an annealed one."""
-    return f"lr {point['lr']:g}" + ("" if point["lr_schedule"] == "constant" else f" {point['lr_schedule']}")
 
 
 def join_points(folders: list[Path], grids: Path | None = None) -> list[dict]:

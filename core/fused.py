@@ -285,7 +285,8 @@ class FusedTraining:
         """
         x0, t, noise = self.draw(batches)
         c = self.config
-        self.adam.lr.fill_(learning_rate(c.lr, c.lr_schedule, self.step, c.train_steps))
+        if c.lr_schedule != "constant":  # a constant rate stays the one StackedAdam was built with
+            self.adam.lr.fill_(learning_rate(c.lr, c.lr_schedule, self.step, c.train_steps))
         losses = self._train_step(x0, t, noise, use_graph=self.cuda_graphs)
         if self.ema is not None:
             self.ema.update_parameters(self.weights)

@@ -1,5 +1,4 @@
 """The benchmark's contenders are what it says they are: a matched size, the same task, seeded."""
-import argparse
 import json
 import os
 import shutil
@@ -11,18 +10,16 @@ import pytest
 import torch
 
 from PIL import Image
-from torchvision.utils import save_image
 
-from benchmarks import budget, paper, samplers, variants
-from benchmarks.budget import learning_curve, parse_budget
+from benchmarks import paper, samplers, variants
+from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
-from core.checkpoint import load_weights, save_checkpoint, save_weights
+from core.checkpoint import load_weights, save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess
-from core.evaluation import calibrate, sample_and_evaluate
-from core.fidelity import class_share_range, evaluate
+from core.evaluation import sample_and_evaluate
 from core.precision import cpu_bf16_is_faster
 from core.train import train
 
@@ -98,202 +95,6 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_s"]["train"] == pytest.approx(row["measured_s"]["train"] * 46_900 / 2)
     assert row["paper_s"]["sample"] == pytest.approx(row["measured_s"]["sample"] * 10_000 / 4)
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
-
-
-def test_learning_curve_points_are_the_runs_of_that_many_steps_and_one_ema_run_gives_both_curves():
-    """Evaluating mid-run changes nothing: the curve's last point is a straight run of that many steps. An EMA
-    run's trained weights are the EMA-off run's, bit for bit, so one run gives both curves."""
-    config = Config(**SCALES["smoke"] | {"train_steps": 6, "n_samples": 16}, dropout=0.1, ema=True, device="cpu")
-    images = as_tensor(mnist(train=True))
-    rows, process = learning_curve(config, [3, 6], images, log=lambda line: None, trained_too=True)
-    assert [(r["step"], r["ema"]) for r in rows] == [(3, False), (3, True), (6, False), (6, True)]
-    straight = DiffusionProcess(config)  # constructing one reseeds the global generators that dropout draws from
-    train(straight, images)
-    straight_off = DiffusionProcess(config.replace(ema=False))
-    train(straight_off, images)
-    for mine, theirs in ((process.model, straight.model), (process.ema_model, straight.ema_model),
-                         (process.model, straight_off.model)):
-        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
-    assert rows[2]["fid"] == sample_and_evaluate(straight_off, 0)[1]["fid"] != rows[3]["fid"]
-    assert rows[3]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]  # the EMA point is the straight EMA run's
-    assert 0 <= rows[3]["min_class_share"] <= 0.1 <= rows[3]["max_class_share"] <= 1 and rows[3]["nll_bpd"] > 0
-
-
-def test_a_probe_in_several_sittings_is_the_probe_in_one(tmp_path, capsys):
-    """A curve resumed from its checkpoint, mid-run or after a point, gives the rows of the curve made in one go,
-    bit for bit (timings aside); a checkpoint of another run, or one past a point it never scored, is refused."""
-    config = Config(**SCALES["smoke"] | {"n_samples": 16}, dropout=0.1, ema=True, device="cpu")
-    images = as_tensor(mnist(train=True))
-    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
-
-    def cut_at_first_point(rows):  # the file as a probe killed while scoring step 4 would leave it: step 2
-        if not cut.exists():
-            shutil.copy(whole, cut)
-    quiet = dict(log=lambda line: None, trained_too=True)
-    one_go, _ = learning_curve(config, [4, 8], images, checkpoint=whole, checkpoint_every=2,
-                               on_point=cut_at_first_point, **quiet)
-    resumed, process = learning_curve(config, [4, 8], images, checkpoint=cut, **quiet)
-    timings = ("train_s", "sample_s", "heldout_s")
-    assert [{k: v for k, v in r.items() if k not in timings} for r in resumed] == \
-        [{k: v for k, v in r.items() if k not in timings} for r in one_go] and len(one_go) == 4
-    assert torch.load(cut, weights_only=True)["step"] == 8
-    again, process = learning_curve(config, [4, 8], images, checkpoint=whole, **quiet)  # all scored: no work
-    assert again == one_go and process.step == 8
-    same = ["--set", "n_samples=16", "dropout=0.1", "device=cpu"]
-    for words, message in ((["--curve", "10", "--ema", "off", *same], "another run's (ema=True (here False))"),
-                           (["--curve", "6,10", *same], "invalid --curve points [6]: "),
-                           (["--curve", "10", "--seeds", "0,1", *same], "valid with one seed")):
-        with pytest.raises(SystemExit):
-            budget.main([*words, "--scale", "smoke", "--checkpoint", str(whole)])
-        assert message in capsys.readouterr().err
-    assert torch.load(whole, weights_only=True)["step"] == 8  # refused before any work
-
-
-def test_an_annealed_probe_is_one_run_a_point_and_goes_on_only_from_its_own_budget(tmp_path):
-    """Under lr_schedule='cosine' the budget shapes every update, so a curve is one point (one run) and a checkpoint
-    of a run with another budget is another run's."""
-    config = Config(**SCALES["smoke"], lr_schedule="cosine", device="cpu")
-    with pytest.raises(ValueError, match="invalid --curve 4,8 with lr_schedule='cosine'.*valid is one point a call"):
-        learning_curve(config, [4, 8], as_tensor(mnist(train=True)))
-    save_checkpoint(DiffusionProcess(config.replace(train_steps=4)), tmp_path / "at4.pt")
-    assert budget.resumable_state(tmp_path / "at4.pt", config, [4])["step"] == 0
-    with pytest.raises(ValueError, match=r"another run's \(train_steps=4 \(here 8\)\)"):
-        budget.resumable_state(tmp_path / "at4.pt", config, [8])
-
-
-def test_single_point_probes_join_into_one_curve_with_their_grids_side_by_side(tmp_path, capsys):
-    """``--join``: the rows of single-point calls (an annealed rate's budgets) in order of step, and each grid
-    name's grids left to right; a folder without a curve.json is refused before anything is written."""
-    folders = []
-    for steps, shade in ((8000, 0.2), (4000, 0.8)):  # given out of order
-        folder = tmp_path / f"anneal-{steps}"
-        folder.mkdir()
-        (folder / "curve.json").write_text(json.dumps([{"step": steps, "ema": e, "lr_schedule": "cosine"}
-                                                       for e in (False, True)]))
-        save_image(torch.full((3, 6, 5), shade), folder / "curve-seed0-ema-on-lr0.001.png")
-        folders.append(str(folder))
-    out = tmp_path / "anneal.json"
-    budget.main(["--join", *folders, "--out", str(out), "--grids", str(tmp_path / "joined")])
-    assert [(r["step"], r["ema"]) for r in json.loads(out.read_text())] == [(4000, False), (4000, True),
-                                                                            (8000, False), (8000, True)]
-    with Image.open(tmp_path / "joined" / "curve-seed0-ema-on-lr0.001.png") as strip:
-        assert strip.size == (10, 6) and strip.getpixel((0, 0))[0] > strip.getpixel((9, 0))[0]  # 4,000 first
-    with pytest.raises(SystemExit):
-        budget.main(["--join", str(tmp_path), "--out", str(tmp_path / "no.json")])
-    assert f"invalid --join {tmp_path}: no curve.json there" in capsys.readouterr().err
-    assert not (tmp_path / "no.json").exists()
-
-
-def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_path, capsys):
-    """``--set`` changes the scale's fields, ``--grids`` keeps a strip of samples per run, bad input is refused."""
-    out = tmp_path / "curve.json"
-    budget.main(["--curve", "2,4", "--scale", "smoke", "--ema", "off", "--set", "n_samples=16", "lr=3e-4",
-                 "--grids", str(tmp_path / "grids"), "--out", str(out)])
-    rows = json.loads(out.read_text())
-    assert [(r["step"], r["lr"], r["ema"]) for r in rows] == [(2, 3e-4, False), (4, 3e-4, False)]
-    assert rows[0]["set"] == ["n_samples=16", "lr=3e-4"]  # what the probe changed, in its rows
-    with Image.open(tmp_path / "grids" / "curve-seed0-ema-off-lr0.0003.png") as grid:  # a grid of 16 (8 x 2) per step
-        assert grid.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
-    for words, message in ((["colour=3"], "invalid --set colour: valid fields are amp, attention"),
-                           (["device=gpu"], "invalid device='gpu': valid values are 'auto' or 'cpu' or 'cuda'"),
-                           (["lr_schedule=cosine", "--curve", "2,4"], "invalid --curve 2,4 with lr_schedule='cosine'")):
-        with pytest.raises(SystemExit):
-            budget.main(["--curve", "2", "--scale", "smoke", "--set", *words, "--out", str(tmp_path / "no.json")])
-        assert message in capsys.readouterr().err
-    assert not (tmp_path / "no.json").exists()
-    # the `gpu` scale holds ema=True, and --ema says which weights the probe scores (the scale's ema once clashed)
-    words = dict(scale="gpu", set=["device=cpu"], lr=None, seeds="0,1", curve="100", checkpoint=None,
-                 checkpoint_every=0)
-    off = budget.curve_configs(argparse.Namespace(ema="off", **words))
-    assert [(c.ema, c.seed) for c in off] == [(False, 0), (False, 1)]
-    assert budget.curve_configs(argparse.Namespace(ema="both", **words))[0].ema
-
-
-def test_real_digits_meet_the_draws_digits_rule_and_pure_noise_does_not():
-    """The probe's rule is one that real digits pass at the CPU probe's N, and that noise fails."""
-    real = calibrate([1000], log=lambda line: None)[0]
-    assert real["comparison"] == "real train vs real test" and budget.draws_digits(real)
-    noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    metrics = evaluate(noise)
-    low, high = class_share_range(metrics["class_histogram"])
-    assert not budget.draws_digits({"classifier_score": metrics["classifier_score"], "min_class_share": low,
-                                    "max_class_share": high})
-
-
-def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dict:
-    return {"step": step, "ema": ema, "train_s": 10 + 0.005 * step, "classifier_score": score, "fid": 100.0,
-            "min_class_share": shares[0], "max_class_share": shares[1]}
-
-
-def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp_path, capsys):
-    suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0}
-    curve = [_probe_point(2000, 5.0), _probe_point(8000, 9.2), _probe_point(12000, 9.5), _probe_point(16000, 9.7),
-             _probe_point(8000, 8.9, ema=True), _probe_point(12000, 9.6, ema=True), _probe_point(16000, 9.9, ema=True)]
-    # 18 runs of (40 s at 1,000 steps + 0.005 s a step beyond) / 4: 12,000 steps is 7.1 min, 16,000 is 8.6 min.
-    assert budget.project_suite_s(12000, curve[:4], suite) == pytest.approx(18 * (40 + 11000 * 0.005) / 4)
-    # with the packed runs' phase medians: 3 waves of the pack of 6 (60 s), each 11,000 steps longer at the packed
-    # runs' 0.02 s a step (20 s for 1,000): training that packs worse than the whole run weighs more as it grows
-    phased = suite | {"pack": 6, "packed_s": 60.0, "phase_medians_s": {"packed": {"train": 20.0}}}
-    assert budget.project_suite_s(12000, curve[:4], phased) == pytest.approx(3 * (60 + 11000 * 0.02))
-    choice = budget.choose(curve, suite, minutes=9)
-    assert (choice["train_steps"], choice["ema"]) == (12000, False)
-    assert [p["draws_digits"] for p in choice["points"]] == [False, True, True, True, False, True, True]
-    curve[2] = _probe_point(12000, 9.5, shares=(0.03, 0.12))  # a class below 5%: not digits enough
-    assert budget.choose(curve, suite, minutes=9)["train_steps"] == 8000
-    # EMA off never draws digits in time: the EMA budget is chosen, and the baseline then holds EMA
-    no_digits = [p | {"lr": 1e-4} for p in [_probe_point(r["step"], 8.0) for r in curve[:4]] + curve[4:]]
-    picked = budget.choose(no_digits, suite, minutes=9)
-    assert (picked["train_steps"], picked["lr"], picked["ema"]) == (12000, 1e-4, True)
-    # ... unless EMA off draws digits at the probe's second rate: the baseline keeps the seed's EMA off
-    fast = [p | {"lr": 1e-3, "classifier_score": 9.2} for p in no_digits]
-    picked = budget.choose(no_digits + fast, suite, minutes=9)
-    assert (picked["train_steps"], picked["lr"], picked["ema"]) == (12000, 1e-3, False)
-    assert budget.choose(curve, suite, minutes=3)["train_steps"] is None
-    # an annealed rate's series (lr_schedule, one run a point) is a series of its own, chosen where only it draws
-    # digits, and its schedule is among the budget's words
-    annealed = [p | {"lr": 1e-3, "lr_schedule": "cosine", "classifier_score": 9.3} for p in no_digits[:4]]
-    picked = budget.choose(no_digits + annealed, suite, minutes=9, scale_lr=1e-3)
-    assert (picked["train_steps"], picked["lr"], picked["lr_schedule"], picked["ema"]) == (12000, 1e-3, "cosine", False)
-    with pytest.raises(ValueError, match="invalid curve: 1 points with EMA off at lr 0.0001"):
-        budget.choose(curve[:1] + curve[4:], suite)
-    with pytest.raises(ValueError, match=r"invalid curve: seeds \[0, 1\]"):
-        budget.choose(curve + [p | {"seed": 1} for p in curve], suite)
-    for name, rows in {"curve": curve, "no-digits": no_digits, "fast": fast, "suite": suite,
-                       "annealed": no_digits + annealed}.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
-    # rows without "lr" are at the scale's rate: the gpu scale's 1e-3
-    choose = ["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")]
-    budget.main(choose)
-    assert "-> the gpu scale's budget: train_steps=8000\n" in capsys.readouterr().out
-    budget.main(choose + ["--minutes", "3"])
-    out = capsys.readouterr().out
-    assert "-> no probed budget both draws digits and fits 18 runs in 85% of 3.0 min" in out
-    # how far off each run is: its first point at score 9, measured (EMA off reaches it at 8,000 steps)
-    assert "lr 0.001 EMA off: classifier score 9 at 8,000 steps, suite ~5.6 min\n" in out
-    slow = [_probe_point(8000, 7.5), _probe_point(12000, 8.0), _probe_point(12000, 7.0, ema=True),
-            _probe_point(16000, 6.9, ema=True)]
-    reached = budget.choose(slow, suite, minutes=9)["score_reached"]
-    # ... or extrapolated: 8.0 + 0.5 every 4,000 steps reaches 9 at 20,000; a falling line never does
-    assert [(r["ema"], r["step"], r["extrapolated"]) for r in reached] == [(False, 20000, True), (True, None, False)]
-    assert reached[0]["projected_suite_min"] == pytest.approx(18 * (40 + 19000 * 0.005) / 4 / 60)
-    (tmp_path / "slow.json").write_text(json.dumps(slow))
-    budget.main(["--choose", str(tmp_path / "slow.json"), "--speedup", str(tmp_path / "suite.json")])
-    out = capsys.readouterr().out
-    assert "EMA off: classifier score 9 near 20,000 steps, suite ~10.1 min (a straight line through its last" in out
-    assert "EMA on : classifier score 9 nowhere: its last two points do not rise" in out
-    budget.main(["--choose", str(tmp_path / "no-digits.json"), "--speedup", str(tmp_path / "suite.json")])
-    assert "-> the gpu scale's budget: train_steps=12000 lr=0.0001 ema=True (with EMA off no probed budget" in \
-        capsys.readouterr().out
-    budget.main(["--choose", str(tmp_path / "no-digits.json"), str(tmp_path / "fast.json"), "--speedup",
-                 str(tmp_path / "suite.json")])
-    assert "-> the gpu scale's budget: train_steps=12000\n" in capsys.readouterr().out  # at the scale's own rate
-    budget.main(["--choose", str(tmp_path / "annealed.json"), "--speedup", str(tmp_path / "suite.json")])
-    out = capsys.readouterr().out
-    assert "lr 0.001 cosine EMA off   12000 steps: classifier score  9.30" in out
-    assert "-> the gpu scale's budget: train_steps=12000 lr_schedule=cosine\n" in out
-    with pytest.raises(SystemExit):
-        budget.main(choose[:2])
-    assert "invalid --choose without --speedup" in capsys.readouterr().err
 
 
 def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(tmp_path, capsys):

@@ -116,8 +116,8 @@ anneal() {  # a cosine-annealed rate shapes the run to its budget, so each budge
   timed "$PY" benchmarks/budget.py --join "${dirs[@]}" --grids "$OUT" --out "$OUT/anneal.json"
 }
 
-draws_digits() {  # whether an EMA-off point of a probe's JSON draws digits (budget.draws_digits)
-  "$PY" -c "import json, sys; from benchmarks.budget import draws_digits as d
+draws_digits() {  # whether an EMA-off point of a probe's JSON draws digits (budget_choice.draws_digits)
+  "$PY" -c "import json, sys; from benchmarks.budget_choice import draws_digits as d
 sys.exit(0 if any(d(r) for r in json.load(open(sys.argv[1])) if not r['ema']) else 1)" "$1"
 }
 
