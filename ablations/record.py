@@ -44,13 +44,16 @@ LEVEL_METRICS = ("heldout.eps_mse", "heldout.x0_mse")  # step i: the i-th log-SN
 METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS) + LEVEL_METRICS
 INFO_KEYS = ("run_uuid", "config_hash", "precision", "resumed_from", "param_count", "mnist_sha256",
              "classifier_sha256", "git", "environment", "pack", "wall_time_s", "class_histogram", "fid_floor",
-             "heldout", "peak_rss_mb", "rescored", "fused")
+             "heldout", "peak_rss_mb", "rescored", "fused", "sitting")
 
 SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS = "samples.png", "samples.npz", "final_weights.pt"
 ARTIFACTS = (SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS)
 # Set by `sweep.py --pack K` for its run processes; recorded as ``info.pack`` (wall times of packed runs
 # include waiting for the device).
 PACK_ENV = "ABLATIONS_PACK"
+# Set by `sweep.py` for its run processes: the sweep's invocation (a JSON object: id, started, host, pack,
+# mps, fuse), recorded as ``info.sitting``, so that a suite's wall time, start-up included, is in its records.
+SITTING_ENV = "ABLATIONS_SITTING"
 CHECKPOINT = "checkpoint.pt"  # the full checkpoint, kept in the run's journal directory (not an artifact)
 
 # A RUNNING run whose heartbeat is older than this is dead: the audit flags it, the sync stores it
@@ -116,6 +119,7 @@ def provenance(config: Config, process, resumed_from, fused: bool = False) -> di
         "git": git_state(),
         "environment": run_environment(),
         "pack": int(os.environ.get(PACK_ENV, "1")),  # runs sharing the device with this one, itself included
+        "sitting": json.loads(os.environ[SITTING_ENV]) if SITTING_ENV in os.environ else None,  # a run alone: none
         "wall_time_s": {},
     }
 

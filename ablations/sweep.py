@@ -33,20 +33,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import socket
 import sys
 import tempfile
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 from tqdm.auto import tqdm
 
 from ablations import cuda_mps, jobs
 from ablations import plan as plans
 from ablations import store, sweep_manifest
 from ablations.jobs import Task, jobs_of, run_cell, run_job
-from ablations.record import config_hash
+from ablations.record import SITTING_ENV, config_hash
 
 def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
     cells = plans.build(args.plan, args.seeds, with_words, args.only, fuse=args.fuse)
@@ -85,7 +90,7 @@ def execute(tasks: list[Task], args) -> list[dict]:
                 work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mps-")))
                 mps_env = stack.enter_context(cuda_mps.serving(work))
                 for task in tasks:
-                    task.env = mps_env
+                    task.env = task.env | mps_env
             # Each cell is a subprocess, so threads are enough to keep `pack` of them running. A fused sweep's
             # jobs (a training, then its runs) all start, and their processes take turns for the `pack` places.
             units = jobs_of(tasks)
@@ -128,6 +133,14 @@ def record_manifest(tasks: list[Task], args, with_words: list[str], target: stor
         return
     with store.database(target) as db:
         sweep_manifest.record(db, sweep)
+
+
+def sitting(args) -> dict:
+    """This invocation of the sweep, which each run it starts records as ``info.sitting``: the report times a
+    suite from ``started``, this process's start (so its start-up counts), to its runs' last stop."""
+    started = datetime.fromtimestamp(psutil.Process().create_time(), timezone.utc)
+    return {"id": uuid.uuid4().hex, "started": started.isoformat(), "host": socket.gethostname(),
+            "pack": args.pack, "mps": args.mps, "fuse": args.fuse, "dask": bool(args.workers or args.scheduler)}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -206,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except store.StoreUnavailable as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
+    this_sitting = json.dumps(sitting(args))
+    for task in tasks:
+        task.env = task.env | {SITTING_ENV: this_sitting}
     rows = execute(tasks, args)
     print_table(rows)
     refused = next((t.refusal for t in tasks if t.refusal), None)

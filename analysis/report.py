@@ -109,9 +109,28 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
     }
     if runs.sweep_id.nunique() > 1:  # e.g. cells a sweep found stored by another sweep, and took as they were
         facts["stored by sweeps"] = ", ".join(f"{s} ({n} runs)" for s, n in runs.sweep_id.value_counts().items())
+    if made := wall_time(runs):
+        facts["wall time"] = made
     if agreement := rank_agreement(runs):
         facts["held-out bound against FID"] = agreement  # likelihood and sample quality can disagree
     return facts
+
+
+def wall_time(runs: pd.DataFrame) -> str | None:
+    """How long each sweep's invocation (``info.sitting``) took to make its runs here: from its start, start-up
+    included, to the last stop of its runs; None where no run was made by a sweep that recorded its sitting."""
+    made = runs[runs.sitting.notna() & runs.stop_time.notna()] if "sitting" in runs else runs.iloc[:0]
+    if made.empty:
+        return None
+    parts = []
+    for _, group in made.groupby(made.sitting.map(lambda s: s["id"]), sort=False):
+        sitting = group.sitting.iloc[0]
+        span = pd.to_datetime(group.stop_time, utc=True).max() - pd.Timestamp(sitting["started"])
+        how = [f"packed {sitting['pack']}" + (" under MPS" if sitting.get("mps") else "")] * (sitting["pack"] > 1)
+        how += ["fused"] if sitting.get("fuse") else []
+        parts.append(f"{len(group)} runs in {span.total_seconds() / 60:.1f} min on {group.device.iloc[0]} "
+                     f"({', '.join([sitting['host'], *how])}; started {sitting['started'][:16]})")
+    return "; ".join(parts) + ", each from the sweep's start (start-up included) to its last run's stop"
 
 
 def make_figures(docs: list[dict], runs: pd.DataFrame, tabs: dict, out: Path) -> list[Path]:
@@ -221,9 +240,9 @@ def across_scales(effects: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 def scales_setting(docs: list[dict], scales: list[str]) -> pd.DataFrame:
     """What stands behind each scale's numbers, a row a scale: an effect that changes sign between two scales
     may come from any of these (training budget and learning rate, sampler, samples, precision)."""
-    keys = ("runs", "training", "samples per run", "computed in")
-    rows = [{"scale": scale} | {k: setting(runs_table([d for d in docs if d["config"].get("scale") == scale]))[k]
-                                for k in keys} for scale in scales]
+    keys = ("runs", "training", "samples per run", "computed in", "wall time")
+    rows = [{"scale": scale} | {k: setting(runs_table([d for d in docs if d["config"].get("scale") == scale]))
+                                .get(k, "not recorded") for k in keys} for scale in scales]
     return pd.DataFrame(rows)
 
 

@@ -101,6 +101,8 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
             "train_steps": c.get("train_steps"), "fused": bool(c.get("fused")),
             "batch_size": c.get("batch_size"), "lr": c.get("lr"),
             "lr_schedule": c.get("lr_schedule", "constant"), "peak_rss_mb": info.get("peak_rss_mb"),
+            "device": info.get("environment", {}).get("device_name"), "stop_time": d.get("stop_time"),
+            "sitting": info.get("sitting"),  # the sweep's invocation that made the run (None: a run alone)
             **{f"{k}_s": v for k, v in info.get("wall_time_s", {}).items()},
             "images_per_s": sum(speed) / len(speed) if speed else None,
             "commit": info.get("git", {}).get("commit"), "dirty": info.get("git", {}).get("dirty"),
@@ -132,7 +134,8 @@ def curves_table(docs: list[dict], metric: str = "train.loss") -> pd.DataFrame:
     """Long table of one training curve: run_id, cell, seed, step, value."""
     rows = [{"run_id": d["_id"], "cell": member_cell(d),
              "seed": d.get("config", {}).get("seed"), "step": s, "value": v}
-            for d in docs for s, v in zip(*(d.get("metrics", {}).get(metric, {}).get(k, []) for k in ("steps", "values")))]
+            for d in docs
+            for s, v in zip(*(d.get("metrics", {}).get(metric, {}).get(k, []) for k in ("steps", "values")))]
     return pd.DataFrame(rows, columns=["run_id", "cell", "seed", "step", "value"])
 
 
