@@ -229,8 +229,9 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
                                                                                            sequential_db, tmp_path):
     """--fuse, journal-only, synced at home: the baseline, its EMA cell and its linear-schedule cell (seed 0; the
     fusion of several seeds is tested in tests/test_fused.py) trained once, as one network of two members (the
-    schedules), then each a normal run record whose loss curve is its solo twin's up to rounding; fused cells have keys of their own, a second sweep (away and at home) finds them stored, and a run
-    reproduces bit for bit by re-training its group."""
+    schedules), then each a normal run record whose loss curve is its solo twin's up to rounding; fused cells
+    have keys of their own, a second sweep (away and at home) finds them stored, and a run reproduces bit for bit
+    by re-training its group."""
     # no database answers there; the journal is kept under the name of the database it is synced to
     away = env | {"ABLATIONS_HOME": str(tmp_path / "away"), "ABLATIONS_MONGO_URL": "mongodb://127.0.0.1:9/fused"}
     fused = ["--fuse", "--journal-only", "--only", "ema,schedule", "--seeds", "0", "with", "smoke", "threads=1"]
