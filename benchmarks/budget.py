@@ -21,10 +21,12 @@ run's full checkpoint there, and a later call with the same options and that fil
 for bit, so that a probe too long for one sitting (a CPU's) is made in several.
 Nothing in training depends on the total number of steps (constant learning rate, data order and
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
-(tested). This is the probe that chooses the `gpu` scale's budget. An annealed rate
-(``--set lr_schedule=cosine``) does depend on it: there a curve is one point, one run, a call, and
-``--join`` makes one curve of several such calls (each call's ``--out`` ``DIR/curve.json`` and
-``--grids DIR``): their rows by step, and their grids side by side.
+(tested). This is the probe that chooses the `gpu` scale's budget. A decaying rate
+(``--set lr_schedule=cosine`` or ``cooldown``) does depend on it: there each point is a run of its own
+budget, branched from one constant-rate run where the two part (a cosine run after its first update, a
+cool-down run at its cool-down, so that a cool-down curve costs little more than its longest run), and a
+``--checkpoint`` keeps one point a call. ``--join`` makes one curve of several such calls (each call's
+``--out`` ``DIR/curve.json`` and ``--grids DIR``): their rows by step, and their grids side by side.
 
 ``--choose`` reads such curves (one per probed learning rate and schedule) and a ``benchmarks/suite.py``
 result measured on the same GPU, and names the largest probed budget whose baseline draws digits and
@@ -34,6 +36,7 @@ holds the rule, the projection and the pick.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -51,6 +54,7 @@ from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
 from core.fidelity import class_share_range
 from core.likelihood import heldout_metrics
+from core.schedules import shared_updates
 from core.seeding import rng_state, set_rng_state
 from core.train import train
 
@@ -116,6 +120,7 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
                    grids: dict[bool, Path] | None = None, on_point=None, trained_too: bool = False,
                    checkpoint: Path | None = None, checkpoint_every: int = 0):
     """Train one run of ``config`` and evaluate it at each of ``at_steps`` (increasing); return (rows, process).
+    Under a decaying ``lr_schedule`` each point is a run of its own (:func:`branched_curve`).
 
     :param grids: by EMA setting, where a PNG of the first 64 samples at each step (8 x 8 each, left to
         right) is written.
@@ -126,10 +131,13 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
         each point, with the rows so far). Where it already holds this run, the curve goes on from it, bit for
         bit, and its rows come first (:func:`resumable_state`): a probe longer than one sitting, in several calls.
     """
-    check_curve_points(config, at_steps)
+    check_curve_points(config, at_steps, checkpoint)
+    score = PointScorer(grids, on_point, log)
+    if config.lr_schedule != "constant" and len(at_steps) > 1:
+        return branched_curve(config, at_steps, images, score, trained_too)
     process, train_s, rows = open_curve_run(config, at_steps, checkpoint)
+    score.rows = rows
     views = [trained_weights_view(process), process] if trained_too and config.ema else [process]
-    firsts = {}
 
     def keep(train_s_now: float) -> None:  # mid-run (train's callback) and after each point
         save_checkpoint(process, checkpoint, extra={"train_s": train_s_now, "rows": rows})
@@ -142,31 +150,76 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
         train(process, images, checkpoint_every=checkpoint_every,
               checkpoint=(lambda window: keep(train_s + time.perf_counter() - started)) if checkpoint else None)
         train_s += time.perf_counter() - started
-        for weights in views:
-            row, samples = evaluate_point(weights if weights is process else sync_view(weights, process))
-            rows.append(row | {"train_s": train_s, "device": str(process.device)})
-            strip = firsts.setdefault(row["ema"], [])
-            strip.append(make_grid(samples[:64].float().cpu(), nrow=8, normalize=True, value_range=(-1, 1)))
-            if grids and row["ema"] in grids:
-                save_image(torch.cat(strip, dim=2), grids[row["ema"]])
-            if on_point:
-                on_point(rows)
-            log(f"ema={row['ema']!s:<5} step {row['step']:>6}: FID {row['fid']:8.2f}  classifier score "
-                f"{row['classifier_score']:5.2f}  classes {row['min_class_share']:.1%}-{row['max_class_share']:.1%}  "
-                f"nll {row['nll_bpd']:.3f} bits/dim  train {train_s:6.1f} s")
+        score(process, views, train_s)
         if checkpoint:
             keep(train_s)
     return rows, process
 
 
-def check_curve_points(config: Config, at_steps: list[int]) -> None:
-    """A curve scores one run at several steps, which is each shorter run only where the rate does not depend
-    on the budget: under a decaying ``lr_schedule``, one point (one run) a call; else ValueError."""
-    if config.lr_schedule != "constant" and len(at_steps) > 1:
-        raise ValueError(f"invalid --curve {','.join(map(str, at_steps))} with lr_schedule={config.lr_schedule!r}: "
-                         "its rate at each step depends on the run's budget, so a longer run passing a point is "
-                         "not the run of that many steps; valid is one point a call (one run), or "
-                         "lr_schedule='constant'")
+def branched_curve(config: Config, at_steps: list[int], images: torch.Tensor, score: "PointScorer",
+                   trained_too: bool):
+    """A curve under a schedule whose rates depend on the budget: each point is a run of that budget of its own.
+
+    Every such run shares its first updates (:func:`core.schedules.shared_updates`: a cosine run its first, a
+    cool-down run all but its cool-down) with the constant-rate run of the same config, the trunk, trained once:
+    each branches from the trunk there and trains alone to its budget. On the CPU a branch is bit for bit the run
+    made from scratch (tested); on CUDA the trunk's rate is a number and a run's own a tensor, so the last bits
+    may differ. A point's ``train_s`` is its run's: the trunk's seconds to the branch, then the branch's.
+    """
+    trunk = DiffusionProcess(config.replace(lr_schedule="constant", train_steps=at_steps[0]))
+    trunk_s = 0.0
+    for steps in at_steps:
+        started = time.perf_counter()
+        trunk.config = trunk.config.replace(train_steps=shared_updates(config.lr_schedule, steps))
+        train(trunk, images)
+        trunk_s += time.perf_counter() - started
+        # taken before the branch is built, which reseeds the global generators (dropout's): the trunk's state
+        state = copy.deepcopy(trunk.state_dict())
+        branch = DiffusionProcess(config.replace(train_steps=steps))
+        branch.load_state_dict(state | {"config": branch.config.to_dict()})
+        started = time.perf_counter()
+        train(branch, images)
+        views = [trained_weights_view(branch), branch] if trained_too and config.ema else [branch]
+        score(branch, views, trunk_s + time.perf_counter() - started)
+        set_rng_state(state["global_rng"])  # the trunk goes on as if no branch had been
+    return score.rows, branch
+
+
+class PointScorer:
+    """Scores a run at a curve's point (each of its weights), appends the rows, keeps the grids and says so."""
+
+    def __init__(self, grids: dict[bool, Path] | None, on_point, log):
+        self.grids, self.on_point, self.log = grids, on_point, log
+        self.rows: list[dict] = []
+        self.strips: dict[bool, list[torch.Tensor]] = {}
+
+    def __call__(self, process: DiffusionProcess, views: list[DiffusionProcess], train_s: float) -> None:
+        for weights in views:
+            row, samples = evaluate_point(weights if weights is process else sync_view(weights, process))
+            self.rows.append(row | {"train_s": train_s, "device": str(process.device)})
+            strip = self.strips.setdefault(row["ema"], [])
+            strip.append(make_grid(samples[:64].float().cpu(), nrow=8, normalize=True, value_range=(-1, 1)))
+            if self.grids and row["ema"] in self.grids:
+                save_image(torch.cat(strip, dim=2), self.grids[row["ema"]])
+            if self.on_point:
+                self.on_point(self.rows)
+            self.log(f"ema={row['ema']!s:<5} step {row['step']:>6}: FID {row['fid']:8.2f}  classifier score "
+                     f"{row['classifier_score']:5.2f}  classes {row['min_class_share']:.1%}-"
+                     f"{row['max_class_share']:.1%}  nll {row['nll_bpd']:.3f} bits/dim  train {train_s:6.1f} s")
+
+
+def check_curve_points(config: Config, at_steps: list[int], checkpoint: Path | None = None) -> None:
+    """A curve of several points under a decaying ``lr_schedule`` is several runs (:func:`branched_curve`), and a
+    checkpoint keeps one run: with ``checkpoint``, one point a call there; else ValueError."""
+    forks = [shared_updates(config.lr_schedule, steps) for steps in at_steps]
+    if forks != sorted(forks):  # a trunk only goes forwards (no schedule here does this)
+        raise ValueError(f"invalid lr_schedule={config.lr_schedule!r} for --curve {at_steps}: its runs leave the "
+                         f"constant-rate run at updates {forks}; valid schedules share more with longer runs")
+    if config.lr_schedule != "constant" and len(at_steps) > 1 and checkpoint:
+        raise ValueError(f"invalid --checkpoint with --curve {','.join(map(str, at_steps))} under lr_schedule="
+                         f"{config.lr_schedule!r}: its rates depend on the budget, so each point is a run of its own "
+                         "and a checkpoint keeps one run; valid is one point a call with --checkpoint, or no "
+                         "--checkpoint")
 
 
 def resumable_state(path: Path, config: Config, at_steps: list[int]) -> dict | None:
@@ -239,7 +292,7 @@ def curve_configs(args) -> list[Config]:
     fields = scale_fields(args.scale, args.set, args.lr)
     # --ema, not the scale's ema (the `gpu` scale's is True), says which weights the probe scores
     configs = [Config(**(fields | {"seed": int(seed), "ema": args.ema != "off"})) for seed in args.seeds.split(",")]
-    check_curve_points(configs[0], curve_steps(args))
+    check_curve_points(configs[0], curve_steps(args), args.checkpoint)
     if args.checkpoint_every < 0:
         raise ValueError(f"invalid --checkpoint-every {args.checkpoint_every}: valid values are integers >= 0")
     if args.checkpoint:
@@ -268,7 +321,8 @@ def curve_main(args, configs: list[Config]) -> list[dict]:
         def save(points: list[dict]) -> None:  # after every point: a probe cut short keeps what it measured
             args.out.write_text(json.dumps(labelled(points), indent=1))
 
-        grids = {ema: args.grids / f"curve-seed{config.seed}-ema-{'on' if ema else 'off'}-lr{config.lr:g}.png"
+        rate = f"lr{config.lr:g}" + ("" if config.lr_schedule == "constant" else f"-{config.lr_schedule}")
+        grids = {ema: args.grids / f"curve-seed{config.seed}-ema-{'on' if ema else 'off'}-{rate}.png"
                  for ema in (False, True)} if args.grids else None
         rows = labelled(learning_curve(config, steps, images, grids=grids, on_point=save if args.out else None,
                                       trained_too=args.ema == "both", checkpoint=args.checkpoint,

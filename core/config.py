@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Mapping
 
 Schedule = Literal["cosine", "linear"]
-LrSchedule = Literal["constant", "cosine"]  # the rate over a run: core.schedules.LR_SCHEDULES
+LrSchedule = Literal["constant", "cosine", "cooldown"]  # the rate over a run: core.schedules.LR_SCHEDULES
 # sigma_t of the ancestral sampler (Ho et al. 2020, Sec. 3.2): "posterior" is
 # beta-tilde_t (Eq. 7), "beta" is beta_t. Both are the paper's two choices.
 Variance = Literal["posterior", "beta"]
@@ -39,7 +39,8 @@ class Config:
     variance: Variance = "posterior"  # sigma_t^2 of the ancestral sampler
     # --- optimisation ---
     lr: float = 1e-4  # Adam learning rate (the base rate of lr_schedule)
-    # "constant" is the seed's; "cosine" anneals lr to 0 at train_steps, so that the budget shapes the run
+    # "constant" is the seed's; "cosine" anneals lr to 0 at train_steps, "cooldown" keeps it constant, then takes it
+    # linearly to 0 over the last 20%: under both the budget shapes the run
     lr_schedule: LrSchedule = "constant"
     ema: bool = False  # sample from an EMA of the weights (ablation toggle)
     ema_decay: float = 0.999  # EMA decay, with warm-up min(decay, (1+n)/(10+n))

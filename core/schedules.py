@@ -71,10 +71,41 @@ def cosine_rate(step: int, train_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, train_steps) / train_steps))
 
 
+COOLDOWN_FRACTION = 0.2  # of the budget: Hagele et al. 2024 find 20% enough to match a cosine schedule
+
+
+def cooldown_start(train_steps: int) -> int:
+    """The last update (0-based) of a ``train_steps`` run at the base rate under :func:`cooldown_rate`: the
+    :data:`COOLDOWN_FRACTION` of the updates after it cool down."""
+    return train_steps - round(COOLDOWN_FRACTION * train_steps) - 1
+
+
+def cooldown_rate(step: int, train_steps: int) -> float:
+    """The base rate, then a linear cool-down towards 0 at the budget over its last :data:`COOLDOWN_FRACTION`: the
+    warm-up-stable-decay schedule of Hagele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed
+    Training Durations", Sec. 3) without its warm-up, which the seed's Adam does not have either.
+
+    The factor is exactly 1 up to :func:`cooldown_start`, so a run keeps the constant rate's mean rate almost
+    whole, and is the constant-rate run bit for bit until its cool-down: runs of several budgets branch from one
+    constant-rate run (see :func:`shared_updates`).
+    """
+    start = cooldown_start(train_steps)
+    return 1.0 if step <= start else max(0.0, (train_steps - step) / (train_steps - start))
+
+
 LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
     "constant": constant_rate,
     "cosine": cosine_rate,
+    "cooldown": cooldown_rate,
 }
+
+
+def shared_updates(name: str, train_steps: int) -> int:
+    """How many first updates of a ``train_steps`` run under schedule ``name`` take the base rate itself (factor
+    exactly 1): those it shares, bit for bit, with the constant-rate run of the same config. A cosine run shares
+    its first; a cool-down run all but its cool-down; a constant one all."""
+    factor = LR_SCHEDULES[name]
+    return next((step for step in range(train_steps) if factor(step, train_steps) != 1.0), train_steps)
 
 
 def learning_rate(base: float, name: str, step: int, train_steps: int) -> float:

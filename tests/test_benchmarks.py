@@ -185,19 +185,21 @@ probe"""
     assert (tmp_path / "calls").read_text().splitlines() == calls
 
 
-def test_the_gpu_anneal_stage_probes_one_run_a_budget_and_joins_them_into_one_curve(tmp_path):
-    """session.sh's anneal, rehearsed at the smoke scale on this CPU: a cosine-annealed run per budget, joined."""
+def test_the_gpu_anneal_stage_probes_one_run_a_budget_under_a_cooldown(tmp_path):
+    """session.sh's anneal, rehearsed at the smoke scale on this CPU: a run a budget under its default decaying rate,
+    a cool-down (each branched from one constant-rate run: tests/test_budget.py)."""
+    schedule = "cooldown"
     (tmp_path / "out").mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PROBE_SET", "ANNEAL_CURVE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PROBE_SET", "ANNEAL_CURVE", "ANNEAL_SCHEDULE")}
     done = subprocess.run(["bash", "-c", f"source {SESSION}\nanneal"], capture_output=True, text=True,
                           env=env | {"REHEARSE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
                                      "WORK": str(tmp_path / "work"), "PROBE_SET": "n_samples=16"})
     assert done.returncode == 0, done.stderr
-    rows = json.loads((tmp_path / "out" / "anneal.json").read_text())
-    assert [(r["step"], r["ema"], r["lr_schedule"]) for r in rows] == [(10, False, "cosine"), (10, True, "cosine"),
-                                                                       (20, False, "cosine"), (20, True, "cosine")]
+    rows = json.loads((tmp_path / "out" / f"anneal-{schedule}.json").read_text())
+    assert [(r["step"], r["ema"], r["lr_schedule"]) for r in rows] == [(10, False, schedule), (10, True, schedule),
+                                                                       (20, False, schedule), (20, True, schedule)]
     assert rows[0]["fid"] != rows[2]["fid"]  # two runs, not one scored twice
-    with Image.open(tmp_path / "out" / "curve-seed0-ema-on-lr0.0001.png") as strip:  # 8 x 2 samples a budget
+    with Image.open(tmp_path / "out" / f"curve-seed0-ema-on-lr0.0001-{schedule}.png") as strip:  # 8 x 2 a budget
         assert strip.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
 
 

@@ -1,6 +1,6 @@
 """The budget probe (benchmarks/budget.py) and the choice of the `gpu` budget (benchmarks/budget_choice.py): each
-curve point is the run of that many steps, a probe goes on from its checkpoint, an annealed rate is one run a
-point, and the choice picks the largest probed budget that draws digits and fits."""
+curve point is the run of that many steps, a probe goes on from its checkpoint, a decaying rate is one run a
+point (branched from one constant-rate run), and the choice picks the largest probed budget that draws digits and fits."""
 import argparse
 import json
 import shutil
@@ -70,12 +70,26 @@ def test_a_probe_in_several_sittings_is_the_probe_in_one(tmp_path, capsys):
     assert torch.load(whole, weights_only=True)["step"] == 8  # refused before any work
 
 
-def test_an_annealed_probe_is_one_run_a_point_and_goes_on_only_from_its_own_budget(tmp_path):
-    """Under lr_schedule='cosine' the budget shapes every update, so a curve is one point (one run) and a checkpoint
-    of a run with another budget is another run's."""
-    config = Config(**SCALES["smoke"], lr_schedule="cosine", device="cpu")
-    with pytest.raises(ValueError, match="invalid --curve 4,8 with lr_schedule='cosine'.*valid is one point a call"):
-        learning_curve(config, [4, 8], as_tensor(mnist(train=True)))
+@pytest.mark.parametrize("schedule", ["cooldown", "cosine"])
+def test_a_decaying_rate_curve_is_a_run_a_point_branched_from_one_constant_run(schedule, tmp_path):
+    """Under a decaying lr_schedule the budget shapes the run, so each point is a run of its own budget, branched
+    from one constant-rate run where the two part: bit for bit the run made from scratch (both EMA settings, with
+    dropout, whose generator the trunk keeps). A checkpoint keeps one run: there, one point a call, and only a
+    checkpoint of a run with the same budget goes on."""
+    config = Config(**SCALES["smoke"] | {"n_samples": 16}, lr_schedule=schedule, dropout=0.1, ema=True, device="cpu")
+    images = as_tensor(mnist(train=True))
+    quiet = dict(log=lambda line: None, trained_too=True)
+    rows, last = learning_curve(config, [5, 10], images, **quiet)
+    timings = ("train_s", "sample_s", "heldout_s")
+    for steps in (5, 10):
+        alone, process = learning_curve(config, [steps], images, **quiet)
+        assert [{k: v for k, v in r.items() if k not in timings} for r in rows if r["step"] == steps] == \
+            [{k: v for k, v in r.items() if k not in timings} for r in alone]
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict()["model"].values(),
+                                                 process.state_dict()["model"].values()))
+    assert last.optimizer.param_groups[0]["lr"] < config.lr  # the branch took its own decaying rates
+    with pytest.raises(ValueError, match=f"invalid --checkpoint with --curve 4,8 under lr_schedule='{schedule}'"):
+        learning_curve(config, [4, 8], images, checkpoint=tmp_path / "no.pt")
     save_checkpoint(DiffusionProcess(config.replace(train_steps=4)), tmp_path / "at4.pt")
     assert budget.resumable_state(tmp_path / "at4.pt", config, [4])["step"] == 0
     with pytest.raises(ValueError, match=r"another run's \(train_steps=4 \(here 8\)\)"):
@@ -117,7 +131,8 @@ def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_
         assert grid.size == (2 * (2 + 8 * 30), 2 + 2 * 30)
     for words, message in ((["colour=3"], "invalid --set colour: valid fields are amp, attention"),
                            (["device=gpu"], "invalid device='gpu': valid values are 'auto' or 'cpu' or 'cuda'"),
-                           (["lr_schedule=cosine", "--curve", "2,4"], "invalid --curve 2,4 with lr_schedule='cosine'")):
+                           (["lr_schedule=cosine", "--curve", "2,4", "--checkpoint", str(tmp_path / "c.pt")],
+                            "invalid --checkpoint with --curve 2,4 under lr_schedule='cosine'")):
         with pytest.raises(SystemExit):
             budget.main(["--curve", "2", "--scale", "smoke", "--set", *words, "--out", str(tmp_path / "no.json")])
         assert message in capsys.readouterr().err

@@ -82,7 +82,7 @@ def test_overfitting_one_batch_lowers_the_loss(batch):
     (dict(device="tpu"), r"device='tpu'"),
     (dict(sampler_eta=1.5), r"sampler_eta=1\.5.*from 0 to 1"),
     (dict(sampler="ancestral", sampler_eta=1), r"sampler_eta=1\.0.*0 with sampler='ancestral'"),
-    (dict(lr_schedule="step"), r"lr_schedule='step'.*'constant' or 'cosine'"),
+    (dict(lr_schedule="step"), r"lr_schedule='step'.*'constant' or 'cosine' or 'cooldown'"),
 ])
 def test_bad_constructor_values_name_field_and_choices(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -94,7 +94,7 @@ def test_cuda_graph_sampling_is_bitwise_equal_to_eager(sampler):
 
 
 @cuda
-@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine", "cooldown"])
 def test_cuda_graph_training_is_bitwise_equal_to_eager(lr_schedule):
     """fp16 AMP with its GradScaler, fused Adam and EMA, replayed from one captured step; an annealed rate is read
     by each replay, not baked into the graph."""

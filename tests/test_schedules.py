@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from core.schedules import SCHEDULES, cosine_betas, get_betas, learning_rate, linear_betas
+from core.schedules import SCHEDULES, cosine_betas, get_betas, learning_rate, linear_betas, shared_updates
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -46,3 +46,16 @@ def test_learning_rate_schedules():
     assert cosine[25] == pytest.approx(1e-3 * (2 + 2 ** 0.5) / 4)  # 1/2 (1 + cos(pi / 4))
     assert all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[99] > 0 and cosine[100] == 0
     assert learning_rate(1e-3, "cosine", 120, 100) == 0
+
+
+def test_a_cooldown_keeps_the_base_rate_until_its_last_fifth_and_shares_those_updates_with_the_constant_rate():
+    """"cooldown" is the base rate for 80 updates of 100, then falls linearly towards 0 at the budget over the last
+    20 (Hagele et al. 2024); the updates a run shares with the constant-rate run are those at the base rate itself:
+    all but the cool-down, one of a cosine run, all of a constant one."""
+    cooldown = [learning_rate(1e-3, "cooldown", s, 100) for s in range(101)]
+    assert set(cooldown[:80]) == {1e-3} and cooldown[80] == pytest.approx(1e-3 * 20 / 21) and cooldown[100] == 0
+    assert all(a > b for a, b in zip(cooldown[79:], cooldown[80:])) and cooldown[99] == pytest.approx(1e-3 / 21)
+    assert sum(cooldown[:100]) / 100 == pytest.approx(0.9 * 1e-3)  # the mean rate: 90% of the constant's
+    assert [shared_updates(name, 100) for name in ("constant", "cosine", "cooldown")] == [100, 1, 80]
+    assert shared_updates("cooldown", 16_000) == 12_800 and shared_updates("cooldown", 1) == 1
+    assert [learning_rate(1.0, "cooldown", s, 5) for s in range(5)] == [1.0, 1.0, 1.0, 1.0, 0.5]  # 1 of 5 cools

@@ -4,8 +4,9 @@
 # Here, after the last commit the GPU should run:  make device-kit   (benchmarks/device/kit.sh: .device/)
 # There, one device call a stage, carrying [".device"], each well inside a call's 10 minutes:
 #   bash benchmarks/device/session.sh probe      # the budget probe, EMA off and on; the pack-vs-solo CUDA test
-#   bash benchmarks/device/session.sh anneal     # the budget probe under a cosine-annealed rate: one run a budget
-#                                                 # (ANNEAL_CURVE: 8,000, 12,000, 16,000 steps), one after another
+#   bash benchmarks/device/session.sh anneal     # the budget probe under a decaying rate, one run a budget
+#                                                 # (ANNEAL_CURVE: 8,000 ... 20,000 steps), each cooled down over
+#                                                 # its last 20% (ANNEAL_SCHEDULE=cosine: annealed all the way)
 #   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 3,000 steps, solo vs packed 6
 #   bash benchmarks/device/session.sh fusion     # benchmarks/fusion.py: K seeds trained as one stacked network
 #                                                 # against K solo runs (K = 1, 3, 6, 18); its fp16 CUDA test
@@ -36,6 +37,7 @@ SITE=${SITE:-/tmp/site}       # where the kit's wheels are installed
 PACK=6
 PARTS_PER_CALL=4
 FUSE=${FUSE:-}  # non-empty: the suite's sweep runs with --fuse
+ANNEAL_SCHEDULE=${ANNEAL_SCHEDULE:-cooldown}  # the anneal stage's lr_schedule: cooldown or cosine
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
   SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=${SEEDS:-0,1}; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
   ANNEAL_CURVE=10,20
@@ -46,8 +48,10 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every sta
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
 else
   SCALE=(gpu); CURVE=${CURVE:-4000,8000,12000,16000,20000}; CURVE_SCALE=gpu; SEEDS=${SEEDS:-0,1,2}; PART_MIB=15
-  # the constant-rate probe's points where EMA scored 8.44-8.75: 36,000 steps at 6.5 ms, about 5 min with scoring
-  ANNEAL_CURVE=${ANNEAL_CURVE:-8000,12000,16000}
+  # the constant-rate probe's budgets, cooled down over their last 20%: a trunk of 16,000 steps and branches of
+  # 11,200, so 27,200 steps at 6.5 ms, about 4 min with 8 scorings (cosine: ANNEAL_CURVE=8000,12000,16000,
+  # 36,000 steps, about 5 min)
+  ANNEAL_CURVE=${ANNEAL_CURVE:-8000,12000,16000,20000}
   # 1,000 steps packed 1.99x on an H100, where training was a fifth of a solo run; at 3,000 it is about
   # two fifths, nearer the suite's budget (about 8 minutes in all)
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-3000}
@@ -104,16 +108,11 @@ curve() {  # a learning rate (empty: the scale's), the JSON's name; PROBE_SET="b
     ${PROBE_SET:+--set $PROBE_SET} --grids "$OUT" --out "$OUT/$2.json"
 }
 
-anneal() {  # a cosine-annealed rate shapes the run to its budget, so each budget is a run of its own (budget.py)
-  local steps dirs=()
-  for steps in ${ANNEAL_CURVE//,/ }; do
-    dirs+=("$WORK/anneal-$steps")
-    rm -rf "${dirs[-1]}"
-    # shellcheck disable=SC2086  # PROBE_SET is words
-    timed "$PY" benchmarks/budget.py --curve "$steps" --scale "$CURVE_SCALE" --ema both \
-      --set lr_schedule=cosine ${PROBE_SET:-} --grids "${dirs[-1]}" --out "${dirs[-1]}/curve.json"
-  done
-  timed "$PY" benchmarks/budget.py --join "${dirs[@]}" --grids "$OUT" --out "$OUT/anneal.json"
+anneal() {  # a decaying rate shapes the run to its budget, so each budget is a run of its own, branched from one
+  # constant-rate run where the two part (budget.py): a cool-down curve costs little more than its longest run
+  # shellcheck disable=SC2086  # PROBE_SET is words
+  timed "$PY" benchmarks/budget.py --curve "$ANNEAL_CURVE" --scale "$CURVE_SCALE" --ema both \
+    --set lr_schedule="$ANNEAL_SCHEDULE" ${PROBE_SET:-} --grids "$OUT" --out "$OUT/anneal-$ANNEAL_SCHEDULE.json"
 }
 
 draws_digits() {  # whether an EMA-off point of a probe's JSON draws digits (budget_choice.draws_digits)
