@@ -16,9 +16,9 @@ trained weights are scored too, as they are the EMA-off run's) and evaluates it 
 with that scale's evaluation: FID, classifier score, the smallest and largest class share of the
 samples, and the held-out bound and denoising error.
 ``--set KEY=VALUE ...`` changes the scale's fields (``--set device=cpu`` probes the `gpu` scale's
-training on the CPU); ``--grids DIR`` keeps each run's first 64 samples at every probed step; ``--checkpoint FILE`` keeps the
-run's full checkpoint there, and a later call with the same options and that file goes on from it, bit
-for bit, so that a probe too long for one sitting (a CPU's) is made in several.
+training on the CPU); ``--grids DIR`` keeps each run's first 64 samples at every probed step;
+``--checkpoint FILE`` keeps the run's full checkpoint there, and a later call with the same options and that
+file goes on from it, bit for bit, so that a probe too long for one sitting (a CPU's) is made in several.
 Nothing in training depends on the total number of steps (constant learning rate, data order and
 noise from the run's own generators), so each point is the run of that many steps, bit for bit
 (tested). This is the probe that chooses the `gpu` scale's budget. A decaying rate

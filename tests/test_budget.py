@@ -1,6 +1,6 @@
 """The budget probe (benchmarks/budget.py) and the choice of the `gpu` budget (benchmarks/budget_choice.py): each
-curve point is the run of that many steps, a probe goes on from its checkpoint, a decaying rate is one run a
-point (branched from one constant-rate run), and the choice picks the largest probed budget that draws digits and fits."""
+curve point is the run of that many steps, a probe goes on from its checkpoint, a decaying rate is one run a point
+(branched from one constant-rate run), and the choice picks the largest probed budget that draws digits and fits."""
 import argparse
 import json
 import shutil
