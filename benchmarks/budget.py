@@ -132,11 +132,10 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
         bit, and its rows come first (:func:`resumable_state`): a probe longer than one sitting, in several calls.
     """
     check_curve_points(config, at_steps, checkpoint)
-    score = PointScorer(grids, on_point, log)
     if config.lr_schedule != "constant" and len(at_steps) > 1:
-        return branched_curve(config, at_steps, images, score, trained_too)
+        return branched_curve(config, at_steps, images, PointScorer(grids, on_point, log), trained_too)
     process, train_s, rows = open_curve_run(config, at_steps, checkpoint)
-    score.rows = rows
+    score = PointScorer(grids, on_point, log, rows)
     views = [trained_weights_view(process), process] if trained_too and config.ema else [process]
 
     def keep(train_s_now: float) -> None:  # mid-run (train's callback) and after each point
@@ -188,9 +187,10 @@ def branched_curve(config: Config, at_steps: list[int], images: torch.Tensor, sc
 class PointScorer:
     """Scores a run at a curve's point (each of its weights), appends the rows, keeps the grids and says so."""
 
-    def __init__(self, grids: dict[bool, Path] | None, on_point, log):
+    def __init__(self, grids: dict[bool, Path] | None, on_point, log, rows: list[dict] | None = None):
+        """:param rows: the rows scored already (a probe going on from its checkpoint), which new rows follow."""
         self.grids, self.on_point, self.log = grids, on_point, log
-        self.rows: list[dict] = []
+        self.rows = [] if rows is None else rows
         self.strips: dict[bool, list[torch.Tensor]] = {}
 
     def __call__(self, process: DiffusionProcess, views: list[DiffusionProcess], train_s: float) -> None:
@@ -211,11 +211,13 @@ class PointScorer:
 def check_curve_points(config: Config, at_steps: list[int], checkpoint: Path | None = None) -> None:
     """A curve of several points under a decaying ``lr_schedule`` is several runs (:func:`branched_curve`), and a
     checkpoint keeps one run: with ``checkpoint``, one point a call there; else ValueError."""
+    if config.lr_schedule == "constant":
+        return
     forks = [shared_updates(config.lr_schedule, steps) for steps in at_steps]
     if forks != sorted(forks):  # a trunk only goes forwards (no schedule here does this)
         raise ValueError(f"invalid lr_schedule={config.lr_schedule!r} for --curve {at_steps}: its runs leave the "
                          f"constant-rate run at updates {forks}; valid schedules share more with longer runs")
-    if config.lr_schedule != "constant" and len(at_steps) > 1 and checkpoint:
+    if len(at_steps) > 1 and checkpoint:
         raise ValueError(f"invalid --checkpoint with --curve {','.join(map(str, at_steps))} under lr_schedule="
                          f"{config.lr_schedule!r}: its rates depend on the budget, so each point is a run of its own "
                          "and a checkpoint keeps one run; valid is one point a call with --checkpoint, or no "
