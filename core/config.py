@@ -154,7 +154,7 @@ SCALES: dict[str, dict] = {
                   n_samples=10_000),  # 100 epochs; the seed's 1000-step ancestral sampler
     # An OFAT suite x 3 seeds packed on one GPU (README: Packing). device is named, not "auto", so that its
     # cells have the same keys on the CPU machine the runs are synced to. lr and sampler_eta come from the
-    # CPU probe of this scale (README: "The probe's first steps"): 1e-3 reaches 1e-4's classifier score in
+    # CPU probes of this scale (benchmarks/README.md): 1e-3 reaches 1e-4's classifier score in
     # half the steps, and DDIM-100 with fresh noise at each step (eta 1, the seed's ancestral sampler on 100
     # of its 1000 steps) halves deterministic DDIM-100's FID at the same cost. ema=True: on the H100 probe
     # (benchmarks/device/h100-probe/) EMA weights beat the trained ones at every point from 4,000 to 20,000
