@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,8 @@ from core.likelihood import heldout_metrics
 from core.schedules import shared_updates
 from core.seeding import rng_state, set_rng_state
 from core.train import train
+
+PROGRESS = sys.stderr.isatty()  # a bar of training steps where someone watches; none in a device call's log
 
 
 def parse_budget(text: str) -> dict:
@@ -146,7 +149,7 @@ def learning_curve(config: Config, at_steps: list[int], images: torch.Tensor, lo
             continue
         process.config = process.config.replace(train_steps=steps)  # train() stops at config.train_steps
         started = time.perf_counter()
-        train(process, images, checkpoint_every=checkpoint_every,
+        train(process, images, checkpoint_every=checkpoint_every, progress=PROGRESS,
               checkpoint=(lambda window: keep(train_s + time.perf_counter() - started)) if checkpoint else None)
         train_s += time.perf_counter() - started
         score(process, views, train_s)
@@ -170,14 +173,14 @@ def branched_curve(config: Config, at_steps: list[int], images: torch.Tensor, sc
     for steps in at_steps:
         started = time.perf_counter()
         trunk.config = trunk.config.replace(train_steps=shared_updates(config.lr_schedule, steps))
-        train(trunk, images)
+        train(trunk, images, progress=PROGRESS)
         trunk_s += time.perf_counter() - started
         # taken before the branch is built, which reseeds the global generators (dropout's): the trunk's state
         state = copy.deepcopy(trunk.state_dict())
         branch = DiffusionProcess(config.replace(train_steps=steps))
         branch.load_state_dict(state | {"config": branch.config.to_dict()})
         started = time.perf_counter()
-        train(branch, images)
+        train(branch, images, progress=PROGRESS)
         views = [trained_weights_view(branch), branch] if trained_too and config.ema else [branch]
         score(branch, views, trunk_s + time.perf_counter() - started)
         set_rng_state(state["global_rng"])  # the trunk goes on as if no branch had been
