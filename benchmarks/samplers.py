@@ -19,7 +19,8 @@ number of samples, and is scored against the test split like a run (:func:`sampl
   as the `gpu` scale does; not in the default list, where ``as-run`` is mostly that already.
 
 The weights may also be a process checkpoint (``benchmarks/budget.py --checkpoint``): it holds the
-same config, model and EMA weights.
+same config, model and EMA weights. A run that kept an EMA samples its EMA weights; ``--trained`` samples
+its trained weights instead, with the same noise (a probe's ``--ema both`` scores both).
 
 Only ``as-run`` at the run's own N can equal the run's stored FID; FID falls with N, so compare
 the variants with each other at one N.
@@ -86,7 +87,8 @@ def score(weights: dict, names: list[str], n: int, precision: str = "auto", log=
         process, clip_denoised = variant_process(weights, name, n, precision)
         wall_s = {}
         samples, metrics = sample_and_evaluate(process, seed, wall_s, clip_denoised)
-        rows.append({"variant": name, "n": n, "sampler": process.config.sampler, "variance": process.config.variance,
+        rows.append({"variant": name, "n": n, "weights": "ema" if process.ema_model is not None else "trained",
+                     "sampler": process.config.sampler, "variance": process.config.variance,
                      "amp_precision": process.precision, "clip_denoised": clip_denoised,
                      "eta": process.config.sampler_eta} | metrics | {"wall_s": wall_s})
         firsts.append(samples[:64].cpu())
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "(default: all but ancestral)")
     parser.add_argument("--n", type=int, help="samples per variant (default: the run's own n_samples)")
     parser.add_argument("--precision", default="auto", help="the run's AMP precision, when not this device's auto")
+    parser.add_argument("--trained", action="store_true",
+                        help="sample the trained weights of a run that kept an EMA, not the EMA's")
     parser.add_argument("--grids", type=Path, help="write the variants' first 64 samples, side by side, here")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -117,6 +121,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if too_many := [v for v in names if variant(v)[0].get("sampler_steps", 0) > noise_steps]:
         parser.error(f"invalid --variants {','.join(too_many)}: valid DDIM steps are 1 to {noise_steps}, "
                      "the run's noise_steps")
+    if args.trained:
+        if weights["ema"] is None:
+            parser.error(f"invalid --trained: {args.weights} kept no EMA, so every variant samples its trained "
+                         "weights already")
+        weights = weights | {"config": weights["config"] | {"ema": False}}  # no EMA model: it samples the trained
     started = time.perf_counter()
 
     def save(rows: list[dict], firsts: list) -> None:  # after every variant: one that fails loses no other

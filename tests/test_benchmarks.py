@@ -97,6 +97,24 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
 
 
+def test_sampler_variants_of_an_ema_run_score_its_trained_weights_when_asked(tmp_path, capsys):
+    config = Config(**SCALES["smoke"] | {"n_samples": 16, "train_steps": 10}, ema=True, noise_steps=100, device="cpu")
+    process = DiffusionProcess(config, precision="fp32")
+    train(process, as_tensor(mnist(train=True)))
+    save_weights(process, tmp_path / "ema.pt")
+    ema, = samplers.main([str(tmp_path / "ema.pt"), "--precision", "fp32", "--variants", "ddim10"])
+    trained, = samplers.main([str(tmp_path / "ema.pt"), "--precision", "fp32", "--variants", "ddim10", "--trained"])
+    assert (ema["weights"], trained["weights"]) == ("ema", "trained") and ema["fid"] != trained["fid"]
+    # the trained weights alone, in a process without EMA, sampled with the same noise: the same samples
+    solo = DiffusionProcess(config.replace(ema=False, sampler_steps=10), precision="fp32")
+    solo.model.load_state_dict(process.model.state_dict())
+    assert trained["fid"] == sample_and_evaluate(solo, config.seed)[1]["fid"]
+    save_weights(solo, tmp_path / "no-ema.pt")
+    with pytest.raises(SystemExit):
+        samplers.main([str(tmp_path / "no-ema.pt"), "--trained"])
+    assert "invalid --trained: " in capsys.readouterr().err
+
+
 def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(tmp_path, capsys):
     config = Config(**SCALES["smoke"] | {"n_samples": 16, "sampler": "ancestral", "sampler_steps": 100}, noise_steps=100, device="cpu")
     process = DiffusionProcess(config, precision="bf16")  # the fp32 variant then differs from as-run everywhere
@@ -151,7 +169,10 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, anneal, speedup, fusion, suite, " \
         "parts N, reproduce, paper, samplers" in unknown.stdout
     late_typo = subprocess.run(["bash", str(script), "fusion", "parts"], env=env, capture_output=True, text=True)
-    assert late_typo.returncode == 2 and late_typo.stdout == "parts needs the batch number: 2 or more\n"  # no setup
+    # refused before setup: no log
+    assert late_typo.returncode == 2 and late_typo.stdout == "parts needs the batch number: 2 or more, not ''\n"
+    first_batch = subprocess.run(["bash", str(script), "parts", "1"], env=env, capture_output=True, text=True)
+    assert first_batch.returncode == 2 and "2 or more, not '1'" in first_batch.stdout
     no_kit = subprocess.run(["bash", str(script), "probe"], env=env, capture_output=True, text=True)
     assert no_kit.returncode == 2 and "no .device/ here: run make device-kit" in no_kit.stdout
     assert "no .device/ here" in (tmp_path / "out" / "probe.log").read_text()  # the log comes back through $OUT

@@ -189,7 +189,8 @@ stages() {  # the words of a call, checked whole before anything runs, one stage
   while [ $# -gt 0 ]; do
     case "$1" in
       probe | anneal | speedup | fusion | suite | reproduce | paper | samplers) echo "$1"; shift ;;
-      parts) [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "parts needs the batch number: 2 or more"; return 2; }
+      parts) [[ ${2:-} =~ ^([2-9]|[1-9][0-9]+)$ ]] ||  # batch 1 comes back with the suite stage itself
+               { echo "parts needs the batch number: 2 or more, not '${2:-}'"; return 2; }
              echo "parts $2"; shift 2 ;;
       *) echo "invalid stage '$1': valid stages are $STAGES"; return 2 ;;
     esac
