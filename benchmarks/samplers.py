@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if weights["ema"] is None:
             parser.error(f"invalid --trained: {args.weights} kept no EMA, so every variant samples its trained "
                          "weights already")
-        weights = weights | {"config": weights["config"] | {"ema": False}}  # no EMA model: it samples the trained
+        # a process without an EMA model samples its trained weights, with the noise the EMA's samples drew
+        weights = weights | {"config": weights["config"] | {"ema": False}}
     started = time.perf_counter()
 
     def save(rows: list[dict], firsts: list) -> None:  # after every variant: one that fails loses no other

@@ -169,7 +169,7 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, anneal, speedup, fusion, suite, " \
         "parts N, reproduce, paper, samplers" in unknown.stdout
     late_typo = subprocess.run(["bash", str(script), "fusion", "parts"], env=env, capture_output=True, text=True)
-    # refused before setup: no log
+    # refused before setup: the refusal is all it prints
     assert late_typo.returncode == 2 and late_typo.stdout == "parts needs the batch number: 2 or more, not ''\n"
     first_batch = subprocess.run(["bash", str(script), "parts", "1"], env=env, capture_output=True, text=True)
     assert first_batch.returncode == 2 and "2 or more, not '1'" in first_batch.stdout
