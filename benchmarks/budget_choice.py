@@ -9,7 +9,8 @@ schedule before another (:func:`choose`). The projection (:func:`project_suite_s
 the suite benchmark's solo runs cost (start-up, training, sampling, scoring), plus the extra steps at the curve's
 time per step (an EMA run's, for an ``--ema both`` curve: a little above the baseline's, so it errs long); the
 packed suite costs ``--runs`` of those divided by the measured speed-up. A suite result with phase medians is
-projected from its packed runs' own training time a step instead.
+projected from its packed runs' own training time a step instead. A curve probed with other fields of the scale
+(``PROBE_SET="batch_size=512"``: its rows' ``set`` words) is a series of its own, whose words the pick names.
 """
 from __future__ import annotations
 
@@ -38,16 +39,29 @@ def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) 
     Where the result holds the packed runs' phase medians (``phase_medians_s``), the packed sweep is projected
     from them: ``runs / pack`` waves of the measured pack, each longer by the extra steps at the packed runs'
     own training seconds a step. How well training packs, not the whole run's speed-up, then scales with the
-    budget: at the suite benchmark's short budget, fixed costs (start-up, scoring) weigh far more.
+    budget: at the suite benchmark's short budget, fixed costs (start-up, scoring) weigh far more. Where it holds
+    the solo runs' medians too, a packed step is scaled by :func:`step_ratio` (a larger batch's dearer step);
+    that its runs pack as well as the suite's is assumed: a larger batch fills more of the device, so it errs short.
     """
     if packed := suite.get("phase_medians_s", {}).get("packed"):
         wave_s = suite["packed_s"] * suite["pack"] / suite["runs"]
-        extra_s = (steps - suite["train_steps"]) * packed["train"] / suite["train_steps"]
-        return math.ceil(runs / suite["pack"]) * (wave_s + extra_s)
-    first, last = curve[0], curve[-1]
-    step_s = (last["train_s"] - first["train_s"]) / (last["step"] - first["step"])
-    solo_s = suite["sequential_s"] / suite["runs"] + (steps - suite["train_steps"]) * step_s
+        packed_step_s = packed["train"] / suite["train_steps"] * step_ratio(curve, suite)
+        return math.ceil(runs / suite["pack"]) * (wave_s - packed["train"] + steps * packed_step_s)
+    solo_s = suite["sequential_s"] / suite["runs"] + (steps - suite["train_steps"]) * curve_step_s(curve)
     return runs * solo_s / suite["suite_speedup_vs_sequential"]
+
+
+def curve_step_s(curve: list[dict]) -> float:
+    """Seconds a training step along one run's probe rows (increasing steps, cumulative ``train_s``)."""
+    first, last = curve[0], curve[-1]
+    return (last["train_s"] - first["train_s"]) / (last["step"] - first["step"])
+
+
+def step_ratio(curve: list[dict], suite: dict) -> float:
+    """A curve's training step against the suite benchmark's solo one (1 where the suite lacks its medians):
+    about 1 for the scale's own fields, more for a larger batch."""
+    solo = suite.get("phase_medians_s", {}).get("sequential")
+    return curve_step_s(curve) / (solo["train"] / suite["train_steps"]) if solo else 1.0
 
 
 def steps_to_score(rows: list[dict], score: float = DIGITS["classifier_score"]) -> int | None:
@@ -65,37 +79,42 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
            scale_schedule: str = Config.lr_schedule) -> dict:
     """The largest probed budget whose baseline draws digits and whose suite fits, and every point's verdict.
 
-    :param curve: probe rows, of one or more series (one per learning rate, rate schedule and EMA setting): one
-        run's points, or under an annealed ``lr_schedule`` one run a point (its budget).
+    :param curve: probe rows, of one or more series (one per learning rate, rate schedule, EMA setting and the
+        other fields a probe set): one run's points, or under an annealed ``lr_schedule`` one run a point (its
+        budget).
     :param scale_lr: the scale's own learning rate (default: the seed's), preferred to a probed other one.
     :param scale_schedule: the scale's own ``lr_schedule``, likewise preferred.
 
     The seed's baseline is kept as far as it can be: EMA off wins wherever one of its budgets qualifies, at the
-    scale's rate and schedule first; else an EMA budget does, and the scale's baseline then holds EMA (its OFAT
-    cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
+    scale's rate, schedule and fields first; else an EMA budget does, and the scale's baseline then holds EMA
+    (its OFAT cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
     """
     if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:  # one run per rate and EMA setting: its time per step
         raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")
     runs_of: dict[tuple, list[dict]] = {}
     for row in sorted(curve, key=lambda r: r["step"]):
-        runs_of.setdefault((row.get("lr", scale_lr), row.get("lr_schedule", "constant"), row["ema"]), []).append(row)
-    for (lr, schedule, ema), rows in runs_of.items():
+        key = (row.get("lr", scale_lr), row.get("lr_schedule", "constant"), row["ema"], probe_words(row))
+        runs_of.setdefault(key, []).append(row)
+    series = [{"lr": lr, "lr_schedule": schedule, "ema": ema, "set": list(words)}
+              for lr, schedule, ema, words in runs_of]
+    for key, rows in zip(series, runs_of.values()):
         if len(rows) < 2:
-            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if ema else 'off'} at lr {lr:g} "
-                             f"({schedule}); valid curves have 2 or more for each rate, schedule and EMA setting")
-    series = [{"lr": lr, "lr_schedule": schedule, "ema": ema} for lr, schedule, ema in runs_of]
+            raise ValueError(f"invalid curve: {len(rows)} points with EMA {'on' if key['ema'] else 'off'} at "
+                             f"{series_name(key)}; valid curves have 2 or more for each rate, schedule, EMA "
+                             "setting and set of fields")
     points = [key | {"step": r["step"], "draws_digits": draws_digits(r), "classifier_score": r["classifier_score"],
-                     "fid": r["fid"], "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60}
+                     "fid": r["fid"], "projected_suite_min": project_suite_s(r["step"], rows, suite, runs) / 60,
+                     "step_ratio": step_ratio(rows, suite)}
               for key, rows in zip(series, runs_of.values()) for r in rows]
     fitting = [p for p in points if p["draws_digits"] and p["projected_suite_min"] <= MARGIN * minutes]
     pick = max(fitting, key=lambda p: (not p["ema"], p["lr"] == scale_lr, p["lr_schedule"] == scale_schedule,
-                                       p["step"]), default=None)
+                                       not p["set"], p["step"]), default=None)
     reach = [key | {"step": step, "extrapolated": step is not None and step > rows[-1]["step"],
                     "projected_suite_min": step and project_suite_s(step, rows, suite, runs) / 60}
              for key, rows in zip(series, runs_of.values()) for step in [steps_to_score(rows)]]
     return {"train_steps": pick and pick["step"], "lr": pick and pick["lr"], "ema": pick and pick["ema"],
-            "lr_schedule": pick and pick["lr_schedule"], "minutes": minutes, "runs": runs,
-            "speedup": suite["suite_speedup_vs_sequential"], "points": points, "score_reached": reach}
+            "lr_schedule": pick and pick["lr_schedule"], "set": pick and pick["set"], "minutes": minutes,
+            "runs": runs, "speedup": suite["suite_speedup_vs_sequential"], "points": points, "score_reached": reach}
 
 
 def choose_main(args) -> dict:
@@ -105,7 +124,8 @@ def choose_main(args) -> dict:
     for p in choice["points"]:
         print(f"{series_name(p):<9} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "
               f"{p['classifier_score']:5.2f}, FID {p['fid']:7.1f}, digits {'yes' if p['draws_digits'] else 'no ':<3}  "
-              f"suite ~{p['projected_suite_min']:5.1f} min")
+              f"suite ~{p['projected_suite_min']:5.1f} min" + ("" if abs(p["step_ratio"] - 1) < 0.1 else
+                                                               f" (a step {p['step_ratio']:.2f}x the suite's)"))
     if choice["train_steps"] is None:
         print(f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
         for r in choice["score_reached"]:  # how far off: what weighs the budget against the rule
@@ -116,7 +136,8 @@ def choose_main(args) -> dict:
                   f"{DIGITS['classifier_score']:g} {where}")
         return choice
     words = [f"train_steps={choice['train_steps']}"] + ([f"lr={choice['lr']:g}"] if choice["lr"] != scale.lr else []) \
-        + ([f"lr_schedule={choice['lr_schedule']}"] if choice["lr_schedule"] != scale.lr_schedule else [])
+        + ([f"lr_schedule={choice['lr_schedule']}"] if choice["lr_schedule"] != scale.lr_schedule else []) \
+        + choice["set"]
     print(f"-> the {args.scale} scale's budget: {' '.join(words)}" + (
         " ema=True (with EMA off no probed budget both draws digits and fits; the OFAT cell ema=False then flips "
         "EMA off)" if choice["ema"] else ""))
@@ -124,5 +145,14 @@ def choose_main(args) -> dict:
 
 
 def series_name(point: dict) -> str:
-    """``lr 0.001`` for a constant rate, ``lr 0.001 cosine`` for an annealed one."""
-    return f"lr {point['lr']:g}" + ("" if point["lr_schedule"] == "constant" else f" {point['lr_schedule']}")
+    """``lr 0.001`` for a constant rate, ``lr 0.001 cosine`` for an annealed one, ``lr 0.002 batch_size=512`` for
+    a probe that set other fields."""
+    return " ".join([f"lr {point['lr']:g}"] + ([] if point["lr_schedule"] == "constant" else [point["lr_schedule"]])
+                    + point.get("set", []))
+
+
+def probe_words(row: dict) -> tuple[str, ...]:
+    """The fields a probe row's ``--set`` words changed in its scale, but for its rate and rate schedule (series
+    keys of their own, from the row's ``lr`` and ``lr_schedule``): ``("batch_size=512",)``, or ``()`` for the
+    scale as it is."""
+    return tuple(word for word in row.get("set") or [] if word.partition("=")[0] not in ("lr", "lr_schedule"))

@@ -161,6 +161,45 @@ def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dic
             "min_class_share": shares[0], "max_class_share": shares[1]}
 
 
+
+def test_a_probe_of_other_fields_is_a_series_of_its_own_whose_dearer_step_weighs(tmp_path, capsys):
+    """PROBE_SET="batch_size=512" probes the scale with another batch: its rows are never pooled with the scale's
+    own, it is chosen only where the scale's own fields do not qualify, its words are the budget's, and its
+    dearer step lengthens the projected suite."""
+    suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0, "pack": 6,
+             "packed_s": 60.0, "phase_medians_s": {"packed": {"train": 20.0}, "sequential": {"train": 5.0}}}
+    scale = [_probe_point(4000, 8.0) | {"set": []}, _probe_point(8000, 8.5) | {"set": []}]
+    big = [{**_probe_point(step, score), "train_s": 10 + 0.02 * step, "lr": 2e-3,
+            "set": ["batch_size=512", "lr=2e-3", "lr_schedule=cooldown"], "lr_schedule": "cooldown"}
+           for step, score in [(2000, 9.1), (4000, 9.4)]]
+    # the scale's step: 0.005 s solo, as the suite's (5 s for 1,000): packed steps cost the measured 0.02 s
+    assert budget_choice.step_ratio(scale, suite) == pytest.approx(1.0)
+    assert budget_choice.project_suite_s(8000, scale, suite) == pytest.approx(3 * (60 - 20 + 8000 * 0.02))
+    # the batch of 512's step is 4 times as dear: so is its packed step (that it packs as well is assumed)
+    assert budget_choice.step_ratio(big, suite) == pytest.approx(4.0)
+    assert budget_choice.project_suite_s(2000, big, suite) == pytest.approx(3 * (60 - 20 + 2000 * 0.08))
+    choice = budget_choice.choose(scale + big, suite, minutes=9, scale_lr=1e-3)
+    assert [(p["set"], p["step"], p["draws_digits"]) for p in choice["points"]] == [  # series by their first step
+        (["batch_size=512"], 2000, True), (["batch_size=512"], 4000, True), ([], 4000, False), ([], 8000, False)]
+    # 4,000 steps at batch 512 is 3 waves of 40 + 320 s: 18 min, too long; 2,000 steps is 10 min, too long at 9
+    assert (choice["train_steps"], choice["set"]) == (None, None)
+    choice = budget_choice.choose(scale + big, suite, minutes=13, scale_lr=1e-3)
+    assert (choice["train_steps"], choice["lr"], choice["lr_schedule"], choice["set"]) == (
+        2000, 2e-3, "cooldown", ["batch_size=512"])
+    # where the scale's own fields qualify too, they win
+    own = [p | {"classifier_score": 9.2} for p in scale]
+    assert budget_choice.choose(own + big, suite, minutes=30, scale_lr=1e-3)["set"] == []
+    with pytest.raises(ValueError, match=r"invalid curve: 1 points with EMA off at lr 0.002 cooldown batch_size=512"):
+        budget_choice.choose(scale + big[:1], suite)
+    for name, rows in {"curve": scale + big, "suite": suite}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json"), "--minutes",
+                 "13"])
+    out = capsys.readouterr().out
+    assert "lr 0.002 cooldown batch_size=512 EMA off    2000 steps: classifier score  9.10" in out
+    assert "suite ~ 10.0 min (a step 4.00x the suite's)\n" in out
+    assert "-> the gpu scale's budget: train_steps=2000 lr=0.002 lr_schedule=cooldown batch_size=512\n" in out
+
 def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp_path, capsys):
     suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0}
     curve = [_probe_point(2000, 5.0), _probe_point(8000, 9.2), _probe_point(12000, 9.5), _probe_point(16000, 9.7),
