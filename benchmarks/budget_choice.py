@@ -26,7 +26,8 @@ MARGIN = 0.85  # of the time budget a projection may use: packed runs with dropo
 
 def draws_digits(row: dict) -> bool:
     """A probe point whose samples are digits: classifier score >= 9, every class 5-15% of the samples."""
-    return (row["classifier_score"] >= DIGITS["classifier_score"] and row["min_class_share"] >= DIGITS["min_class_share"]
+    return (row["classifier_score"] >= DIGITS["classifier_score"]
+            and row["min_class_share"] >= DIGITS["min_class_share"]
             and row["max_class_share"] <= DIGITS["max_class_share"])
 
 
@@ -89,7 +90,8 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
     scale's rate, schedule and fields first; else an EMA budget does, and the scale's baseline then holds EMA
     (its OFAT cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
     """
-    if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:  # one run per rate and EMA setting: its time per step
+    # one run per series: its time per step
+    if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:
         raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")
     runs_of: dict[tuple, list[dict]] = {}
     for row in sorted(curve, key=lambda r: r["step"]):
@@ -130,7 +132,8 @@ def choose_main(args) -> dict:
         print(f"-> no probed budget both draws digits and fits {args.runs} runs in {MARGIN:.0%} of {args.minutes} min")
         for r in choice["score_reached"]:  # how far off: what weighs the budget against the rule
             where = "nowhere: its last two points do not rise" if r["step"] is None else (
-                f"{'near' if r['extrapolated'] else 'at'} {r['step']:,} steps, suite ~{r['projected_suite_min']:.1f} min"
+                f"{'near' if r['extrapolated'] else 'at'} {r['step']:,} steps, "
+                f"suite ~{r['projected_suite_min']:.1f} min"
                 + (" (a straight line through its last two points)" if r["extrapolated"] else ""))
             print(f"   {series_name(r)} EMA {'on ' if r['ema'] else 'off'}: classifier score "
                   f"{DIGITS['classifier_score']:g} {where}")

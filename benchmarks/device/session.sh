@@ -7,6 +7,8 @@
 #   bash benchmarks/device/session.sh anneal     # the budget probe under a decaying rate, one run a budget
 #                                                 # (ANNEAL_CURVE: 8,000 ... 20,000 steps), each cooled down over
 #                                                 # its last 20% (ANNEAL_SCHEDULE=cosine: annealed all the way)
+#   PROBE_SET="batch_size=512 lr=2e-3" bash benchmarks/device/session.sh anneal   # the same at other fields:
+#                                                 # --choose reads it as a series of its own
 #   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 3,000 steps, solo vs packed 6
 #   bash benchmarks/device/session.sh fusion     # benchmarks/fusion.py: K seeds trained as one stacked network
 #                                                 # against K solo runs (K = 1, 3, 6, 18); its fp16 CUDA test
