@@ -28,10 +28,10 @@ cool-down run at its cool-down, so that a cool-down curve costs little more than
 ``--checkpoint`` keeps one point a call. ``--join`` makes one curve of several such calls (each call's
 ``--out`` ``DIR/curve.json`` and ``--grids DIR``): their rows by step, and their grids side by side.
 
-``--choose`` reads such curves (one per probed learning rate, schedule and set of ``--set`` fields) and a ``benchmarks/suite.py``
-result measured on the same GPU, and names the largest probed budget whose baseline draws digits and
-whose whole suite is projected to fit in ``--minutes`` with a 15% margin: :mod:`benchmarks.budget_choice`
-holds the rule, the projection and the pick.
+``--choose`` reads such curves (one per probed learning rate, schedule and set of ``--set`` fields) and a
+``benchmarks/suite.py`` result measured on the same GPU, and names the largest probed budget whose baseline
+draws digits and whose whole suite is projected to fit in ``--minutes`` with a 15% margin:
+:mod:`benchmarks.budget_choice` holds the rule, the projection and the pick.
 """
 from __future__ import annotations
 
