@@ -3,7 +3,7 @@
     python benchmarks/budget.py --budgets 200x128@1e-4,400x64@1e-4,200x128@1e-3 [--seeds 0] [--out FILE]
     python benchmarks/budget.py --curve 4000,8000,12000,16000,20000 --scale gpu --ema both [--seeds 0] [--out FILE]
         [--set device=cpu n_samples=1000 ...] [--grids DIR] [--checkpoint FILE [--checkpoint-every 500]]
-    python benchmarks/budget.py --choose CURVE.json [CURVE-LR.json ...] --speedup SUITE.json [--minutes 9] [--runs 18]
+    python benchmarks/budget.py --choose CURVE.json [...] --speedup SUITE.json [...] [--minutes 9] [--runs 18]
     python benchmarks/budget.py --join DIR [DIR ...] --out CURVE.json [--grids DIR]
 
 A budget is ``STEPSxBATCH@LR``. Every budget trains the baseline config (attention on, no EMA,
@@ -30,8 +30,8 @@ cool-down run at its cool-down, so that a cool-down curve costs little more than
 
 ``--choose`` reads such curves (one per probed learning rate, schedule and set of ``--set`` fields) and a
 ``benchmarks/suite.py`` result measured on the same GPU, and names the largest probed budget whose baseline
-draws digits and whose whole suite is projected to fit in ``--minutes`` with a 15% margin:
-:mod:`benchmarks.budget_choice` holds the rule, the projection and the pick.
+draws digits and whose whole suite is projected to fit in ``--minutes`` with a 15% margin (from several results at
+other ``train_steps``, by a line): :mod:`benchmarks.budget_choice` holds the rule, the projection and the pick.
 """
 from __future__ import annotations
 
@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="pick the scale's budget from --curve JSONs (one per probed learning rate)")
     mode.add_argument("--join", type=Path, nargs="+", metavar="DIR",
                       help="one curve of single-point --curve calls, each with its curve.json and grids in DIR")
-    parser.add_argument("--speedup", type=Path, metavar="SUITE_JSON", help="--choose: a benchmarks/suite.py result")
+    parser.add_argument("--speedup", type=Path, nargs="+", metavar="SUITE_JSON",
+                        help="--choose: a benchmarks/suite.py result, or several measured alike at other train_steps")
     parser.add_argument("--minutes", type=float, default=9.0, help="--choose: the suite's time budget")
     parser.add_argument("--runs", type=int, default=18, help="--choose: runs in the suite")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -369,13 +370,14 @@ def main(argv: list[str] | None = None) -> None:
     if missing := [str(d) for d in args.join or [] if not (d / "curve.json").is_file()]:
         parser.error(f"invalid --join {' '.join(missing)}: no curve.json there; valid folders are those that "
                      "single-point --curve calls wrote (--out DIR/curve.json --grids DIR)")
-    if args.curve:
-        try:  # every config is checked before any work starts
-            configs = curve_configs(args)
-        except ValueError as error:
-            parser.error(str(error))
-    rows = choose_main(args) if args.choose else curve_main(args, configs) if args.curve else \
-        join_points(args.join, args.grids) if args.join else budgets_main(args)
+    try:  # every config is checked before any work starts, and curves or suite results that do not go together
+        configs = curve_configs(args) if args.curve else None
+        rows = choose_main(args) if args.choose else None
+    except ValueError as error:
+        parser.error(str(error))
+    if not args.choose:
+        rows = curve_main(args, configs) if args.curve else join_points(args.join, args.grids) if args.join else \
+            budgets_main(args)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

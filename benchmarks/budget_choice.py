@@ -1,6 +1,7 @@
 """Which `gpu` budget to choose from the probe's curves: the digit rule, the suite's projected time, the pick.
 
-    python benchmarks/budget.py --choose CURVE.json [ANNEAL.json ...] --speedup SUITE.json [--minutes 9] [--runs 18]
+    python benchmarks/budget.py --choose CURVE.json [ANNEAL.json ...] --speedup SUITE.json [SUITE-2.json ...] \
+        [--minutes 9] [--runs 18]
 
 The probe itself (training and scoring the curves) is :mod:`benchmarks.budget`; this module reads its rows and
 a ``benchmarks/suite.py`` result measured on the same GPU. A point draws digits (:func:`draws_digits`) at classifier
@@ -9,19 +10,25 @@ schedule before another (:func:`choose`). The projection (:func:`project_suite_s
 the suite benchmark's solo runs cost (start-up, training, sampling, scoring), plus the extra steps at the curve's
 time per step (an EMA run's, for an ``--ema both`` curve: a little above the baseline's, so it errs long); the
 packed suite costs ``--runs`` of those divided by the measured speed-up. A suite result with phase medians is
-projected from its packed runs' own training time a step instead. A curve probed with other fields of the scale
-(``PROBE_SET="batch_size=512"``: its rows' ``set`` words) is a series of its own, whose words the pick names.
+projected from its packed runs' own training time a step instead. Two or more results measured alike at different
+``train_steps`` (``--speedup A.json B.json``) give a straight line of the packed sweep's wall in its steps, which
+holds for any way of packing, fused groups among them (:func:`measured`). A curve probed with other fields of the
+scale (``PROBE_SET="batch_size=512"``: its rows' ``set`` words) is a series of its own, whose words the pick names.
 """
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
+
 from core.config import SCALES, Config
 
 
 DIGITS = {"classifier_score": 9.0, "min_class_share": 0.05, "max_class_share": 0.15}
 MARGIN = 0.85  # of the time budget a projection may use: packed runs with dropout or EMA cost a little more
+# what suite results on one line share, all but their train_steps (older results lack mps or fuse: off)
+ALIKE = {"device": None, "pack": None, "mps": False, "fuse": False, "runs": None}
 
 
 def draws_digits(row: dict) -> bool:
@@ -43,13 +50,63 @@ def project_suite_s(steps: int, curve: list[dict], suite: dict, runs: int = 18) 
     budget: at the suite benchmark's short budget, fixed costs (start-up, scoring) weigh far more. Where it holds
     the solo runs' medians too, a packed step is scaled by :func:`step_ratio` (a larger batch's dearer step);
     that its runs pack as well as the suite's is assumed: a larger batch fills more of the device, so it errs short.
+    Where :func:`measured` drew a line through several results, that line, its step scaled likewise, and as many
+    times as ``runs`` take more waves of the pack than the measured sweeps did.
     """
+    if line := suite.get("line"):
+        return line_factor(suite, runs) * (line["intercept_s"] + line["slope_s"] * steps * step_ratio(curve, suite))
     if packed := suite.get("phase_medians_s", {}).get("packed"):
         wave_s = suite["packed_s"] * suite["pack"] / suite["runs"]
         packed_step_s = packed["train"] / suite["train_steps"] * step_ratio(curve, suite)
         return math.ceil(runs / suite["pack"]) * (wave_s - packed["train"] + steps * packed_step_s)
     solo_s = suite["sequential_s"] / suite["runs"] + (steps - suite["train_steps"]) * curve_step_s(curve)
     return runs * solo_s / suite["suite_speedup_vs_sequential"]
+
+
+def measured(suites: list[dict]) -> dict:
+    """The suite result to project from: the longest budget's, with, where two or more results measured alike (the
+    same device, pack, MPS, fusion and runs) at different ``train_steps`` are given, the least-squares line of their
+    packed wall in their steps (``line``: ``intercept_s`` + ``slope_s`` a step). Training is all that grows with
+    the steps, so the line needs no model of how runs pack: it holds for fused groups, whose runs' training is their
+    group's and which one result cannot project (refused), and for ``--packed-only`` results, which lack the
+    sequential sweep that the other projections need."""
+    for field, default in ALIKE.items():
+        if len(values := {json.dumps(s.get(field, default)) for s in suites}) > 1:
+            raise ValueError(f"invalid suite results: {field} differs ({', '.join(sorted(values))}); valid ones for "
+                             "one line are measured alike but for train_steps")
+    if len(set(steps := [s["train_steps"] for s in suites])) < len(steps):
+        raise ValueError(f"invalid suite results: train_steps {sorted(steps)}; valid ones for one line differ")
+    longest = max(suites, key=lambda s: s["train_steps"])
+    if len(suites) == 1:
+        if longest.get("fuse") or "sequential_s" not in longest:
+            raise ValueError(f"invalid suite result alone: {'fused' if longest.get('fuse') else 'packed only'}; "
+                             "valid: two or more such results at different train_steps, whose line projects it")
+        return longest
+    slope, intercept = np.polyfit(steps, [s["packed_s"] for s in suites], 1)
+    if slope <= 0:
+        raise ValueError(f"invalid suite results: the packed wall does not grow with train_steps {sorted(steps)} "
+                         f"({slope:.3g} s a step); valid ones are far enough apart for training to show")
+    return longest | {"line": {"intercept_s": float(intercept), "slope_s": float(slope), "train_steps": sorted(steps)}}
+
+
+def line_factor(suite: dict, runs: int) -> float:
+    """How many times the measured sweeps' waves of the pack ``runs`` runs take: 3 for 18 runs from 6, 1 from 18."""
+    return math.ceil(runs / suite["pack"]) / math.ceil(suite["runs"] / suite["pack"])
+
+
+def projection_name(suite: dict, runs: int) -> str:
+    """How :func:`project_suite_s` projects from ``suite``, in words, for the printed choice."""
+    if "phase_medians_s" not in suite and "line" not in suite:
+        speedup, steps = suite["suite_speedup_vs_sequential"], suite["train_steps"]
+        return f"the whole runs' speed-up ({speedup:.2f}x) at {steps:,} steps"
+    kind = " ".join([f"pack {suite['pack']}"] + ["under MPS"] * bool(suite.get("mps"))
+                    + ["fused"] * bool(suite.get("fuse")))
+    if line := suite.get("line"):
+        steps = ", ".join(f"{s:,}" for s in line["train_steps"])
+        return (f"the packed sweeps ({kind}, {suite['runs']} runs) at {steps} steps: {line['intercept_s']:.0f} s + "
+                f"{line['slope_s'] * 1000:.2f} s a 1,000 steps, x{line_factor(suite, runs):g} for {runs} runs")
+    waves = math.ceil(runs / suite["pack"])
+    return f"the packed runs' phase medians ({kind}) at {suite['train_steps']:,} steps; {waves} waves for {runs} runs"
 
 
 def curve_step_s(curve: list[dict]) -> float:
@@ -116,13 +173,15 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
              for key, rows in zip(series, runs_of.values()) for step in [steps_to_score(rows)]]
     return {"train_steps": pick and pick["step"], "lr": pick and pick["lr"], "ema": pick and pick["ema"],
             "lr_schedule": pick and pick["lr_schedule"], "set": pick and pick["set"], "minutes": minutes,
-            "runs": runs, "speedup": suite["suite_speedup_vs_sequential"], "points": points, "score_reached": reach}
+            "runs": runs, "speedup": suite.get("suite_speedup_vs_sequential"), "points": points, "score_reached": reach}
 
 
 def choose_main(args) -> dict:
     curve = [row for path in args.choose for row in json.loads(path.read_text())]
     scale = Config.from_mapping(SCALES[args.scale])
-    choice = choose(curve, json.loads(args.speedup.read_text()), args.minutes, args.runs, scale.lr, scale.lr_schedule)
+    suite = measured([json.loads(path.read_text()) for path in args.speedup])
+    print(f"projected from {projection_name(suite, args.runs)}")
+    choice = choose(curve, suite, args.minutes, args.runs, scale.lr, scale.lr_schedule)
     for p in choice["points"]:
         print(f"{series_name(p):<9} EMA {'on ' if p['ema'] else 'off'} {p['step']:>7} steps: classifier score "
               f"{p['classifier_score']:5.2f}, FID {p['fid']:7.1f}, digits {'yes' if p['draws_digits'] else 'no ':<3}  "

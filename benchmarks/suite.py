@@ -18,6 +18,11 @@ processes' kernels can overlap on the GPU instead of taking turns. ``--fuse`` ru
 (each cell's seeds, with the cells differing only in ema or schedule, trained as one network): its runs
 then agree with their solo twins up to rounding, and the JSON says how far (``largest_loss_rel_diff``,
 ``largest_fid_rel_diff``).
+
+``--packed-only`` skips the sequential sweep: the JSON then holds the packed wall and phase medians, no speed-up
+and no equality. Two or more such results at different ``train_steps`` are what ``benchmarks/budget.py --choose``
+projects a fused suite from (a line through their walls): a fused suite of 18 runs cannot also afford its
+sequential twin within one device call.
 """
 from __future__ import annotations
 
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mps", action="store_true", help="run the packed sweep under CUDA MPS")
     parser.add_argument("--fuse", action="store_true",
                         help="run the packed sweep with --fuse: fused groups (see sweep.py --fuse)")
+    parser.add_argument("--packed-only", action="store_true", help="only the packed sweep: its wall and phase "
+                        "medians, for budget.py --choose's line through several budgets (no speed-up, no equality)")
     parser.add_argument("--work", type=Path, help="where the two journals go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     args = parser.parse_args(own)
@@ -120,16 +127,21 @@ def main(argv: list[str] | None = None) -> dict:
     threads = max(1, (os.cpu_count() or 1) // args.pack)
     packed_s = timed_sweep([*(["--mps"] if args.mps else []), *(["--fuse"] if args.fuse else []), *sweep_args],
                            args.pack, threads, work / "packed", dict(os.environ))
+    config = json.loads(next((work / "packed").glob("journal/*/offline/[0-9]*/config.json")).read_text())
+    result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "pack": args.pack,
+              "mps": args.mps, "fuse": args.fuse, "threads_per_run": threads, "train_steps": config["train_steps"],
+              "packed_s": packed_s, "phase_medians_s": {"packed": phase_medians(work / "packed", packed_s)}}
+    if args.packed_only:
+        result["runs"] = len(list((work / "packed").glob("journal/*/offline/[0-9]*")))
+        print(f"{result['runs']} runs packed x{args.pack}: {packed_s:.0f} s at {config['train_steps']:,} steps; median "
+              "seconds a run: " + ", ".join(f"{k} {v:.1f}" for k, v in result["phase_medians_s"]["packed"].items()))
+        return write(result, args.out)
     sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
     equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
-    config = json.loads(next((work / "packed").glob("journal/*/offline/[0-9]*/config.json")).read_text())
-    phases = {"sequential": phase_medians(work / "sequential", sequential_s),
-              "packed": phase_medians(work / "packed", packed_s)}
-    result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
-              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "pack": args.pack, "mps": args.mps, "fuse": args.fuse, "threads_per_run": threads, "train_steps": config["train_steps"],
-              "sequential_s": sequential_s, "packed_s": packed_s,
-              "suite_speedup_vs_sequential": sequential_s / packed_s, "phase_medians_s": phases} | equality
+    phases = result["phase_medians_s"] | {"sequential": phase_medians(work / "sequential", sequential_s)}
+    result |= {"sequential_s": sequential_s, "suite_speedup_vs_sequential": sequential_s / packed_s,
+               "phase_medians_s": phases} | equality
     print(f"{equality['runs']} runs: sequential {sequential_s:.0f} s, packed x{args.pack} {packed_s:.0f} s "
           f"-> {result['suite_speedup_vs_sequential']:.2f}x; packed runs equal solo runs bit for bit: "
           f"{equality['bitwise_equal']}" + (f" (fused: largest relative difference of a logged loss "
@@ -137,8 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
                                             f"{equality['largest_fid_rel_diff']:.2g})" if args.fuse else ""))
     print("median seconds a run, solo -> packed: " + ", ".join(
         f"{k} {phases['sequential'][k]:.1f} -> {v:.1f}" for k, v in phases["packed"].items()))
-    if args.out:
-        args.out.write_text(json.dumps({k: v for k, v in result.items() if k != "per_run"}, indent=1))
+    return write(result, args.out)
+
+
+def write(result: dict, out: Path | None) -> dict:
+    """``result``, also written to ``out`` where one is named (less its per-run equality)."""
+    if out:
+        out.write_text(json.dumps({k: v for k, v in result.items() if k != "per_run"}, indent=1))
     return result
 
 

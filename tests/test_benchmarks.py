@@ -259,3 +259,20 @@ suite"""
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "ablations/sweep.py " + words
+
+
+@pytest.mark.parametrize("fuse, words", [
+    ({}, "--mps --pack 6 --work W/speedup --out O/suite.json -- --seeds 0 with gpu train_steps=3000"),
+    ({"FUSE": "1", "SPEEDUP_STEPS": "1000"}, "--mps --fuse --packed-only --pack 6 --work W/speedup --out "
+                                             "O/suite-fused-1000.json -- --seeds 0,1,2 with gpu train_steps=1000"),
+])
+def test_the_gpu_speedup_stage_times_six_cells_or_the_whole_suite_fused(tmp_path, fuse, words):
+    """session.sh's speedup, its Python replaced by echo: 6 cells solo and packed, or with FUSE the whole suite fused
+    and packed only, a point of budget.py --choose's line (tests/test_budget.py)."""
+    speedup = f"source {SESSION}\nPY=echo; MPS=(--mps)\nspeedup"
+    env = {k: v for k, v in os.environ.items() if k not in ("REHEARSE", "SEEDS", "FUSE", "SPEEDUP_STEPS")}
+    done = subprocess.run(["bash", "-c", speedup], env=env | fuse | {"OUT": f"{tmp_path}/O", "WORK": f"{tmp_path}/W"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "benchmarks/suite.py " + words.replace(" W/", f" {tmp_path}/W/").replace(
+        " O/", f" {tmp_path}/O/")

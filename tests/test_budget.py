@@ -200,6 +200,48 @@ def test_a_probe_of_other_fields_is_a_series_of_its_own_whose_dearer_step_weighs
     assert "suite ~ 10.0 min (a step 4.00x the suite's)\n" in out
     assert "-> the gpu scale's budget: train_steps=2000 lr=0.002 lr_schedule=cooldown batch_size=512\n" in out
 
+def test_suite_results_at_several_budgets_project_by_a_line_fused_or_not(tmp_path, capsys):
+    """Suite results measured alike at other train_steps give a line of the packed wall in the steps: the one
+    projection that holds for fused groups and for packed-only results, which one result alone cannot project."""
+    fused = {"device": "H100", "pack": 6, "mps": True, "fuse": True, "runs": 18}
+    suites = [fused | {"train_steps": steps, "packed_s": wall} for steps, wall in [(1000, 150.0), (3000, 210.0),
+                                                                                  (5000, 270.0)]]
+    suite = budget_choice.measured(suites)
+    assert suite["train_steps"] == 5000 and suite["line"]["train_steps"] == [1000, 3000, 5000]
+    assert (suite["line"]["intercept_s"], suite["line"]["slope_s"]) == (pytest.approx(120.0), pytest.approx(0.03))
+    curve = [_probe_point(8000, 9.1), _probe_point(12000, 9.3)]
+    # 18 runs, as measured: the line itself; 36 runs take twice the waves of the pack
+    assert budget_choice.project_suite_s(12000, curve, suite) == pytest.approx(120 + 0.03 * 12000)
+    assert budget_choice.project_suite_s(12000, curve, suite, runs=36) == pytest.approx(2 * (120 + 0.03 * 12000))
+    # 8,000 steps: 360 s, 6 min, within 85% of 9; 12,000 steps: 8 min, not
+    assert budget_choice.choose(curve, suite, minutes=9, scale_lr=1e-3)["train_steps"] == 8000
+    unfused = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0}
+    assert budget_choice.measured([unfused]) is unfused  # a result with its sequential sweep stands alone, as before
+    older = {"device": "H100", "pack": 6, "runs": 6, "mps": True, "train_steps": 1000, "packed_s": 100.0}  # no "fuse"
+    newer = older | {"fuse": False, "train_steps": 3000, "packed_s": 160.0}
+    assert budget_choice.measured([older, newer])["line"]["slope_s"] == pytest.approx(0.03)
+    refused = [([suites[0]], "invalid suite result alone: fused"),
+               ([fused | {"fuse": False, "train_steps": 1000, "packed_s": 1.0}], "alone: packed only"),
+               ([suites[0], suites[1] | {"pack": 3}], r"invalid suite results: pack differs \(3, 6\)"),
+               ([suites[0], suites[0]], r"invalid suite results: train_steps \[1000, 1000\]"),
+               ([suites[0], suites[1] | {"packed_s": 140.0}], "the packed wall does not grow with train_steps")]
+    for rows, message in refused:
+        with pytest.raises(ValueError, match=message):
+            budget_choice.measured(rows)
+    paths = [tmp_path / f"suite-{s['train_steps']}.json" for s in suites[:2]]
+    for path, result in zip(paths, suites):
+        path.write_text(json.dumps(result))
+    (tmp_path / "curve.json").write_text(json.dumps(curve))
+    budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", *map(str, paths)])
+    out = capsys.readouterr().out
+    assert out.startswith("projected from the packed sweeps (pack 6 under MPS fused, 18 runs) at 1,000, 3,000 "
+                          "steps: 120 s + 30.00 s a 1,000 steps, x1 for 18 runs\n")
+    assert "-> the gpu scale's budget: train_steps=8000\n" in out
+    with pytest.raises(SystemExit):  # a refusal is a usage error that says why
+        budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(paths[0])])
+    assert "invalid suite result alone: fused; valid: two or more such results" in capsys.readouterr().err
+
+
 def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp_path, capsys):
     suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0}
     curve = [_probe_point(2000, 5.0), _probe_point(8000, 9.2), _probe_point(12000, 9.5), _probe_point(16000, 9.7),

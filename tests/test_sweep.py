@@ -2,6 +2,7 @@
 server."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from analysis import audit, report
 from analysis.report import setting
 from analysis.reproduce import refusal, reproduce
 from analysis.runs import from_mongo, import_dump, runs_table
-from benchmarks import suite
+from benchmarks import budget, suite
 from tests.helpers import deterministic, final_weights, metrics_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -317,6 +318,23 @@ def test_suite_benchmark_compares_every_part_and_refuses_bad_arguments():
     for bad in (["--pack", "1", "--", "with", "smoke"], ["--pack", "2", "--", "--seeds", "0"]):
         with pytest.raises(SystemExit):
             suite.main(bad)
+
+
+def test_the_suite_benchmark_packed_only_times_the_pack_alone_which_choose_projects_only_on_a_line(tmp_path, capsys):
+    """``--packed-only``: one packed journal-only sweep, its wall and phase medians, and no sequential twin; alone,
+    such a result is refused by ``budget.py --choose``, which projects it only on a line through other budgets."""
+    result = suite.main(["--pack", "2", "--packed-only", "--work", str(tmp_path), "--out", str(tmp_path / "suite.json"),
+                         "--", "--only", "attention", "--seeds", "0", "with", "smoke"])
+    assert result["runs"] == 2 and result["pack"] == 2 and set(result["phase_medians_s"]) == {"packed"}
+    assert "sequential_s" not in result and "suite_speedup_vs_sequential" not in result
+    assert not (tmp_path / "sequential").exists() and len(list(tmp_path.glob("packed/journal/*/offline/[0-9]*"))) == 2
+    assert json.loads((tmp_path / "suite.json").read_text())["packed_s"] == result["packed_s"] > 0
+    point = {"ema": False, "classifier_score": 9.5, "fid": 9.0, "min_class_share": 0.09, "max_class_share": 0.11}
+    (tmp_path / "curve.json").write_text(json.dumps([point | {"step": 10, "train_s": 1.0},
+                                                     point | {"step": 20, "train_s": 2.0}]))
+    with pytest.raises(SystemExit):
+        budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "suite.json")])
+    assert "invalid suite result alone: packed only" in capsys.readouterr().err
 
 
 def test_two_sweeps_at_once_never_run_a_cell_twice(server, env):

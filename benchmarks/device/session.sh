@@ -10,6 +10,8 @@
 #   PROBE_SET="batch_size=512 lr=2e-3" bash benchmarks/device/session.sh anneal   # the same at other fields:
 #                                                 # --choose reads it as a series of its own
 #   bash benchmarks/device/session.sh speedup    # benchmarks/suite.py: 6 cells at 3,000 steps, solo vs packed 6
+#   FUSE=1 SPEEDUP_STEPS=1000 bash benchmarks/device/session.sh speedup   # the whole suite fused, packed only;
+#                                                 # with another SPEEDUP_STEPS, budget.py --choose's line for it
 #   bash benchmarks/device/session.sh fusion     # benchmarks/fusion.py: K seeds trained as one stacked network
 #                                                 # against K solo runs (K = 1, 3, 6, 18); its fp16 CUDA test
 #   bash benchmarks/device/session.sh suite      # the OFAT x 3-seed suite `with gpu`, packed 6 under MPS, with no
@@ -124,6 +126,10 @@ sys.exit(0 if any(d(r) for r in json.load(open(sys.argv[1])) if not r['ema']) el
 speedup() {  # under MPS where it runs; where it fails, once more without it
   local args=(--pack "$PACK" --work "$WORK/speedup" --out "$OUT/suite.json" -- --seeds 0 with "${SCALE[@]}"
               "train_steps=$SPEEDUP_STEPS")
+  if [ -n "$FUSE" ]; then  # the whole suite fused, packed only (no sequential twin): one point of budget.py's line
+    args=(--fuse --packed-only --pack "$PACK" --work "$WORK/speedup" --out "$OUT/suite-fused-$SPEEDUP_STEPS.json"
+          -- --seeds "$SEEDS" with "${SCALE[@]}" "train_steps=$SPEEDUP_STEPS")
+  fi
   rm -rf "$WORK/speedup"
   timed "$PY" benchmarks/suite.py "${MPS[@]}" "${args[@]}" ||
     { rm -rf "$WORK/speedup"; timed "$PY" benchmarks/suite.py "${args[@]}"; }
