@@ -45,7 +45,8 @@ PARTS_PER_CALL=4
 FUSE=${FUSE:-}  # non-empty: the suite's sweep runs with --fuse
 ANNEAL_SCHEDULE=${ANNEAL_SCHEDULE:-cooldown}  # the anneal stage's lr_schedule: cooldown or cosine
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
-  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=${SEEDS:-0,1}; PACK=2; SPEEDUP_STEPS=10; PART_MIB=11
+  SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=${SEEDS:-0,1}; PACK=2; PART_MIB=11
+  SPEEDUP_STEPS=${SPEEDUP_STEPS:-10}
   ANNEAL_CURVE=10,20
   FALLBACK_LR=1e-3
   TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
