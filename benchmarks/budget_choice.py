@@ -1,7 +1,6 @@
 """Which `gpu` budget to choose from the probe's curves: the digit rule, the suite's projected time, the pick.
 
-    python benchmarks/budget.py --choose CURVE.json [ANNEAL.json ...] --speedup SUITE.json [SUITE-2.json ...] \
-        [--minutes 9] [--runs 18]
+    python benchmarks/budget.py --choose CURVE.json [ANNEAL.json ...] --speedup SUITE.json [...] [--minutes 9]
 
 The probe itself (training and scoring the curves) is :mod:`benchmarks.budget`; this module reads its rows and
 a ``benchmarks/suite.py`` result measured on the same GPU. A point draws digits (:func:`draws_digits`) at classifier
