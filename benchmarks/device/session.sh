@@ -125,12 +125,12 @@ sys.exit(0 if any(d(r) for r in json.load(open(sys.argv[1])) if not r['ema']) el
 }
 
 speedup() {  # under MPS where it runs; where it fails, once more without it
-  local args=(--pack "$PACK" --work "$WORK/speedup" --out "$OUT/suite.json" -- --seeds 0 with "${SCALE[@]}"
-              "train_steps=$SPEEDUP_STEPS")
+  local fused=() seeds=0 out=suite.json
   if [ -n "$FUSE" ]; then  # the whole suite fused, packed only (no sequential twin): one point of budget.py's line
-    args=(--fuse --packed-only --pack "$PACK" --work "$WORK/speedup" --out "$OUT/suite-fused-$SPEEDUP_STEPS.json"
-          -- --seeds "$SEEDS" with "${SCALE[@]}" "train_steps=$SPEEDUP_STEPS")
+    fused=(--fuse --packed-only); seeds=$SEEDS; out=suite-fused-$SPEEDUP_STEPS.json
   fi
+  local args=("${fused[@]}" --pack "$PACK" --work "$WORK/speedup" --out "$OUT/$out" -- --seeds "$seeds"
+              with "${SCALE[@]}" "train_steps=$SPEEDUP_STEPS")
   rm -rf "$WORK/speedup"
   timed "$PY" benchmarks/suite.py "${MPS[@]}" "${args[@]}" ||
     { rm -rf "$WORK/speedup"; timed "$PY" benchmarks/suite.py "${args[@]}"; }
