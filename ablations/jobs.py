@@ -3,9 +3,11 @@ and its runs.
 
 A cell already COMPLETED in the store is skipped; an INTERRUPTED or FAILED one is resumed from its
 checkpoint when the journal has one, else run again. Cells are claimed atomically in the database
-(collection ``sweep_claims``), so two sweeps never run one cell twice. A fused job
-(``sweep.py --fuse``) trains the seeds not stored of one cell, or of the two cells that differ only in
-``ema``, with ``ablations/fused_group.py``, then runs each seed of each cell from its checkpoint.
+(collection ``sweep_claims``), so two sweeps never run one cell twice. :func:`stop` ends a sweep early
+(its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED, and no run starts or is
+retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one cell, or of the
+two cells that differ only in ``ema``, with ``ablations/fused_group.py``, then runs each seed of each
+cell from its checkpoint.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +38,7 @@ RUN_PY = Path(__file__).resolve().parent / "run.py"
 GROUP_PY = Path(__file__).resolve().parent / "fused_group.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
 LEASE_S = 6 * 3600  # a claim held longer than this by an unreachable owner may be taken over
+NOT_STARTED = "not started"  # the row of a cell whose run the sweep's stop came before
 
 
 @dataclass
@@ -120,6 +124,43 @@ def _die_with_parent() -> None:
         pass
 
 
+# The processes of this sweep's runs and fused trainings, and whether the sweep was told to stop (set under the
+# lock, so that no process starts after stop() has signalled those running)
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+STOPPED = threading.Event()
+
+
+def _child(command: list[str], env: dict) -> subprocess.CompletedProcess | None:
+    """Run a run's or a fused training's process to its end, where :func:`stop` can reach it; None, starting
+    nothing, once the sweep is stopping."""
+    with _RUNNING_LOCK:
+        if STOPPED.is_set():
+            return None
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_die_with_parent, env=env)
+        _RUNNING.add(proc)
+    try:
+        out, err = proc.communicate()
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def stop() -> int:
+    """Stop the sweep: SIGTERM to every process it runs (a run then writes its final checkpoint and ends
+    INTERRUPTED, to be resumed by the same sweep later; a fused training ends), and none starts or is retried
+    after this. Returns how many were running."""
+    with _RUNNING_LOCK:
+        STOPPED.set()
+        running = list(_RUNNING)
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    return len(running)
+
+
 def _journal_run(run_dir: Path) -> dict | None:
     """A journal-only run's run.json (status, result), or None while it has none."""
     return json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else None
@@ -136,23 +177,28 @@ def _stored_in_journal(key: str, base: Path) -> dict | None:
     return None
 
 
-def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.CompletedProcess, int | None, dict]:
-    """Run the cell (a run that died is resumed once from its checkpoint); (status, output, run id, record)."""
+def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.CompletedProcess | None, int | None,
+                                                                dict]:
+    """Run the cell (a run that died is resumed once from its checkpoint, unless the sweep is stopping);
+    (status, output, run id, record)."""
     journal = target.journal_dir(online=not task.journal_only)
+    status, out, run_id, doc = NOT_STARTED, None, None, {}
     for _ in range(1 + RETRIES):
         resume = _resumable(task.key, journal)
         words = [f"resume={resume}"] if resume is not None else task.words
         store_args = (["-m", task.mongo] if task.mongo else []) + (["--journal-only"] if task.journal_only else [])
-        out = subprocess.run([sys.executable, str(RUN_PY), *store_args, "with", *words], capture_output=True,
-                             text=True, preexec_fn=_die_with_parent,
-                             env=os.environ | task.env | {PACK_ENV: str(task.pack)})
+        out = _child([sys.executable, str(RUN_PY), *store_args, "with", *words],
+                     os.environ | task.env | {PACK_ENV: str(task.pack)})
+        if out is None:
+            break
         found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
         run_id = int(found.group(1)) if found else None
         doc = (fetch(run_id) if run_id is not None else None) or {}
-        status = doc.get("status") if out.returncode == 0 else "FAILED"
-        if status == "COMPLETED":
+        # a stopped run's record says how it ended (INTERRUPTED); a run that died otherwise failed
+        status = (doc.get("status") if out.returncode == 0 or STOPPED.is_set() else None) or "FAILED"
+        if status == "COMPLETED" or STOPPED.is_set():
             break
-    return status or "FAILED", out, run_id, doc
+    return status, out, run_id, doc
 
 
 def _row(task: Task, status: str, run_id=None, doc: dict | None = None, wall_s: float = 0.0) -> dict:
@@ -182,7 +228,7 @@ def _run_here(task: Task, target: store.Target, fetch) -> dict:
     with device_slot():
         started = time.time()  # the run's own time, not its wait for a place on the device
         status, out, run_id, doc = _attempts(task, target, fetch)
-    if status != "COMPLETED":
+    if status != "COMPLETED" and not STOPPED.is_set():
         print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
     return _row(task, status, run_id, doc, time.time() - started)
 
@@ -235,10 +281,10 @@ def run_group(tasks: list[Task]) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="fused-") as out:
         started = time.time()
         with device_slot():
-            trained = subprocess.run([sys.executable, str(GROUP_PY), "--seeds", seeds, "--schedules", schedules,
-                                      "--out", out,
-                                      *(["--ema-off-twins"] if twins else []), "with", *words], capture_output=True,
-                                     text=True, preexec_fn=_die_with_parent, env=os.environ | lead.env)
+            trained = _child([sys.executable, str(GROUP_PY), "--seeds", seeds, "--schedules", schedules, "--out", out,
+                              *(["--ema-off-twins"] if twins else []), "with", *words], os.environ | lead.env)
+        if trained is None or (trained.returncode != 0 and STOPPED.is_set()):  # no run of these seeds began
+            return rows + [_row(task, NOT_STARTED) for task in pending]
         if trained.returncode != 0:
             print(f"cell {lead.cell} seeds {seeds}: fused training failed:\n"
                   f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)

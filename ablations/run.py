@@ -103,14 +103,21 @@ def main(_run, _config):
     return execute(_run, _config)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Terminated(SacredInterrupt):
     """SIGTERM: stop like Ctrl-C, with a final checkpoint, and leave the run INTERRUPTED."""
 
     STATUS = "INTERRUPTED"
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _stop_once(signum, frame):
+    """The first SIGINT or SIGTERM stops the run; the ones after it are ignored, so that a second signal (a
+    sweep's SIGTERM after the terminal's Ctrl-C reached both) cannot cut its final checkpoint or record short."""
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
@@ -145,7 +152,9 @@ def cli(argv: list[str] | None = None) -> int:
                 print(f"ERROR: {exc}", file=sys.stderr)
                 return 2
         ex.observers[:] = store.observers(TARGET, journal_only)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for stop_signal in STOP_SIGNALS:  # a SIGINT ignored from the start (a background job's) stays ignored
+        if signal.getsignal(stop_signal) is not signal.SIG_IGN:
+            signal.signal(stop_signal, _stop_once)
     run = ex.run_commandline(argv)
     failed = [o for o in getattr(run, "_failed_observers", []) if isinstance(o, MongoObserver)]
     if failed:

@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -52,6 +53,9 @@ from ablations import plan as plans
 from ablations import store, sweep_manifest
 from ablations.jobs import Task, jobs_of, run_cell, run_job
 from ablations.record import SITTING_ENV, config_hash
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 def tasks_for(args, with_words: list[str], target: store.Target) -> list[Task]:
     cells = plans.build(args.plan, args.seeds, with_words, args.only, fuse=args.fuse)
@@ -97,9 +101,8 @@ def execute(tasks: list[Task], args) -> list[dict]:
             fused = any(task.training_key for task in tasks)
             jobs.DEVICE_SLOTS = threading.BoundedSemaphore(args.pack) if fused else None
             with ThreadPoolExecutor(max_workers=len(units) if fused else args.pack) as pool:
-                done = tqdm(pool.map(run_job, units), total=len(units), desc="cells" if not fused
-                            else "cells and fused trainings", unit="job")
-                return [row for rows in done for row in rows]
+                return gather([pool.submit(run_job, unit) for unit in units],
+                              "cells and fused trainings" if fused else "cells")
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -122,6 +125,35 @@ def execute(tasks: list[Task], args) -> list[dict]:
     if cluster is not None:
         cluster.close()
     return rows
+
+
+def gather(futures: list, desc: str) -> list[dict]:
+    """The jobs' rows, in the plan's order. The first Ctrl-C or SIGTERM stops the sweep (:func:`jobs.stop`): the
+    runs under way checkpoint and end INTERRUPTED, and the others do not start; a second one ends it at once."""
+    rows = []
+    try:
+        for future in tqdm(futures, desc=desc, unit="job"):
+            rows += future.result()
+    except KeyboardInterrupt:
+        for signum in STOP_SIGNALS:  # the next one is not caught: the sweep ends, and its runs with it
+            signal.signal(signum, signal.SIG_DFL)
+        print(f"\nStopping the sweep: {jobs.stop()} runs (or fused trainings) end at their next step, and no "
+              "other starts. Ctrl-C again to end it now.", file=sys.stderr)
+        rows = [row for future in futures for row in future.result()]
+    return rows
+
+
+@contextlib.contextmanager
+def stoppable():
+    """SIGTERM (a scheduler's or `timeout`'s) stops the sweep as Ctrl-C does; the handlers are restored after."""
+    jobs.STOPPED.clear()  # a sweep before this one, in this process, may have been stopped
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def record_manifest(tasks: list[Task], args, with_words: list[str], target: store.Target) -> None:
@@ -222,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     this_sitting = json.dumps(sitting(args))
     for task in tasks:
         task.env = task.env | {SITTING_ENV: this_sitting}
-    rows = execute(tasks, args)
+    with stoppable():
+        rows = execute(tasks, args)
     print_table(rows)
+    if jobs.STOPPED.is_set():
+        interrupted = sum(r["status"] == "INTERRUPTED" for r in rows)
+        print(f"Stopped: {interrupted} runs INTERRUPTED, {sum(r['status'] == jobs.NOT_STARTED for r in rows)} not "
+              "started. The same command resumes the interrupted ones from their checkpoints.", file=sys.stderr)
     refused = next((t.refusal for t in tasks if t.refusal), None)
     if any(r["status"] == "not run here" for r in rows):
         print(f"Cells not stored were not run: this machine cannot ({refused}).", file=sys.stderr)

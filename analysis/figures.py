@@ -47,7 +47,8 @@ def loss_curves(curves: pd.DataFrame, out: Path) -> Path:
     """Training loss per config: mean over seeds with a band."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     sns.lineplot(data=curves, x="step", y="value", hue="cell", errorbar="sd", ax=ax)
-    ax.set(ylabel="training loss (MSE on the noise)", yscale="log", title="Training loss per config (band: SD over seeds)")
+    ax.set(ylabel="training loss (MSE on the noise)", yscale="log",
+           title="Training loss per config (band: SD over seeds)")
     return _save(fig, out / "loss_curves.png")
 
 

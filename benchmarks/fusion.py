@@ -71,8 +71,8 @@ def agreement(config: Config, images: torch.Tensor, steps: int) -> dict:
     for _ in range(2):
         members = [DiffusionProcess(config.replace(seed=config.seed + i)) for i in range(2)]
         losses: list[float] = []
-        train_fused(FusedTraining(members), images, log=lambda i, n, v, s: losses.append(v) if (i, n) == (0, "train.loss")
-                    else None)
+        train_fused(FusedTraining(members), images,
+                    log=lambda i, n, v, s: losses.append(v) if (i, n) == (0, "train.loss") else None)
         groups.append((members, losses))
     (first, fused_loss), (again, _) = groups
     start = DiffusionProcess(config).model.parameters()

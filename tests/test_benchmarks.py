@@ -116,7 +116,8 @@ def test_sampler_variants_of_an_ema_run_score_its_trained_weights_when_asked(tmp
 
 
 def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(tmp_path, capsys):
-    config = Config(**SCALES["smoke"] | {"n_samples": 16, "sampler": "ancestral", "sampler_steps": 100}, noise_steps=100, device="cpu")
+    config = Config(**SCALES["smoke"] | {"n_samples": 16, "sampler": "ancestral", "sampler_steps": 100},
+                    noise_steps=100, device="cpu")
     process = DiffusionProcess(config, precision="bf16")  # the fp32 variant then differs from as-run everywhere
     train(process, as_tensor(mnist(train=True)))
     save_weights(process, tmp_path / "weights.pt")
@@ -146,10 +147,12 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
     # a run that samples with DDIM's eta (Config.sampler_eta): as-run is that sampler; the seed's sampler has none
     eta_run = weights | {"config": weights["config"] | {"sampler": "ddim", "sampler_steps": 10, "sampler_eta": 1.0}}
     torch.save(eta_run, tmp_path / "eta.pt")
-    as_run, ancestral = samplers.main([str(tmp_path / "eta.pt"), "--precision", "bf16", "--variants", "as-run,ancestral"])
+    as_run, ancestral = samplers.main([str(tmp_path / "eta.pt"), "--precision", "bf16",
+                                       "--variants", "as-run,ancestral"])
     assert (as_run["eta"], as_run["fid"]) == (1.0, ddim_eta["fid"])
     assert (ancestral["eta"], ancestral["fid"]) == (0.0, by_name["as-run"]["fid"])
-    # the rows so far go out after each variant (samplers.py writes its JSON and grids there): a later failure loses none
+    # the rows so far go out after each variant (samplers.py writes its JSON and grids there): a later failure
+    # loses none
     saved = []
     samplers.score(load_weights(tmp_path / "eta.pt"), ["ddim10", "ddim10-eta1"], 16, "bf16",
                    on_row=lambda rows, firsts: saved.append((len(rows), len(firsts))))
@@ -166,8 +169,8 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     shutil.copy(SESSION, script)
     env = os.environ | {"OUT": str(tmp_path / "out")}
     unknown = subprocess.run(["bash", str(script), "warmup"], env=env, capture_output=True, text=True)
-    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, anneal, speedup, fusion, suite, " \
-        "parts N, reproduce, paper, samplers" in unknown.stdout
+    assert unknown.returncode == 2 and "invalid stage 'warmup': valid stages are probe, anneal, speedup, fusion, " \
+        "suite, parts N, reproduce, paper, samplers" in unknown.stdout
     late_typo = subprocess.run(["bash", str(script), "fusion", "parts"], env=env, capture_output=True, text=True)
     # refused before setup: the refusal is all it prints
     assert late_typo.returncode == 2 and late_typo.stdout == "parts needs the batch number: 2 or more, not ''\n"
@@ -259,6 +262,34 @@ suite"""
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "ablations/sweep.py " + words
+
+
+@pytest.mark.parametrize("sweep, call_s, calls, status", [
+    ("sleeps", "92", ["sweep --mps", "stopped by TERM", "bundle", "parts 1"], 124),  # 2 s left before the bundle's 90
+    ("fails", "600", ["sweep --mps", "sweep", "bundle", "parts 1"], 1),  # once more without MPS
+])
+def test_the_gpu_suite_stage_bundles_what_its_sweep_made_stopped_in_time_or_failed(tmp_path, sweep, call_s, calls,
+                                                                                     status):
+    """session.sh's suite with a stand-in Python: a sweep still running BUNDLE_S before the call's end (CALL_S) gets
+    SIGTERM (on which a real one stops its runs INTERRUPTED, tests/test_sweep.py) and is not tried again; a sweep that
+    fails is tried once more without MPS. Either way the journal is bundled and the stage fails as the sweep did."""
+    fake = tmp_path / "python"
+    fake.write_text("""#!/usr/bin/env bash
+case "$*" in
+  *sweep.py*) if [[ " $* " == *" --mps "* ]]; then echo "sweep --mps"; else echo sweep; fi >> "$OUT/calls"
+              [ "$SWEEP" = fails ] && exit 1
+              trap 'echo "stopped by TERM" >> "$OUT/calls"; exit 143' TERM; sleep 60 & wait ;;
+  *bundle*) echo bundle >> "$OUT/calls" ;;
+esac
+""")
+    fake.chmod(0o755)
+    stage = f"source {SESSION}\nMPS=(--mps); parts() {{ echo \"parts $1\" >> \"$OUT/calls\"; }}\nsuite"
+    env = {k: v for k, v in os.environ.items() if k not in ("REHEARSE", "SEEDS", "ONLY", "SUITE_SET", "FUSE")}
+    done = subprocess.run(["bash", "-c", stage], capture_output=True, text=True, timeout=60,
+                          env=env | {"OUT": str(tmp_path), "WORK": str(tmp_path / "w"), "PYTHON": str(fake),
+                                     "CALL_S": call_s, "SWEEP": sweep})
+    assert done.returncode == status, done.stdout + done.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == calls
 
 
 @pytest.mark.parametrize("fuse, words", [

@@ -109,7 +109,8 @@ def test_cuda_graph_training_is_bitwise_equal_to_eager(lr_schedule):
     for a, b in ((eager.model, graphed.model), (eager.ema_model, graphed.ema_model)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert eager.scaler.get_scale() == graphed.scaler.get_scale()
-    assert torch.equal(eager.sample(8, sampler="ddim", steps=5, seed=1), graphed.sample(8, sampler="ddim", steps=5, seed=1))
+    assert torch.equal(eager.sample(8, sampler="ddim", steps=5, seed=1),
+                       graphed.sample(8, sampler="ddim", steps=5, seed=1))
 
 
 @cuda

@@ -45,7 +45,8 @@ def test_real_digits_score_5x_lower_than_noisy_digits():
 
 def test_the_real_floor_is_the_fid_that_every_metric_together_gives():
     """real_floor computes FID alone (no k-NN balls): the same number as the full comparison of the same digits."""
-    full = fidelity.compare(fidelity.reference_images("train", 64), fidelity.reference_images("test"), "mnist-test-10000")
+    full = fidelity.compare(fidelity.reference_images("train", 64), fidelity.reference_images("test"),
+                            "mnist-test-10000")
     assert fidelity.real_floor(64) == full["fid"] and full["fid"] > 0
 
 

@@ -35,7 +35,8 @@ def reference_terms(process, x0: np.ndarray, t: int, noise: np.ndarray) -> np.nd
     var_model = beta_tilde[1] if t == 0 else beta_tilde[t]  # the first step's beta-tilde is 0: the second's
     if t == 0:
         edges = np.where(x0 > 0.999, np.inf, x0 + 1 / 255), np.where(x0 < -0.999, -np.inf, x0 - 1 / 255)
-        p = stats.norm.cdf(edges[0], mu_model, np.sqrt(var_model)) - stats.norm.cdf(edges[1], mu_model, np.sqrt(var_model))
+        sd_model = np.sqrt(var_model)
+        p = stats.norm.cdf(edges[0], mu_model, sd_model) - stats.norm.cdf(edges[1], mu_model, sd_model)
         return -np.log(np.maximum(p, 1e-12)).reshape(len(x0), -1).sum(1)
     mu_true = (np.sqrt(abar_prev[t]) * betas[t] * x0 + np.sqrt(alphas[t]) * (1 - abar_prev[t]) * x_t) / (1 - abar[t])
     var_true = beta_tilde[t]
@@ -83,7 +84,8 @@ from core.config import SCALES, Config
 from core.diffusion import DiffusionProcess
 torch.manual_seed(12345)  # other draws before the metrics must not change them
 p = DiffusionProcess(Config(noise_steps=50, amp=False, seed=3), device="cpu")
-print(likelihood.nll_bpd(p, n_images=6, strata=5)["per_image_bpd"], likelihood.denoising_error(p, n_images=6)["eps_mse"])
+print(likelihood.nll_bpd(p, n_images=6, strata=5)["per_image_bpd"],
+      likelihood.denoising_error(p, n_images=6)["eps_mse"])
 """
 
 

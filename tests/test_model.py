@@ -63,7 +63,8 @@ def test_the_model_takes_a_config_or_the_seeds_keywords():
     from_config = DiffusionModel(Config(dropout=0.1))
     torch.manual_seed(0)
     from_keywords = DiffusionModel(image_size=28, channels=1, hidden_dims=[32, 64, 128], time_dim=128, dropout=0.1)
-    assert all(torch.equal(a, b) for a, b in zip(from_config.state_dict().values(), from_keywords.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(from_config.state_dict().values(), from_keywords.state_dict().values()))
     with pytest.raises(TypeError, match="not both"):
         DiffusionModel(Config(), dropout=0.1)
     with pytest.raises(ValueError, match="invalid dropout=1.5"):

@@ -81,7 +81,8 @@ def test_without_amp_every_valid_request_computes_in_fp32():
 
 def test_amp_in_fp32_computes_exactly_what_amp_off_does(batch):
     """Where AMP has no faster precision, the amp toggle cannot change a single bit."""
-    on, off = (DiffusionProcess(Config(noise_steps=20, amp=amp), device="cpu", precision="fp32") for amp in (True, False))
+    on, off = (DiffusionProcess(Config(noise_steps=20, amp=amp), device="cpu", precision="fp32")
+               for amp in (True, False))
     assert on.precision == off.precision == "fp32" and on.amp_dtype == torch.float32
     assert [on.train_step(batch) for _ in range(3)] == [off.train_step(batch) for _ in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(on.model.parameters(), off.model.parameters()))
@@ -104,8 +105,8 @@ def test_the_committed_runs_keep_their_identity():
     baseline = Config.from_mapping(docs[0]["config"])
     assert config_hash(baseline, "fp32") != config_hash(baseline, "bf16") != config_hash(baseline, "fp16")
     # ... and so is one that samples with DDIM's eta (a field added after them); `with sampler_eta=1` is 1.0
-    assert config_hash(baseline.replace(sampler_eta=1), "bf16") == config_hash(baseline.replace(sampler_eta=1.0), "bf16") \
-        != config_hash(baseline, "bf16")
+    assert config_hash(baseline.replace(sampler_eta=1), "bf16") \
+        == config_hash(baseline.replace(sampler_eta=1.0), "bf16") != config_hash(baseline, "bf16")
     # ... and one whose rate anneals (lr_schedule, added after them too; "constant" is what they trained at)
     assert config_hash(baseline.replace(lr_schedule="cosine"), "bf16") != config_hash(baseline, "bf16")
 
@@ -122,7 +123,8 @@ def test_the_sweep_id_names_the_precision_only_where_amp_is_not_the_devices_own(
 
 def _runs(dtype_of: dict[str, str]) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    rows = [{"cell": cell, "seed": s, "dtype": dtype, "fid": 100 + s + (0 if dtype == dtype_of["baseline"] else rng.normal()),
+    rows = [{"cell": cell, "seed": s, "dtype": dtype,
+             "fid": 100 + s + (0 if dtype == dtype_of["baseline"] else rng.normal()),
              "kid_mean": 1.0, "precision": 0.5, "recall": 0.5} for cell, dtype in dtype_of.items() for s in range(3)]
     return pd.DataFrame(rows)
 

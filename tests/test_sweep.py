@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from ablations import cuda_mps
+from ablations import cuda_mps, jobs
 from ablations import plan as plans
 from ablations import rescore, sweep, sweep_manifest
 from analysis import audit, report
@@ -345,6 +346,28 @@ def test_two_sweeps_at_once_never_run_a_cell_twice(server, env):
     assert all(p.returncode == 0 for p in procs), outputs
     db = server.db("race")
     assert db.runs.count_documents({}) == 2 and db.runs.count_documents({"status": "COMPLETED"}) == 2
+
+
+def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
+    """SIGTERM to the sweep alone (as `kill` sends it): the two runs under way checkpoint and end INTERRUPTED, neither
+    is retried, the cell still queued never starts, and the same command would resume both from their checkpoints."""
+    args = ["--only", "attention,schedule", "--seeds", "5", "--pack", "2", "-m", f"{server.url}/stopped",
+            "with", "smoke", "train_steps=2000", "checkpoint_every=10"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = Path(env["ABLATIONS_HOME"]) / "journal" / "stopped"
+    wait_for(lambda: len(list(journal.glob("*/checkpoint.pt"))) == 2, 180, "two runs with a checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "Stopped: 2 runs INTERRUPTED, 1 not started" in output, output[-3000:]
+    assert re.search(r"schedule=linear\s+5\s+not started", output)
+    db = server.db("stopped")
+    runs = list(db.runs.find())
+    assert [r["status"] for r in runs] == ["INTERRUPTED", "INTERRUPTED"]
+    assert {r["config"]["cell"] for r in runs} == {"baseline", "attention=False"}
+    assert db.sweep_claims.count_documents({"state": "running"}) == 0  # the stopped cells are free to run again
+    for r in runs:
+        assert jobs._resumable(r["info"]["config_hash"], journal) == r["_id"]
 
 
 def test_killed_run_is_retried_from_its_checkpoint(server, env):

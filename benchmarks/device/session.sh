@@ -21,6 +21,8 @@
 #                                                 # a part of the suite that fits one call: here the baseline and
 #                                                 # ema=False, 3 seeds each, at 8,000 steps (other sessions add
 #                                                 # the other toggles; at home the sweeps' reports share the baseline)
+#   CALL_S=480 bash benchmarks/device/session.sh suite   # a call of timeout_s 480 (default 600): its sweep is
+#                                                 # stopped 90 s before, and what it made is bundled and returned
 #   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
 #   bash benchmarks/device/session.sh reproduce  # ... and the baseline at seed 0 re-executed alone and compared
 #   bash benchmarks/device/session.sh paper      # a `paper` baseline and a `paper` ema=True run, packed 2 under MPS
@@ -44,6 +46,8 @@ PACK=6
 PARTS_PER_CALL=4
 FUSE=${FUSE:-}  # non-empty: the suite's sweep runs with --fuse
 ANNEAL_SCHEDULE=${ANNEAL_SCHEDULE:-cooldown}  # the anneal stage's lr_schedule: cooldown or cosine
+CALL_S=${CALL_S:-600}  # the device call's timeout_s: a stage's sweep stops BUNDLE_S before it (in_time)
+BUNDLE_S=90            # its runs' final checkpoints (30 s at most), the bundle, and the copy into $OUT
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
   SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=${SEEDS:-0,1}; PACK=2; PART_MIB=11
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-10}
@@ -91,10 +95,19 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA', '| sac
   echo "MPS: ${MPS[*]:-not available here, so packed runs take turns on the device}"
 }
 
-timed() {  # run a command, then say how long it took
-  local start=$SECONDS
-  "$@"
-  echo "[$((SECONDS - start)) s] $*"
+timed() {  # run a command, then say how long it took; its exit status is timed's (for `timed A || B`)
+  local start=$SECONDS status=0
+  "$@" || status=$?
+  echo "[$((SECONDS - start)) s$([ "$status" = 0 ] || echo ", exit $status")] $*"
+  return "$status"
+}
+
+in_time() {  # a sweep, stopped where it would leave this call less than BUNDLE_S: SIGTERM, on which its runs
+  # checkpoint and end INTERRUPTED and none starts (ablations/sweep.py), so that what it made is bundled and
+  # returned; exit 124 then. SECONDS counts from the call's start, setup included.
+  local left=$((CALL_S - BUNDLE_S - SECONDS))
+  [ "$left" -gt 0 ] || { echo "no time left in this call (CALL_S=$CALL_S) for: $*"; return 124; }
+  timeout --kill-after=30 "$left" "$@"
 }
 
 probe() {  # the curves first: they choose the budget, and a call cut short keeps every point scored
@@ -147,11 +160,17 @@ suite() {
   local words=("${SCALE[@]}")
   # shellcheck disable=SC2206  # SUITE_SET is words, e.g. "train_steps=8000"
   words+=(${SUITE_SET:-})
-  # Idempotent: where MPS fails, the second sweep runs (or re-runs) only the cells that did not complete.
-  timed "$PY" "${sweep[@]}" "${MPS[@]}" with "${words[@]}" || timed "$PY" "${sweep[@]}" with "${words[@]}"
-  rm -rf "$WORK/bundle"
+  local status=0
+  timed in_time "$PY" "${sweep[@]}" "${MPS[@]}" with "${words[@]}" || status=$?
+  # Idempotent: where MPS fails, the second sweep runs (or resumes) only the cells that did not complete; a sweep
+  # stopped in time (124) leaves no time for one
+  if [ "$status" != 0 ] && [ "$status" != 124 ]; then
+    status=0; timed in_time "$PY" "${sweep[@]}" with "${words[@]}" || status=$?
+  fi
+  rm -rf "$WORK/bundle"  # what the sweep made, whole or not, comes back; the stage then fails as the sweep did
   timed "$PY" -m ablations.store bundle "$WORK/bundle" --part-mib "$PART_MIB"
   parts 1
+  return "$status"
 }
 
 parts() {  # batch N of the bundle: its parts PARTS_PER_CALL * (N - 1) + 1 ... into $OUT
@@ -174,10 +193,13 @@ with target.client() as client:
 }
 
 paper() {  # the OFAT plan's baseline and ema=True cells at seed 0, at the paper scale; both bundled and returned
-  timed "$PY" ablations/sweep.py --plan ofat --only ema --seeds 0 --pack 2 "${MPS[@]}" --journal-only with "${PAPER[@]}"
-  rm -rf "$WORK/paper-bundle"
+  local status=0
+  timed in_time "$PY" ablations/sweep.py --plan ofat --only ema --seeds 0 --pack 2 "${MPS[@]}" --journal-only \
+    with "${PAPER[@]}" || status=$?
+  rm -rf "$WORK/paper-bundle"  # as the suite's: what the sweep made comes back, and the stage fails as it did
   timed "$PY" -m ablations.store bundle "$WORK/paper-bundle" --part-mib "$PART_MIB"
   cp "$WORK"/paper-bundle/journal-*.tar.xz "$OUT"
+  return "$status"
 }
 
 samplers() {  # is the paper FID the model's or the sampler's? The baseline's weights, five ways, at one N
