@@ -20,7 +20,7 @@ then agree with their solo twins up to rounding, and the JSON says how far (``la
 ``largest_fid_rel_diff``).
 
 ``--packed-only`` skips the sequential sweep: the JSON then holds the packed wall and phase medians, no speed-up
-and no equality. Two or more such results at different ``train_steps`` are what ``benchmarks/budget.py --choose``
+and no equality. That packed half is written as soon as the packed sweep ends, before the sequential one begins. Two or more such results at different ``train_steps`` are what ``benchmarks/budget.py --choose``
 projects a fused suite from (a line through their walls): a fused suite of 18 runs cannot also afford its
 sequential twin within one device call.
 """
@@ -131,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": "python benchmarks/suite.py " + " ".join(argv), "machine": machine(),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "pack": args.pack,
               "mps": args.mps, "fuse": args.fuse, "threads_per_run": threads, "train_steps": config["train_steps"],
-              "packed_s": packed_s, "phase_medians_s": {"packed": phase_medians(work / "packed", packed_s)}}
+              "packed_s": packed_s, "phase_medians_s": {"packed": phase_medians(work / "packed", packed_s)},
+              "runs": len(list((work / "packed").glob("journal/*/offline/[0-9]*")))}
+    write(result, args.out)  # the packed half at once: a device call cut short in the sequential sweep keeps it
     if args.packed_only:
-        result["runs"] = len(list((work / "packed").glob("journal/*/offline/[0-9]*")))
         print(f"{result['runs']} runs packed x{args.pack}: {packed_s:.0f} s at {config['train_steps']:,} steps; median "
               "seconds a run: " + ", ".join(f"{k} {v:.1f}" for k, v in result["phase_medians_s"]["packed"].items()))
         return write(result, args.out)

@@ -330,6 +330,14 @@ def test_the_suite_benchmark_packed_only_times_the_pack_alone_which_choose_proje
     assert "sequential_s" not in result and "suite_speedup_vs_sequential" not in result
     assert not (tmp_path / "sequential").exists() and len(list(tmp_path.glob("packed/journal/*/offline/[0-9]*"))) == 2
     assert json.loads((tmp_path / "suite.json").read_text())["packed_s"] == result["packed_s"] > 0
+    # Without --packed-only that half is written before the sequential sweep, which here cannot start (its home is a
+    # file): a call cut short keeps it. The packed sweep finds its runs stored this time.
+    (tmp_path / "sequential").write_text("not a directory")
+    with pytest.raises(RuntimeError, match="the sweep with --pack 1 failed"):
+        suite.main(["--pack", "2", "--work", str(tmp_path), "--out", str(tmp_path / "half.json"),
+                    "--", "--only", "attention", "--seeds", "0", "with", "smoke"])
+    half = json.loads((tmp_path / "half.json").read_text())
+    assert half["runs"] == 2 and half["packed_s"] > 0 and "sequential_s" not in half
     point = {"ema": False, "classifier_score": 9.5, "fid": 9.0, "min_class_share": 0.09, "max_class_share": 0.11}
     (tmp_path / "curve.json").write_text(json.dumps([point | {"step": 10, "train_s": 1.0},
                                                      point | {"step": 20, "train_s": 2.0}]))
