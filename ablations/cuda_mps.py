@@ -52,7 +52,9 @@ def serving(work: Path):
         path.mkdir(parents=True, exist_ok=True)
     mps_env = {name: str(path) for name, path in folders.items()}
     env = os.environ | mps_env
-    subprocess.run([program, "-d"], env=env, check=True)
+    # In a session of its own: a Ctrl-C or a `timeout` that signals the sweep's process group, and so stops its runs
+    # (ablations/sweep.py), must not take away the daemon their final checkpoints still run on.
+    subprocess.run([program, "-d"], env=env, check=True, start_new_session=True)
     try:
         yield mps_env
     finally:
