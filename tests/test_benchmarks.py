@@ -265,7 +265,7 @@ suite"""
 
 
 @pytest.mark.parametrize("sweep, call_s, calls, status", [
-    ("sleeps", "92", ["sweep --mps", "stopped by TERM", "bundle", "parts 1"], 124),  # 2 s left before the bundle's 90
+    ("sleeps", "62", ["sweep --mps", "stopped by TERM", "bundle", "parts 1"], 124),  # 2 s left before the bundle's 60
     ("fails", "600", ["sweep --mps", "sweep", "bundle", "parts 1"], 1),  # once more without MPS
 ])
 def test_the_gpu_suite_stage_bundles_what_its_sweep_made_stopped_in_time_or_failed(tmp_path, sweep, call_s, calls,

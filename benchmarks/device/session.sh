@@ -22,7 +22,7 @@
 #                                                 # ema=False, 3 seeds each, at 8,000 steps (other sessions add
 #                                                 # the other toggles; at home the sweeps' reports share the baseline)
 #   CALL_S=480 bash benchmarks/device/session.sh suite   # a call of timeout_s 480 (default 600): its sweep is
-#                                                 # stopped 90 s before, and what it made is bundled and returned
+#                                                 # stopped 60 s before, and what it made is bundled and returned
 #   bash benchmarks/device/session.sh parts 2    # the next four parts (call within the machine's warm 30 s) ...
 #   bash benchmarks/device/session.sh reproduce  # ... and the baseline at seed 0 re-executed alone and compared
 #   bash benchmarks/device/session.sh paper      # a `paper` baseline and a `paper` ema=True run, packed 2 under MPS
@@ -47,7 +47,7 @@ PARTS_PER_CALL=4
 FUSE=${FUSE:-}  # non-empty: the suite's sweep runs with --fuse
 ANNEAL_SCHEDULE=${ANNEAL_SCHEDULE:-cooldown}  # the anneal stage's lr_schedule: cooldown or cosine
 CALL_S=${CALL_S:-600}  # the device call's timeout_s: a stage's sweep stops BUNDLE_S before it (in_time)
-BUNDLE_S=90            # its runs' final checkpoints (30 s at most), the bundle, and the copy into $OUT
+BUNDLE_S=60            # its runs' final checkpoints (20 s at most), the bundle (seconds), the copy into $OUT
 if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every stage, in minutes on a CPU
   SCALE=(smoke device=cpu); CURVE=10,20; CURVE_SCALE=smoke; SEEDS=${SEEDS:-0,1}; PACK=2; PART_MIB=11
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-10}
@@ -107,7 +107,7 @@ in_time() {  # a sweep, stopped where it would leave this call less than BUNDLE_
   # returned; exit 124 then. SECONDS counts from the call's start, setup included.
   local left=$((CALL_S - BUNDLE_S - SECONDS))
   [ "$left" -gt 0 ] || { echo "no time left in this call (CALL_S=$CALL_S) for: $*"; return 124; }
-  timeout --kill-after=30 "$left" "$@"
+  timeout --kill-after=20 "$left" "$@"
 }
 
 probe() {  # the curves first: they choose the budget, and a call cut short keeps every point scored
