@@ -19,7 +19,10 @@ $(BIN)/python:
 $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
-	$(BIN)/python -c "import core, ablations, analysis, torch, torchvision" && touch $(STAMP)
+	$(BIN)/python -c "import core, ablations, analysis, torch, torchvision" || { echo "The packages in $(VENV) do" \
+		"not import (above). pip does not replace a file missing from a package it finds installed (seen" \
+		"once: libnccl.so.2), so remove the environment and run make again: rm -rf $(VENV)"; exit 1; }
+	touch $(STAMP)
 
 install: $(STAMP)
 
