@@ -2,7 +2,7 @@
 
 Without MPS the processes of a ``--pack`` take turns on the GPU (time slices); with it their
 kernels run side by side. MPS changes where kernels run, not what they compute: the CUDA-only test
-``tests/test_sweep.py::test_cuda_pack_equals_solo_and_repeats_bitwise`` checks a pack under MPS
+``tests/test_suite_benchmark.py::test_cuda_pack_equals_solo_and_repeats_bitwise`` checks a pack under MPS
 against the same runs alone, bit for bit.
 
     with serving(Path("work")) as mps_env:              # the daemon's pipe and log folders

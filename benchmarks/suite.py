@@ -20,7 +20,8 @@ then agree with their solo twins up to rounding, and the JSON says how far (``la
 ``largest_fid_rel_diff``).
 
 ``--packed-only`` skips the sequential sweep: the JSON then holds the packed wall and phase medians, no speed-up
-and no equality. That packed half is written as soon as the packed sweep ends, before the sequential one begins. Two or more such results at different ``train_steps`` are what ``benchmarks/budget.py --choose``
+and no equality. That packed half is written as soon as the packed sweep ends, before the sequential one
+begins. Two or more such results at different ``train_steps`` are what ``benchmarks/budget.py --choose``
 projects a fused suite from (a line through their walls): a fused suite of 18 runs cannot also afford its
 sequential twin within one device call.
 """

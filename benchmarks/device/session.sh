@@ -53,7 +53,7 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # the smoke scale: every command of every sta
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-10}
   ANNEAL_CURVE=10,20
   FALLBACK_LR=1e-3
-  TESTS=(tests/test_sweep.py -k "bad_values or suite_benchmark")
+  TESTS=(tests/test_sweep.py tests/test_suite_benchmark.py -k "bad_values or suite_benchmark")
   FUSION=(--scale smoke --set device=cpu --members 1,2 --steps 2 --repeats 2 --agree-steps 4)
   FUSION_TESTS=(tests/test_fused.py -k "refused or stacked")
   PAPER=(smoke device=cpu noise_steps=100 sampler=ancestral sampler_steps=100); SAMPLER_N=64
@@ -67,7 +67,7 @@ else
   # two fifths, nearer the suite's budget (about 8 minutes in all)
   SPEEDUP_STEPS=${SPEEDUP_STEPS:-3000}
   FALLBACK_LR=${FALLBACK_LR:-}  # none: the scale's rate is 1e-3 already, which the CPU probe found far ahead of 1e-4
-  TESTS=(tests/test_sweep.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
+  TESTS=(tests/test_suite_benchmark.py -k cuda)  # pack vs solo; the other CUDA tests passed on an H200 before
   FUSION=(--members 1,3,6,18 --agree-steps 200)  # the gpu scale: batch 128, fp16 with a loss scale per member
   FUSION_TESTS=(tests/test_fused.py -k cuda)
   PAPER=(paper); SAMPLER_N=5000
