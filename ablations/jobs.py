@@ -194,9 +194,9 @@ def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.
         found = re.search(r'Started run with ID "(\d+)"', out.stderr + out.stdout)
         run_id = int(found.group(1)) if found else None
         doc = (fetch(run_id) if run_id is not None else None) or {}
-        # a stopped run's record says how it ended (INTERRUPTED); a run that died otherwise failed
-        status = (doc.get("status") if out.returncode == 0 or STOPPED.is_set() else None) or "FAILED"
-        if status == "COMPLETED" or STOPPED.is_set():
+        stopped = STOPPED.is_set()  # a stopped run's record says how it ended (INTERRUPTED)
+        status = (doc.get("status") or "FAILED") if out.returncode == 0 or stopped else "FAILED"
+        if status == "COMPLETED" or stopped:
             break
     return status, out, run_id, doc
 

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.packed_only:
         print(f"{result['runs']} runs packed x{args.pack}: {packed_s:.0f} s at {config['train_steps']:,} steps; median "
               "seconds a run: " + ", ".join(f"{k} {v:.1f}" for k, v in result["phase_medians_s"]["packed"].items()))
-        return write(result, args.out)
+        return result
     sequential_s = timed_sweep(sweep_args, 1, threads, work / "sequential", dict(os.environ))
     equality = compare(journal_records(work / "packed"), journal_records(work / "sequential"))
     phases = result["phase_medians_s"] | {"sequential": phase_medians(work / "sequential", sequential_s)}
