@@ -6,15 +6,18 @@ checkpoint when the journal has one, else run again. Cells are claimed atomicall
 (collection ``sweep_claims``), so two sweeps never run one cell twice. :func:`stop` ends a sweep early
 (its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED, and no run starts or is
 retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one cell, or of the
-two cells that differ only in ``ema``, with ``ablations/fused_group.py``, then runs each seed of each
-cell from its checkpoint.
+cells that differ only in ``ema`` and ``schedule``, with ``ablations/fused_group.py``, then runs each seed of
+each cell from its checkpoint; a fused training stopped with the sweep is resumed by the sweep's next run.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +42,7 @@ GROUP_PY = Path(__file__).resolve().parent / "fused_group.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
 LEASE_S = 6 * 3600  # a claim held longer than this by an unreachable owner may be taken over
 NOT_STARTED = "not started"  # the row of a cell whose run the sweep's stop came before
+TRAINING_STOPPED = "training stopped"  # the row of a cell whose fused training the stop ended (it resumes)
 
 
 @dataclass
@@ -263,11 +267,53 @@ def run_cell(task: Task) -> dict:
     return row
 
 
+def _group_dir(words: list[str], members: list[list]) -> Path:
+    """The folder of a fused group's member checkpoints, kept under the local state's ``fused/`` until all its
+    cells are stored: a stopped sweep's next run resumes the training there, and a group that already trained
+    the members still to run (with others) is used whole. ``group.json`` names its words and members."""
+    words = [w for w in words if not w.startswith(("sweep_id=", "cell="))]  # what the training depends on
+    root = store.home() / "fused"
+    for manifest in sorted(root.glob("*/group.json")):
+        group = json.loads(manifest.read_text())
+        if group["words"] == words and all(member in group["members"] for member in members):
+            return manifest.parent
+    folder = root / hashlib.sha256(json.dumps([words, members]).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "group.json").write_text(json.dumps({"words": words, "members": members}))
+    return folder
+
+
+@contextlib.contextmanager
+def _held_group_dir(words: list[str], members: list[list]):
+    """(folder, its members) of :func:`_group_dir`, locked for this sweep; a folder apart, deleted after, where
+    another sweep of this machine holds it."""
+    folder = _group_dir(words, members)
+    with open(folder / "group.json") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with tempfile.TemporaryDirectory(prefix="fused-", ignore_cleanup_errors=True) as apart:
+                yield Path(apart), members
+            return
+        yield folder, json.load(lock)["members"]
+
+
+def _train_group(lead: Task, words: list[str], members: list[list], out: Path, twins: bool):
+    """Run ablations/fused_group.py for ``members`` into ``out``: its process's result (None if the sweep
+    stopped first)."""
+    seeds = ",".join(map(str, sorted({seed for seed, _ in members})))
+    schedules = ",".join(sorted({schedule for _, schedule in members}))
+    with device_slot():
+        return _child([sys.executable, str(GROUP_PY), "--seeds", seeds, "--schedules", schedules, "--out", str(out),
+                       *(["--ema-off-twins"] if twins else []), "with", *words], os.environ | lead.env)
+
+
 def run_group(tasks: list[Task]) -> list[dict]:
     """One fused training (ablations/fused_group.py) for the seeds not stored of cells that differ only in
     ``ema`` and ``schedule``: its members are those seeds at each of those schedules, trained with EMA where a
     cell has it (EMA never changes training: the group then leaves its EMA-off twins too); then each seed of
-    each cell is evaluated and recorded as its own run from its checkpoint."""
+    each cell is evaluated and recorded as its own run from its checkpoint. A training stopped with the sweep
+    leaves its members' checkpoints (:func:`_group_dir`), from which the same sweep resumes it."""
     rows = [row for task in tasks if (row := stored_row(task))]
     done = {(row["cell"], row["seed"]) for row in rows}
     pending = [task for task in tasks if (task.cell, task.seed) not in done]
@@ -275,25 +321,27 @@ def run_group(tasks: list[Task]) -> list[dict]:
         return rows
     lead = next((task for task in pending if task.ema), pending[0])
     twins = lead.ema and not all(task.ema for task in pending)
-    seeds = ",".join(map(str, sorted({task.seed for task in pending})))
-    schedules = ",".join(sorted({task.schedule for task in pending}))
     words = [w for w in lead.words if not w.startswith(("seed=", "schedule="))]
-    with tempfile.TemporaryDirectory(prefix="fused-") as out:
+    wanted = sorted({(task.seed, task.schedule) for task in pending}, key=lambda m: (m[1], m[0]))
+    with _held_group_dir(words, [list(member) for member in wanted]) as (out, members):
         started = time.time()
-        with device_slot():
-            trained = _child([sys.executable, str(GROUP_PY), "--seeds", seeds, "--schedules", schedules, "--out", out,
-                              *(["--ema-off-twins"] if twins else []), "with", *words], os.environ | lead.env)
-        if trained is None or (trained.returncode != 0 and STOPPED.is_set()):  # no run of these seeds began
-            return rows + [_row(task, NOT_STARTED) for task in pending]
+        trained = _train_group(lead, words, members, out, twins)
+        if trained is None or (trained.returncode not in (0, fused_group.STOPPED_EXIT) and STOPPED.is_set()):
+            return rows + [_row(task, NOT_STARTED) for task in pending]  # no step of these seeds was trained
         if trained.returncode != 0:
-            print(f"cell {lead.cell} seeds {seeds}: fused training failed:\n"
-                  f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
-            return rows + [_row(task, "FAILED", wall_s=time.time() - started) for task in pending]
-        members = [replace(task, words=[*task.words, "fused_checkpoint=" + repr(str(
-            fused_group.member_checkpoint(Path(out), task.seed, task.schedule, ema_off_twin=twins and not task.ema)))])
+            stopped = trained.returncode == fused_group.STOPPED_EXIT
+            if not stopped:
+                print(f"cell {lead.cell} members {members}: fused training failed:\n"
+                      f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
+            return rows + [_row(task, TRAINING_STOPPED if stopped else "FAILED", wall_s=time.time() - started)
+                           for task in pending]
+        runs = [replace(task, words=[*task.words, "fused_checkpoint=" + repr(str(
+            fused_group.member_checkpoint(out, task.seed, task.schedule, ema_off_twin=twins and not task.ema)))])
             for task in pending]
-        with ThreadPoolExecutor(max_workers=len(members)) as pool:  # each run waits for a place on the device
-            rows += list(pool.map(run_cell, members))
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # each run waits for a place on the device
+            rows += list(pool.map(run_cell, runs))
+        if all(row["status"] in ("COMPLETED", "stored") for row in rows):
+            shutil.rmtree(out, ignore_errors=True)  # every cell stored: the group's checkpoints have served
     return rows
 
 

@@ -89,6 +89,9 @@ def restored_state(process: DiffusionProcess, _config: dict) -> dict | None:
     if state.get("precision", process.precision) != process.precision:
         raise ValueError(f"invalid checkpoint {path}: it computed in {state['precision']}, this run in "
                          f"{process.precision}; valid is a checkpoint of this run's precision")
+    if state["extra"].get("partial"):
+        raise ValueError(f"invalid fused_checkpoint {path}: its group was stopped at step {state['step']}; valid is "
+                         "the checkpoint of a finished group (the sweep that stopped it resumes it)")
     process.load_state_dict(state)  # refuses a checkpoint of another config, naming the fields that differ
     print(f"Resuming run {_config['resume']} at step {process.step}" if _config.get("resume") is not None
           else f"Trained in fused group {state['extra']['fused']['group']} (seeds {state['extra']['fused']['seeds']})")

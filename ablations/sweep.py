@@ -258,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = execute(tasks, args)
     print_table(rows)
     if jobs.STOPPED.is_set():
-        interrupted = sum(r["status"] == "INTERRUPTED" for r in rows)
-        print(f"Stopped: {interrupted} runs INTERRUPTED, {sum(r['status'] == jobs.NOT_STARTED for r in rows)} not "
-              "started. The same command resumes the interrupted ones from their checkpoints.", file=sys.stderr)
+        count = {status: sum(r["status"] == status for r in rows)
+                 for status in ("INTERRUPTED", jobs.TRAINING_STOPPED, jobs.NOT_STARTED)}
+        print(f"Stopped: {count['INTERRUPTED']} runs INTERRUPTED, {count[jobs.TRAINING_STOPPED]} whose fused training "
+              f"stopped, {count[jobs.NOT_STARTED]} not started. The same command resumes the interrupted runs and "
+              "trainings from their checkpoints.", file=sys.stderr)
     refused = next((t.refusal for t in tasks if t.refusal), None)
     if any(r["status"] == "not run here" for r in rows):
         print(f"Cells not stored were not run: this machine cannot ({refused}).", file=sys.stderr)

@@ -41,6 +41,7 @@ from core.data import iterate_batches
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess, make_ema
 from core.fastpath import GraphedAfterWarmup
 from core.schedules import learning_rate
+from core.train import StepBoundarySignals
 
 # The weights' gradients are views of one (K, P) buffer, which autograd adds into in place; a view of a row
 # is not dense, and autograd warns (once, "not an error") that such a gradient "may impair performance".
@@ -294,27 +295,43 @@ class FusedTraining:
         return losses
 
 
-def train_fused(fused: FusedTraining, images: torch.Tensor, log=None) -> None:
+def train_fused(fused: FusedTraining, images: torch.Tensor, log=None, windows: list[list[float]] | None = None) -> None:
     """Train every member up to ``config.train_steps``, then write their state back.
+
+    Ctrl-C or SIGTERM stops it between two whole steps (:class:`core.train.StepBoundarySignals`): the
+    members' state is written back as it stands, their losses since the last logged point are left in
+    ``windows``, and the signal's exception is raised, for the caller to checkpoint the members.
 
     :param images: (N, C, H, W) training images in [-1, 1]; each member draws its own batches.
     :param log: ``log(i, name, value, step)`` for member i, with the names and cadence of
         :func:`core.train.train`: the mean loss since the last point, and the images a second of one member.
+    :param windows: member i's losses since its last logged point, one list per member: empty for a fresh
+        group, a stopped group's to resume it exactly. When it ends, finished or stopped, they hold those
+        of the step it ended at.
     """
     c = fused.config
     if fused.device.type == "cuda":
         images = images.to(fused.device)
     streams = [iterate_batches(images, c.batch_size, p.config.seed, start=fused.step) for p in fused.processes]
-    pending: list[torch.Tensor] = []
+    # (K,) losses of each step not yet logged; a resumed group's window first, in float32 as they were computed
+    pending = [torch.tensor(step, device=fused.device) for step in zip(*windows or [])]
     started = time.perf_counter()
-    while fused.step < c.train_steps:
-        pending.append(fused.train_step_async([next(s) for s in streams]))
-        if fused.step % c.log_every == 0 or fused.step == c.train_steps:
-            means = torch.stack(pending).mean(dim=0).tolist()  # one read-back per logged point
-            images_per_s = len(pending) * c.batch_size / (time.perf_counter() - started)
-            for i, value in enumerate(means if log is not None else []):
-                log(i, "train.loss", value, fused.step)
-                log(i, "train.images_per_s", images_per_s, fused.step)
-            pending.clear()
-            started = time.perf_counter()
-    fused.write_back()
+    try:
+        with StepBoundarySignals() as signals:
+            while fused.step < c.train_steps:
+                pending.append(fused.train_step_async([next(s) for s in streams]))
+                if fused.step % c.log_every == 0 or fused.step == c.train_steps:
+                    means = torch.stack(pending).mean(dim=0).tolist()  # one read-back per logged point
+                    images_per_s = len(pending) * c.batch_size / (time.perf_counter() - started)
+                    for i, value in enumerate(means if log is not None else []):
+                        log(i, "train.loss", value, fused.step)
+                        log(i, "train.images_per_s", images_per_s, fused.step)
+                    pending.clear()
+                    started = time.perf_counter()
+                signals.check()  # a held Ctrl-C or SIGTERM is raised here, between two whole steps
+    finally:  # finished, or stopped (or failed) with every member at the same whole step
+        fused.write_back()
+        if windows is not None:  # (steps, K) read back, one column per member
+            by_member = list(zip(*torch.stack(pending).tolist())) if pending else [() for _ in fused.processes]
+            for window, losses in zip(windows, by_member, strict=True):
+                window[:] = losses

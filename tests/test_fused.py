@@ -1,14 +1,19 @@
 """Fused training (core/fused.py): each member is its solo run up to float rounding, a group repeats
-and resumes bit for bit, its Adam and loss scaling are torch's member by member, and a group that
+and resumes bit for bit (also after a stop), its Adam and loss scaling are torch's member by member, and a group that
 cannot train as one is refused by name. The fp16 comparison runs where a GPU is present."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ablations import fused_group
+from ablations.runner import restored_state
 from benchmarks import fusion
 from core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from core.config import SCALES, Config
@@ -17,6 +22,7 @@ from core.diffusion import DiffusionProcess
 from core.fused import GROWTH_INTERVAL, FusedTraining, StackedAdam, StackedGradScaler, train_fused
 from core.train import train
 
+REPO = Path(__file__).resolve().parent.parent
 SEEDS = (0, 1, 2)
 CONFIG = Config(**SCALES["smoke"] | dict(train_steps=8, batch_size=16, log_every=4, ema=True, device="cpu"))
 
@@ -234,3 +240,38 @@ def test_an_ema_groups_ema_off_twins_are_what_an_ema_off_group_leaves_bit_for_bi
     assert "invalid --schedules cosine,cosin: valid values are distinct names from cosine, linear" in \
         capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_a_stopped_group_leaves_its_members_and_resumes_to_what_an_unstopped_group_leaves_bit_for_bit(tmp_path):
+    """SIGTERM (a stopped sweep's) ends a group between two steps, each member's checkpoint left with its loss
+    history and window; the same command resumes it, and it then leaves what a group never stopped leaves."""
+    words = ["smoke", "train_steps=10", "batch_size=16", "log_every=3", "amp=False", "threads=2", "ema=True"]
+    group = ["--seeds", "0,1", "--ema-off-twins", "with", *words]
+    command = [sys.executable, str(REPO / "ablations" / "fused_group.py"), "--out", str(tmp_path / "stopped"), *group]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    output = ""
+    for line in proc.stdout:  # up to the first logged point: the training is under way
+        output += line
+        if line.startswith("step 3: "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    output += proc.communicate(timeout=120)[0]
+    assert proc.returncode == fused_group.STOPPED_EXIT, output
+    stopped = [load_state(fused_group.member_checkpoint(tmp_path / "stopped", seed, "cosine")) for seed in (0, 1)]
+    at = stopped[0]["step"]
+    assert all(state["extra"]["partial"] and state["step"] == at for state in stopped) and 3 <= at < 10, output
+    assert not fused_group.member_checkpoint(tmp_path / "stopped", 0, "cosine", ema_off_twin=True).exists()
+    member = fused_group.fresh_members(fused_group.group_config(words)[0], [(0, "cosine")])[0]
+    with pytest.raises(ValueError, match=f"its group was stopped at step {at}; valid is the checkpoint of a finished"):
+        restored_state(member, {"fused_checkpoint": fused_group.member_checkpoint(tmp_path / "stopped", 0, "cosine")})
+    resumed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert resumed.returncode == 0 and f"at step {at}" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert fused_group.main(["--out", str(tmp_path / "straight"), *group]) == 0
+    for seed in (0, 1):
+        for twin in (False, True):
+            a, b = (load_state(fused_group.member_checkpoint(tmp_path / run, seed, "cosine", ema_off_twin=twin))
+                    for run in ("stopped", "straight"))
+            assert a["extra"].pop("fused")["resumed_at"] == [at] and "resumed_at" not in b["extra"].pop("fused")
+            histories = [[h for h in state["extra"].pop("history") if h[0] == "train.loss"] for state in (a, b)]
+            assert histories[0] == histories[1] and len(histories[0]) == 4  # steps 3, 6, 9 and 10
+            assert_same(a, b)

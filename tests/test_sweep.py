@@ -2,6 +2,7 @@
 server."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -232,12 +233,20 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     fusion of several seeds is tested in tests/test_fused.py) trained once, as one network of two members (the
     schedules), then each a normal run record whose loss curve is its solo twin's up to rounding; fused cells
     have keys of their own, a second sweep (away and at home) finds them stored, and a run reproduces bit for bit
-    by re-training its group."""
+    by re-training its group. The sweep is stopped once in its fused training, which the next one resumes."""
     # no database answers there; the journal is kept under the name of the database it is synced to
     away = env | {"ABLATIONS_HOME": str(tmp_path / "away"), "ABLATIONS_MONGO_URL": "mongodb://127.0.0.1:9/fused"}
     fused = ["--fuse", "--journal-only", "--only", "ema,schedule", "--seeds", "0", "with", "smoke", "threads=1"]
+    stopped = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *fused], env=away,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: training_can_stop(tmp_path / "away"), 180, "the fused training under way")
+    stopped.send_signal(signal.SIGTERM)  # as `kill` or a deadline sends it
+    output = stopped.communicate(timeout=120)[0]
+    assert stopped.returncode == 1 and "0 runs INTERRUPTED, 3 whose fused training stopped" in output, output[-3000:]
+    assert len(list((tmp_path / "away" / "fused").glob("*/seed-0-*.pt"))) == 2  # the members, left to resume
     first = run_sweep(fused, away)
     assert first.returncode == 0 and first.stdout.count("COMPLETED") == 3, first.stdout[-3000:] + first.stderr
+    assert not list((tmp_path / "away" / "fused").glob("*"))  # all stored: the group's checkpoints are gone
     assert run_sweep(fused, away).stdout.count("stored") == 3
     synced = subprocess.run([sys.executable, "-m", "ablations.store", "sync", "-m", f"{server.url}/fused"],
                             env=away, capture_output=True, text=True, cwd=REPO)
@@ -245,6 +254,7 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     db = server.db("fused")
     docs = {(d["config"]["cell"], d["config"]["seed"]): d for d in db.runs.find({"status": "COMPLETED"})}
     assert len(docs) == 3 and len({d["info"]["fused"]["group"] for d in docs.values()}) == 1  # one training
+    assert all(len(d["info"]["fused"]["resumed_at"]) == 1 for d in docs.values())  # ... stopped and resumed once
     assert sorted(map(tuple, docs["schedule=linear", 0]["info"]["fused"]["members"])) == [(0, "cosine"), (0, "linear")]
     assert docs["schedule=linear", 0]["config"]["schedule"] == "linear"
     # EMA never changes training: the EMA cell's trained weights are the baseline's
@@ -265,8 +275,20 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 3, home_sweep.stdout
     if refusal(docs["baseline", 0]):
         pytest.skip(f"this checkout cannot reproduce its own runs: {refusal(docs['baseline', 0])}")
-    # the EMA-off twin, made from the EMA group's training, re-executed by an EMA-off group: bit for bit
+    # the EMA-off twin, made from the EMA group's stopped and resumed training, re-executed by an EMA-off group
+    # never stopped: bit for bit
     assert reproduce(db, docs["baseline", 0]["_id"], log=lambda line: None) == 0
+
+
+def training_can_stop(home: Path) -> bool:
+    """Whether a fused training of ``home``'s sweep runs and handles SIGTERM (/proc's SigCgt mask): a stop then
+    leaves its members' checkpoints."""
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "fused_group.py" in " ".join(proc.info["cmdline"] or []) and str(home) in " ".join(proc.info["cmdline"]):
+            with contextlib.suppress(OSError):
+                caught = re.search(r"SigCgt:\s*([0-9a-f]+)", Path(f"/proc/{proc.info['pid']}/status").read_text())
+                return bool(int(caught.group(1), 16) >> (signal.SIGTERM - 1) & 1)
+    return False
 
 
 def test_a_fused_sweep_runs_each_training_as_one_job_and_dropout_alone():
