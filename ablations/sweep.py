@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     if jobs.STOPPED.is_set():
         count = {status: sum(r["status"] == status for r in rows)
                  for status in ("INTERRUPTED", jobs.TRAINING_STOPPED, jobs.NOT_STARTED)}
-        print(f"Stopped: {count['INTERRUPTED']} runs INTERRUPTED, {count[jobs.TRAINING_STOPPED]} whose fused training "
-              f"stopped, {count[jobs.NOT_STARTED]} not started. The same command resumes the interrupted runs and "
-              "trainings from their checkpoints.", file=sys.stderr)
+        fused = f"{count[jobs.TRAINING_STOPPED]} whose fused training stopped, " if count[jobs.TRAINING_STOPPED] else ""
+        print(f"Stopped: {count['INTERRUPTED']} runs INTERRUPTED, {fused}{count[jobs.NOT_STARTED]} not started. The "
+              "same command resumes the interrupted runs and trainings from their checkpoints.", file=sys.stderr)
     refused = next((t.refusal for t in tasks if t.refusal), None)
     if any(r["status"] == "not run here" for r in rows):
         print(f"Cells not stored were not run: this machine cannot ({refused}).", file=sys.stderr)

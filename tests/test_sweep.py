@@ -242,7 +242,8 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     wait_for(lambda: training_can_stop(tmp_path / "away"), 180, "the fused training under way")
     stopped.send_signal(signal.SIGTERM)  # as `kill` or a deadline sends it
     output = stopped.communicate(timeout=120)[0]
-    assert stopped.returncode == 1 and "0 runs INTERRUPTED, 3 whose fused training stopped" in output, output[-3000:]
+    assert stopped.returncode == 1, output[-3000:]
+    assert "Stopped: 0 runs INTERRUPTED, 3 whose fused training stopped, 0 not started" in output, output[-3000:]
     assert len(list((tmp_path / "away" / "fused").glob("*/seed-0-*.pt"))) == 2  # the members, left to resume
     first = run_sweep(fused, away)
     assert first.returncode == 0 and first.stdout.count("COMPLETED") == 3, first.stdout[-3000:] + first.stderr
