@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations import fused_group
+from ablations import fused_group, jobs
 from ablations.runner import restored_state
 from benchmarks import fusion
 from core.checkpoint import load_checkpoint, load_state, save_checkpoint
@@ -275,3 +275,22 @@ def test_a_stopped_group_leaves_its_members_and_resumes_to_what_an_unstopped_gro
             histories = [[h for h in state["extra"].pop("history") if h[0] == "train.loss"] for state in (a, b)]
             assert histories[0] == histories[1] and len(histories[0]) == 4  # steps 3, 6, 9 and 10
             assert_same(a, b)
+
+
+def test_a_sweeps_group_folder_is_found_again_by_its_training_and_members_and_held_by_one_sweep(tmp_path,
+                                                                                              monkeypatch):
+    """ablations/jobs.py keeps a fused group's checkpoints in runs/fused/<group>/: the sweep's next run finds the
+    folder again (also for some of its members only, its cells' names and sweep id aside), and a second sweep
+    of this machine that finds it held trains in a folder apart."""
+    monkeypatch.setenv("ABLATIONS_HOME", str(tmp_path))
+    words, members = ["smoke", "ema=True", "sweep_id='sw-1'", "cell='ema=True'"], [[0, "cosine"], [1, "cosine"]]
+    folder = jobs._group_dir(words, members)
+    assert folder.parent == tmp_path / "fused"
+    assert jobs._group_dir(["smoke", "ema=True", "sweep_id='sw-2'", "cell='baseline'"], [[1, "cosine"]]) == folder
+    assert jobs._group_dir(["smoke", "ema=False"], [[1, "cosine"]]) != folder  # another training
+    assert jobs._group_dir(words, [[2, "cosine"]]) != folder  # a member it lacks
+    with jobs._held_group_dir(words, [[1, "cosine"]]) as (held, held_members):
+        assert held == folder and held_members == members  # the whole group, as it was trained
+        with jobs._held_group_dir(words, members) as (apart, _):
+            assert apart != folder and apart.exists()
+        assert not apart.exists()
