@@ -118,7 +118,8 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
 
 def wall_time(runs: pd.DataFrame) -> str | None:
     """How long each sweep's invocation (``info.sitting``) took to make its runs here: from its start, start-up
-    included, to the last stop of its runs; None where no run was made by a sweep that recorded its sitting."""
+    included, to the last stop of its runs, saying how many resumed training an earlier invocation began (a
+    stopped sweep's); None where no run was made by a sweep that recorded its sitting."""
     made = runs[runs.sitting.notna() & runs.stop_time.notna()] if "sitting" in runs else runs.iloc[:0]
     if made.empty:
         return None
@@ -128,8 +129,10 @@ def wall_time(runs: pd.DataFrame) -> str | None:
         span = pd.to_datetime(group.stop_time, utc=True).max() - pd.Timestamp(sitting["started"])
         how = [f"packed {sitting['pack']}" + (" under MPS" if sitting.get("mps") else "")] * (sitting["pack"] > 1)
         how += ["fused"] if sitting.get("fuse") else []
+        resumed = int(group.resumed.sum()) if "resumed" in group else 0
+        before = f"; {resumed} resumed training begun before it, not counted" if resumed else ""
         parts.append(f"{len(group)} runs in {span.total_seconds() / 60:.1f} min on {group.device.iloc[0]} "
-                     f"({', '.join([sitting['host'], *how])}; started {sitting['started'][:16]})")
+                     f"({', '.join([sitting['host'], *how])}; started {sitting['started'][:16]}{before})")
     return "; ".join(parts) + ", each from the sweep's start (start-up included) to its last run's stop"
 
 

@@ -103,6 +103,8 @@ def runs_table(docs: list[dict]) -> pd.DataFrame:
             "lr_schedule": c.get("lr_schedule", "constant"), "peak_rss_mb": info.get("peak_rss_mb"),
             "device": info.get("environment", {}).get("device_name"), "stop_time": d.get("stop_time"),
             "sitting": info.get("sitting"),  # the sweep's invocation that made the run (None: a run alone)
+            # trained partly before that invocation: resumed from its own checkpoint, or its fused group's
+            "resumed": info.get("resumed_from") is not None or bool((info.get("fused") or {}).get("resumed_at")),
             **{f"{k}_s": v for k, v in info.get("wall_time_s", {}).items()},
             "images_per_s": sum(speed) / len(speed) if speed else None,
             "commit": info.get("git", {}).get("commit"), "dirty": info.get("git", {}).get("dirty"),

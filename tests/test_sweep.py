@@ -271,6 +271,7 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     facts = setting(runs_table(list(docs.values())))
     assert "3 runs trained fused with the other members of their group, as one network" in facts["training"]
     assert facts["wall time"].startswith("3 runs in ") and ", fused; started" in facts["wall time"]
+    assert "; 3 resumed training begun before it, not counted)" in facts["wall time"]  # the stopped sitting's
     home = env | {"ABLATIONS_HOME": str(tmp_path / "home")}
     home_sweep = run_sweep(["-m", f"{server.url}/fused", "--fuse", *fused[2:]], home)  # the same sweep at home
     assert home_sweep.returncode == 0 and home_sweep.stdout.count("stored") == 3, home_sweep.stdout
