@@ -177,16 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     histories = [extra.get("history", []) for extra in extras]
     windows = [list(extra.get("window", [])) for extra in extras]
     started, stopped = time.perf_counter(), False
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        train_members(members, history_log(histories), windows)
-    except (KeyboardInterrupt, Terminated):
-        stopped = True
+        try:
+            train_members(members, history_log(histories), windows)
+        except (KeyboardInterrupt, Terminated):
+            stopped = True
+            for signum in handlers:  # a terminal's Ctrl-C and its sweep's SIGTERM arrive together: the second
+                signal.signal(signum, signal.SIG_IGN)  # must not cut the checkpoints short
+        group = group | {"train_s": group["train_s"] + time.perf_counter() - started}
+        extras = [{"history": history, "window": window} for history, window in zip(histories, windows)]
+        write_members(args, pairs, members, extras, group, stopped)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    group = group | {"train_s": group["train_s"] + time.perf_counter() - started}
-    extras = [{"history": history, "window": window} for history, window in zip(histories, windows)]
-    write_members(args, pairs, members, extras, group, stopped)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     print(f"{'stopped' if stopped else 'trained'} {len(members)} members at step {members[0].step} "
           f"({group['train_s']:.1f} s of training)")
     return STOPPED_EXIT if stopped else 0

@@ -243,8 +243,8 @@ def test_an_ema_groups_ema_off_twins_are_what_an_ema_off_group_leaves_bit_for_bi
 
 
 def test_a_stopped_group_leaves_its_members_and_resumes_to_what_an_unstopped_group_leaves_bit_for_bit(tmp_path):
-    """SIGTERM (a stopped sweep's) ends a group between two steps, each member's checkpoint left with its loss
-    history and window; the same command resumes it, and it then leaves what a group never stopped leaves."""
+    """SIGTERM (a stopped sweep's), with or without Ctrl-C, ends a group between two steps, each member's
+    checkpoint left with its loss history and window; the same command resumes it, and it then leaves what a group never stopped leaves."""
     words = ["smoke", "train_steps=10", "batch_size=16", "log_every=3", "amp=False", "threads=2", "ema=True"]
     group = ["--seeds", "0,1", "--ema-off-twins", "with", *words]
     command = [sys.executable, str(REPO / "ablations" / "fused_group.py"), "--out", str(tmp_path / "stopped"), *group]
@@ -255,6 +255,7 @@ def test_a_stopped_group_leaves_its_members_and_resumes_to_what_an_unstopped_gro
         if line.startswith("step 3: "):
             break
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches it with its sweep's SIGTERM: one stop, whole
     output += proc.communicate(timeout=120)[0]
     assert proc.returncode == fused_group.STOPPED_EXIT, output
     stopped = [load_state(fused_group.member_checkpoint(tmp_path / "stopped", seed, "cosine")) for seed in (0, 1)]
