@@ -50,6 +50,22 @@ def test_the_real_floor_is_the_fid_that_every_metric_together_gives():
     assert fidelity.real_floor(64) == full["fid"] and full["fid"] > 0
 
 
+def test_precision_recall_is_torch_fidelitys_bit_for_bit_and_its_cached_reference_radii_too(tmp_path, monkeypatch):
+    """Ours keeps the real reference's k-NN radii in the cache; the values stay torch-fidelity's own, with
+    several 1,000-row blocks on both sides, uncached, then cached (computed, then read back)."""
+    monkeypatch.setattr(fidelity, "CACHE_ROOT", tmp_path)
+    digits = fidelity.reference_images("train", 1300)
+    samples = fidelity.to_uint8(evaluation.noisy(digits, 0.4))
+    for images, reference, key in ((samples, fidelity.reference_images("test", 2100), None),
+                                   (samples[:64], fidelity.reference_images("test", 1200), "mnist-test-1200"),
+                                   (samples[64:128], fidelity.reference_images("test", 1200), "mnist-test-1200")):
+        ours = fidelity.precision_recall(images, reference, key)
+        theirs = fidelity._calculate(images, reference, key, prc=True, prc_batch_size=fidelity.PRC_BLOCK)
+        assert ours == {name: theirs[name] for name in ("precision", "recall", "f_score")}
+        assert 0 < ours["precision"] < 1 and 0 < ours["recall"] < 1  # neither trivially 0 nor 1
+    assert len(list(tmp_path.glob("mnist-test-1200-*-prc-radii-k3.pt"))) == 1
+
+
 def test_kid_works_at_200_samples():
     real = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.0), "test", n=200)
     noisy = fidelity.evaluate(evaluation.noisy(fidelity.reference_images("train", 200), 0.4), "test", n=200)
