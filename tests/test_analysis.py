@@ -29,7 +29,7 @@ def stored(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("mongo")).start()
     env = run_env(server.url, tmp_path_factory.mktemp("home"))
     out = subprocess.run([sys.executable, str(REPO / "ablations" / "sweep.py"), "--only", "attention",
-                          "--seeds", "0,1", "with", "smoke", "threads=2"], env=env, capture_output=True, text=True)
+                          "--seeds", "0,1", "with", "smoke", "threads=1"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     sweep_id = out.stdout.split("sweep id: ")[1].split()[0]
     yield server, sweep_id

@@ -11,10 +11,11 @@ import torch
 
 from PIL import Image
 
-from benchmarks import paper, samplers, variants
+from benchmarks import paper, prc_cache, samplers, shared_cores, variants
 from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
+from core import fidelity
 from core.checkpoint import load_weights, save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
@@ -95,6 +96,18 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_s"]["train"] == pytest.approx(row["measured_s"]["train"] * 46_900 / 2)
     assert row["paper_s"]["sample"] == pytest.approx(row["measured_s"]["sample"] * 10_000 / 4)
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
+
+
+def test_the_precision_recall_benchmark_times_both_ways_to_the_same_values(monkeypatch):
+    monkeypatch.setattr(fidelity, "CACHE_ROOT", fidelity.CACHE_ROOT)  # it caches in a folder of its own
+    row = prc_cache.main(["--threads", str(torch.get_num_threads()), "--repeats", "1"])
+    assert row["bitwise_equal"] and row["torch_fidelity_s"] > 0 and row["cached_radii_s"] > 0
+
+
+def test_the_shared_cores_benchmark_times_each_process_of_a_group_started_together():
+    rows = shared_cores.main(["--processes", "2", "--threads", "1", "--steps", "1"])
+    assert [(r["processes"], r["threads"], len(r["seconds"])) for r in rows] == [(2, 1, 2)]
+    assert all(seconds > 0 for seconds in rows[0]["seconds"])
 
 
 def test_sampler_variants_of_an_ema_run_score_its_trained_weights_when_asked(tmp_path, capsys):

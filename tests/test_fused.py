@@ -222,7 +222,7 @@ def assert_same(a, b, path="") -> None:
 
 def test_an_ema_groups_ema_off_twins_are_what_an_ema_off_group_leaves_bit_for_bit(tmp_path, capsys):
     """EMA never changes training: one EMA group serves its EMA-off cell (sweep.py --fuse trains the two once)."""
-    words = ["smoke", "train_steps=6", "batch_size=16", "log_every=3", "amp=False", "threads=2"]
+    words = ["smoke", "train_steps=6", "batch_size=16", "log_every=3", "amp=False", "threads=1"]
     assert fused_group.main(["--seeds", "0,1", "--out", str(tmp_path / "ema"), "--ema-off-twins",
                              "with", *words, "ema=True"]) == 0
     assert fused_group.main(["--seeds", "0,1", "--out", str(tmp_path / "off"), "with", *words]) == 0
@@ -246,7 +246,7 @@ def test_a_stopped_group_leaves_its_members_and_resumes_to_what_an_unstopped_gro
     """SIGTERM (a stopped sweep's), with or without Ctrl-C, ends a group between two steps, each member's
     checkpoint left with its loss history and window; the same command resumes it, and it then leaves what a
     group never stopped leaves."""
-    words = ["smoke", "train_steps=7", "batch_size=16", "log_every=3", "amp=False", "threads=2", "ema=True"]
+    words = ["smoke", "train_steps=7", "batch_size=16", "log_every=3", "amp=False", "threads=1", "ema=True"]
     group = ["--seeds", "0,1", "--ema-off-twins", "with", *words]
     command = [sys.executable, str(REPO / "ablations" / "fused_group.py"), "--out", str(tmp_path / "stopped"), *group]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)

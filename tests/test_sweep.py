@@ -82,7 +82,9 @@ def test_a_baseline_that_holds_an_ablation_value_is_flipped_back_to_the_seeds():
     assert full == ["baseline", "ema=False", "attention=False", "attention=False+ema=False"]
 
 
-SEQUENTIAL = ["--only", "attention", "--seeds", "0", "with", "smoke", "threads=1"]
+# a third of smoke's steps: what these tests compare (runs against their twins, records against records) needs
+# no more; threads=1 last, which the packed test drops (the sweep gives each of its 2 runs one of the 2 cores)
+SEQUENTIAL = ["--only", "attention", "--seeds", "0", "with", "smoke", "train_steps=10", "threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,8 @@ def test_sequential_then_dask_same_results_and_idempotent(server, env, sequentia
     assert again.returncode == 0 and again.stdout.count("stored") == 2
     assert sequential_db.runs.count_documents({}) == 2  # the second call ran nothing
 
-    dask = ["--only", "attention", "--seeds", "0", "--workers", "2", "-m", f"{server.url}/dask", "with", "smoke"]
+    dask = ["--only", "attention", "--seeds", "0", "--workers", "2", "-m", f"{server.url}/dask", "with", "smoke",
+            "train_steps=10"]
     out = run_sweep(dask, env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     dask_db = server.db("dask")
@@ -137,7 +140,7 @@ def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(se
     baseline = sequential_db.runs.find_one({"config.cell": "baseline", "config.seed": 0})
     import_dump(from_mongo(f"{server.url}/sequential", baseline["config"]["sweep_id"]), url)
     # with EMA on in the baseline, the cell ema=False is the config of the attention sweep's baseline
-    words = ["--only", "ema", "--seeds", "0", "with", "smoke", "threads=1", "ema=True"]
+    words = ["--only", "ema", "--seeds", "0", "with", "smoke", "train_steps=10", "threads=1", "ema=True"]
     out = run_sweep(["-m", url, *words], env)
     assert out.returncode == 0 and out.stdout.count("stored") == 1 and out.stdout.count("COMPLETED") == 1, \
         out.stdout[-3000:] + out.stderr[-3000:]
@@ -268,7 +271,7 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     assert doc["info"]["config_hash"] != twin["info"]["config_hash"]  # a cell of its own
     assert set(doc["info"]) == set(twin["info"]) | {"fused"} and set(doc["result"]) == set(twin["result"])
     steps, losses = metrics_of(db, doc["_id"])["train.loss"]
-    solo_steps, solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]  # the twin trained 30 steps
+    solo_steps, solo_losses = metrics_of(sequential_db, twin["_id"])["train.loss"]  # both trained 10 steps
     assert steps == solo_steps[:len(steps)] == [5, 10]
     assert losses == pytest.approx(solo_losses[:len(losses)], rel=2e-2)
     facts = setting(runs_table(list(docs.values())))
@@ -322,7 +325,8 @@ def test_fused_options_are_refused_where_they_cannot_hold(env, capsys):
 
 
 def test_two_sweeps_at_once_never_run_a_cell_twice(server, env):
-    args = ["--only", "attention", "--seeds", "3", "-m", f"{server.url}/race", "with", "smoke", "threads=1"]
+    args = ["--only", "attention", "--seeds", "3", "-m", f"{server.url}/race", "with", "smoke", "threads=1",
+            "train_steps=10"]
     procs = [subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

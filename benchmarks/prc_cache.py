@@ -1,0 +1,55 @@
+"""Precision/recall of a smoke run's 64 samples against the 10,000 test digits: torch-fidelity's own call,
+which finds the k-NN radii of the 10,000 real digits again every time, against :func:`core.fidelity.precision_recall`
+with those radii cached (the reference's features are cached in both).
+
+    python benchmarks/prc_cache.py [--threads 1] [--repeats 5]
+
+Prints one JSON line: median seconds of each, their ratio, and whether the values agree bit for bit. The cache
+is a fresh temporary folder, filled by one untimed call of each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from core import evaluation, fidelity
+
+
+def median_seconds(call, repeats: int) -> tuple[float, dict]:
+    times, result = [], call()  # the untimed call fills the cache
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    real = fidelity.reference_images("test")
+    samples = fidelity.to_uint8(evaluation.noisy(fidelity.reference_images("train", 64), 0.3))
+    key = fidelity.reference_cache_name("test", real)
+    with tempfile.TemporaryDirectory(prefix="prc-cache-") as cache:
+        fidelity.CACHE_ROOT = Path(cache)
+        theirs_s, theirs = median_seconds(
+            lambda: fidelity._calculate(samples, real, key, prc=True, prc_batch_size=fidelity.PRC_BLOCK), args.repeats)
+        ours_s, ours = median_seconds(lambda: fidelity.precision_recall(samples, real, key), args.repeats)
+    row = {"threads": args.threads, "torch_fidelity_s": round(theirs_s, 4), "cached_radii_s": round(ours_s, 4),
+           "speedup": round(theirs_s / ours_s, 1),
+           "bitwise_equal": ours == {name: theirs[name] for name in ("precision", "recall", "f_score")}}
+    print(json.dumps(row))
+    return row
+
+
+if __name__ == "__main__":
+    main()
