@@ -13,8 +13,8 @@ from tests.helpers import Server, run_env
 
 # `make test` runs the test modules in two pytest-xdist workers, and torch computes on one thread in each worker
 # and in every process a test starts (threads=0 reads OMP_NUM_THREADS). Torch thread pools that share the cores
-# are many times slower than the same work one after the other: 20 training steps of the seed model took 2.8 s
-# with 2 threads alone and 21 s each with two such processes side by side on 2 cores.
+# are many times slower than the same work one after the other: `python benchmarks/shared_cores.py` on a 2-core
+# Xeon, 20 training steps: 4.0 s alone at 2 threads, 45 s each for two such processes side by side.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
