@@ -1,6 +1,6 @@
-"""Precision/recall of a smoke run's 64 samples against the 10,000 test digits: torch-fidelity's own call,
-which finds the k-NN radii of the 10,000 real digits again every time, against :func:`core.fidelity.precision_recall`
-with those radii cached (the reference's features are cached in both).
+"""The metrics of a smoke run's 64 samples against the 10,000 test digits: torch-fidelity's own call, whose
+precision/recall finds the k-NN radii of the 10,000 real digits again every time, against
+:func:`core.fidelity.compare`, which caches those radii (the reference's features are cached in both).
 
     python benchmarks/prc_cache.py [--threads 1] [--repeats 5]
 
@@ -41,12 +41,16 @@ def main(argv: list[str] | None = None) -> dict:
     key = fidelity.reference_cache_name("test", real)
     with tempfile.TemporaryDirectory(prefix="prc-cache-") as cache:
         fidelity.CACHE_ROOT = Path(cache)
-        theirs_s, theirs = median_seconds(
-            lambda: fidelity._calculate(samples, real, key, prc=True, prc_batch_size=fidelity.PRC_BLOCK), args.repeats)
-        ours_s, ours = median_seconds(lambda: fidelity.precision_recall(samples, real, key), args.repeats)
+        theirs_s, theirs = median_seconds(lambda: fidelity._calculate(
+            samples, real, key, fid=True, kid=True, isc=True, prc=True, isc_splits=10,
+            kid_subset_size=fidelity.kid_subset_size(len(samples)), kid_subsets=100,
+            prc_batch_size=fidelity.PRC_BLOCK), args.repeats)
+        ours_s, ours = median_seconds(lambda: fidelity.compare(samples, real, key), args.repeats)
+    names = {"fid": "frechet_inception_distance", "kid_mean": "kernel_inception_distance_mean",
+             "classifier_score": "inception_score_mean", "precision": "precision", "recall": "recall"}
     row = {"threads": args.threads, "torch_fidelity_s": round(theirs_s, 4), "cached_radii_s": round(ours_s, 4),
            "speedup": round(theirs_s / ours_s, 1),
-           "bitwise_equal": ours == {name: theirs[name] for name in ("precision", "recall", "f_score")}}
+           "bitwise_equal": all(ours[name] == theirs[tf_name] for name, tf_name in names.items())}
     print(json.dumps(row))
     return row
 

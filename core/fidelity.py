@@ -5,10 +5,11 @@ torch-fidelity does the metric maths; this module registers the classifier of
 precision/recall; logits for the Inception-Score analogue). Nothing is downloaded, and CUDA is
 used only when present. Metrics only: drawing samples to score is :mod:`core.evaluation`.
 
-Precision/recall alone is put together here, from torch-fidelity's distance blocks, so that the
-k-NN radii of the real reference, the same for every run, are computed once and cached beside its
-features: against the 10,000 test digits they were most of a small run's evaluation time. The
-values are torch-fidelity's own, bit for bit (tests/test_fidelity.py).
+:func:`compare` calls torch-fidelity's metric functions on features it extracts once, and puts
+precision/recall together from torch-fidelity's distance blocks, so that the k-NN radii of the real
+reference, the same for every run, are computed once and cached beside its features: against the
+10,000 test digits they were most of a small run's evaluation time. The values are those of
+``torch_fidelity.calculate_metrics``, bit for bit (tests/test_fidelity.py).
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from pathlib import Path
 import torch
 import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics_cached, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import calc_cdist_part
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import (cache_lookup_one_recompute_on_miss, create_feature_extractor,
-                                  extract_featuresdict_from_input_id_cached)
+                                  extract_featuresdict_from_input_id_cached, get_cacheable_input_name)
 
 from core.classifier import WEIGHTS_PATH, expected_sha256, load_classifier
 from core.config import MIN_SAMPLES
@@ -147,18 +151,16 @@ def inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Te
                       for block in points.split(PRC_BLOCK)]).mean().item()
 
 
-def precision_recall(images: torch.Tensor, reference: torch.Tensor, reference_key: str | None = None) -> dict:
+def reference_radii(real: torch.Tensor, options: dict) -> torch.Tensor:
+    """:func:`knn_radii` of the reference's (N, D) features ``real``, cached when ``options`` (:func:`_options`)
+    name a cached reference."""
+    name = f"{options['input2_cache_name']}-{EXTRACTOR}-prc-radii-k{PRC_NEIGHBORHOOD}"  # used with a cache only
+    return cache_lookup_one_recompute_on_miss(name, lambda: knn_radii(real), **options)
+
+
+def precision_recall(fake: torch.Tensor, real: torch.Tensor, real_radii: torch.Tensor) -> dict:
     """Precision (the share of samples inside some real digit's ball), recall (the share of real digits inside
-    some sample's ball) and their F-score, of uint8 ``images`` against uint8 ``reference``; with a
-    ``reference_key``, the reference's features and radii come from the cache after the first call."""
-    options = _options(images, reference, reference_key)
-    extractor = create_feature_extractor(EXTRACTOR, ["features"], **options)
-    fake, real = (extract_featuresdict_from_input_id_cached(i, extractor, **options)["features"] for i in (1, 2))
-    if reference_key is None:
-        real_radii = knn_radii(real)
-    else:
-        name = f"{options['input2_cache_name']}-{EXTRACTOR}-prc-radii-k{PRC_NEIGHBORHOOD}"
-        real_radii = cache_lookup_one_recompute_on_miss(name, lambda: knn_radii(real), **options)
+    some sample's ball) and their F-score, of the (N, D) features ``fake`` against the (M, D) ``real``."""
     precision, recall = inside_any_ball(fake, real, real_radii), inside_any_ball(real, fake, knn_radii(fake))
     return {"precision": precision, "recall": recall, "f_score": 2 * precision * recall / max(1e-5, precision + recall)}
 
@@ -168,9 +170,16 @@ def compare(images: torch.Tensor, reference: torch.Tensor, reference_key: str | 
     n = min(len(images), len(reference))
     if n < MIN_SAMPLES:
         raise ValueError(f"invalid number of samples {n}: at least {MIN_SAMPLES} are needed")
-    metrics = _calculate(images, reference, reference_key, fid=True, kid=True, isc=True,
-                         isc_splits=min(10, len(images)), kid_subset_size=kid_subset_size(n), kid_subsets=100)
-    metrics |= precision_recall(images, reference, reference_key)
+    options = _options(images, reference, reference_key, isc_splits=min(10, len(images)),
+                       kid_subset_size=kid_subset_size(n), kid_subsets=100)
+    extractor = create_feature_extractor(EXTRACTOR, ["features", "logits"], **options)
+    fake, real = (extract_featuresdict_from_input_id_cached(i, extractor, **options) for i in (1, 2))
+    fid_stats = [fid_featuresdict_to_statistics_cached(features, get_cacheable_input_name(i, **options), extractor,
+                                                       "features", **options) for i, features in ((1, fake), (2, real))]
+    metrics = (fid_statistics_to_metric(*fid_stats, verbose=False)
+               | kid_featuresdict_to_metric(fake, real, "features", **options)
+               | isc_featuresdict_to_metric(fake, "logits", **options)
+               | precision_recall(fake["features"], real["features"], reference_radii(real["features"], options)))
     return {
         "fid": metrics["frechet_inception_distance"],
         "kid_mean": metrics["kernel_inception_distance_mean"],

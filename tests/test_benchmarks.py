@@ -98,7 +98,7 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
 
 
-def test_the_precision_recall_benchmark_times_both_ways_to_the_same_values(monkeypatch):
+def test_the_evaluation_benchmark_times_both_ways_to_the_same_values(monkeypatch):
     monkeypatch.setattr(fidelity, "CACHE_ROOT", fidelity.CACHE_ROOT)  # it caches in a folder of its own
     row = prc_cache.main(["--threads", str(torch.get_num_threads()), "--repeats", "1"])
     assert row["bitwise_equal"] and row["torch_fidelity_s"] > 0 and row["cached_radii_s"] > 0

@@ -50,18 +50,24 @@ def test_the_real_floor_is_the_fid_that_every_metric_together_gives():
     assert fidelity.real_floor(64) == full["fid"] and full["fid"] > 0
 
 
-def test_precision_recall_is_torch_fidelitys_bit_for_bit_and_its_cached_reference_radii_too(tmp_path, monkeypatch):
-    """Ours keeps the real reference's k-NN radii in the cache; the values stay torch-fidelity's own, with
-    several 1,000-row blocks on both sides, uncached, then cached (computed, then read back)."""
+def test_compare_gives_torch_fidelitys_metrics_bit_for_bit_and_caches_the_reference_radii(tmp_path, monkeypatch):
+    """compare() extracts features once and keeps the real reference's k-NN radii in the cache; every metric
+    stays what torch_fidelity.calculate_metrics gives, with several 1,000-row blocks on both sides, uncached,
+    then cached (computed, then read back)."""
     monkeypatch.setattr(fidelity, "CACHE_ROOT", tmp_path)
-    digits = fidelity.reference_images("train", 1300)
-    samples = fidelity.to_uint8(evaluation.noisy(digits, 0.4))
+    names = {"fid": "frechet_inception_distance", "kid_mean": "kernel_inception_distance_mean",
+             "kid_std": "kernel_inception_distance_std", "classifier_score": "inception_score_mean",
+             "precision": "precision", "recall": "recall", "f_score": "f_score"}
+    samples = fidelity.to_uint8(evaluation.noisy(fidelity.reference_images("train", 1300), 0.4))
     for images, reference, key in ((samples, fidelity.reference_images("test", 2100), None),
                                    (samples[:64], fidelity.reference_images("test", 1200), "mnist-test-1200"),
                                    (samples[64:128], fidelity.reference_images("test", 1200), "mnist-test-1200")):
-        ours = fidelity.precision_recall(images, reference, key)
-        theirs = fidelity._calculate(images, reference, key, prc=True, prc_batch_size=fidelity.PRC_BLOCK)
-        assert ours == {name: theirs[name] for name in ("precision", "recall", "f_score")}
+        ours = fidelity.compare(images, reference, key)
+        n = min(len(images), len(reference))
+        theirs = fidelity._calculate(images, reference, key, fid=True, kid=True, isc=True, prc=True,
+                                     isc_splits=min(10, len(images)), kid_subset_size=fidelity.kid_subset_size(n),
+                                     kid_subsets=100, prc_batch_size=fidelity.PRC_BLOCK)
+        assert {name: ours[name] for name in names} == {name: theirs[tf_name] for name, tf_name in names.items()}
         assert 0 < ours["precision"] < 1 and 0 < ours["recall"] < 1  # neither trivially 0 nor 1
     assert len(list(tmp_path.glob("mnist-test-1200-*-prc-radii-k3.pt"))) == 1
 
