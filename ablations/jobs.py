@@ -3,7 +3,7 @@ and its runs.
 
 A cell already COMPLETED in the store is skipped; an INTERRUPTED or FAILED one is resumed from its
 checkpoint when the journal has one, else run again. Cells are claimed atomically in the database
-(collection ``sweep_claims``), so two sweeps never run one cell twice. :func:`stop` ends a sweep early
+(collection ``sweep_claims``), so two sweeps never run one cell twice, nor train one fused group twice. :func:`stop` ends a sweep early
 (its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED, and no run starts or is
 retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one cell, or of the
 cells that differ only in ``ema`` and ``schedule``, with ``ablations/fused_group.py``, then runs each seed of
@@ -91,6 +91,11 @@ def claim(db, key: str, owner: dict) -> bool:
         return True
     except pymongo.errors.DuplicateKeyError:
         return False  # someone else holds it
+
+
+def _owner() -> dict:
+    """Who holds a claim: an id of its own, this host and this process (whose death frees it on this host)."""
+    return {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _stored(db, key: str, status) -> dict | None:
@@ -258,7 +263,7 @@ def run_cell(task: Task) -> dict:
         db = client[target.db_name]
         if row := _not_to_run(task, _stored(db, task.key, "COMPLETED")):
             return row
-        owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        owner = _owner()
         if not claim(db, task.key, owner):
             return _row(task, "claimed elsewhere")
         row = _run_here(task, target, lambda run_id: db.runs.find_one({"_id": run_id}))
@@ -308,17 +313,46 @@ def _train_group(lead: Task, words: list[str], members: list[list], out: Path, t
                        *(["--ema-off-twins"] if twins else []), "with", *words], os.environ | lead.env)
 
 
+@contextlib.contextmanager
+def _group_claimed(tasks: list[Task]):
+    """Whether this sweep holds, in the database, the fused training of ``tasks`` (one job of :func:`jobs_of`),
+    released at the end: another machine's sweep of the same group reports its cells "claimed elsewhere" rather
+    than training them too. Journal-only, the sweep is the only claimant."""
+    if tasks[0].journal_only:
+        yield True
+        return
+    members = sorted({(task.seed, task.schedule) for task in tasks})
+    key = "fused:" + hashlib.sha256(json.dumps([tasks[0].training_key, members]).encode()).hexdigest()[:24]
+    target, owner = store.resolve(tasks[0].mongo), _owner()
+    with target.client() as client:
+        held = claim(client[target.db_name], key, owner)
+    try:
+        yield held
+    finally:
+        if held:
+            with target.client() as client:
+                client[target.db_name].sweep_claims.update_one({"_id": key, "owner": owner["owner"]},
+                                                               {"$set": {"state": "done"}})
+
+
 def run_group(tasks: list[Task]) -> list[dict]:
     """One fused training (ablations/fused_group.py) for the seeds not stored of cells that differ only in
-    ``ema`` and ``schedule``: its members are those seeds at each of those schedules, trained with EMA where a
-    cell has it (EMA never changes training: the group then leaves its EMA-off twins too); then each seed of
-    each cell is evaluated and recorded as its own run from its checkpoint. A training stopped with the sweep
-    leaves its members' checkpoints (:func:`_group_dir`), from which the same sweep resumes it."""
-    rows = [row for task in tasks if (row := stored_row(task))]
-    done = {(row["cell"], row["seed"]) for row in rows}
-    pending = [task for task in tasks if (task.cell, task.seed) not in done]
-    if not pending:
-        return rows
+    ``ema`` and ``schedule``, claimed in the database for its whole length; then each seed of each cell is
+    evaluated and recorded as its own run from its checkpoint (:func:`_train_and_run`)."""
+    with _group_claimed(tasks) as held:
+        rows = [row for task in tasks if (row := stored_row(task))]  # read once held: a holder stores them first
+        done = {(row["cell"], row["seed"]) for row in rows}
+        pending = [task for task in tasks if (task.cell, task.seed) not in done]
+        if pending and not held:
+            return rows + [_row(task, "claimed elsewhere") for task in pending]
+        return rows + (_train_and_run(pending) if pending else [])
+
+
+def _train_and_run(pending: list[Task]) -> list[dict]:
+    """The rows of ``pending``, trained as one group, its members at their seeds and schedules, with EMA where a
+    cell has it (EMA never changes training: the group then leaves its EMA-off twins too); each then run from its
+    member's checkpoint. A training stopped with the sweep leaves its members' checkpoints (:func:`_group_dir`),
+    from which the same sweep resumes it."""
     lead = next((task for task in pending if task.ema), pending[0])
     twins = lead.ema and not all(task.ema for task in pending)
     words = [w for w in lead.words if not w.startswith(("seed=", "schedule="))]
@@ -327,19 +361,19 @@ def run_group(tasks: list[Task]) -> list[dict]:
         started = time.time()
         trained = _train_group(lead, words, members, out, twins)
         if trained is None or (trained.returncode not in (0, fused_group.STOPPED_EXIT) and STOPPED.is_set()):
-            return rows + [_row(task, NOT_STARTED) for task in pending]  # no step of these seeds was trained
+            return [_row(task, NOT_STARTED) for task in pending]  # no step of these seeds was trained
         if trained.returncode != 0:
             stopped = trained.returncode == fused_group.STOPPED_EXIT
             if not stopped:
                 print(f"cell {lead.cell} members {members}: fused training failed:\n"
                       f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
-            return rows + [_row(task, TRAINING_STOPPED if stopped else "FAILED", wall_s=time.time() - started)
-                           for task in pending]
+            return [_row(task, TRAINING_STOPPED if stopped else "FAILED", wall_s=time.time() - started)
+                    for task in pending]
         runs = [replace(task, words=[*task.words, "fused_checkpoint=" + repr(str(
             fused_group.member_checkpoint(out, task.seed, task.schedule, ema_off_twin=twins and not task.ema)))])
             for task in pending]
         with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # each run waits for a place on the device
-            rows += list(pool.map(run_cell, runs))
+            rows = list(pool.map(run_cell, runs))
         if all(row["status"] in ("COMPLETED", "stored") for row in rows):
             shutil.rmtree(out, ignore_errors=True)  # every cell stored: the group's checkpoints have served
     return rows

@@ -335,6 +335,29 @@ def test_two_sweeps_at_once_never_run_a_cell_twice(server, env):
     assert db.runs.count_documents({}) == 2 and db.runs.count_documents({"status": "COMPLETED"}) == 2
 
 
+def test_two_machines_sweeping_one_database_never_train_a_fused_group_twice(server, env, tmp_path):
+    """Two sweeps of one fused group from two machines' local states (each its own ABLATIONS_HOME, one database):
+    the second, started while the first holds the group, trains nothing and reports its cells claimed elsewhere;
+    the first trains the group once and stores both cells."""
+    args = ["--fuse", "--only", "ema", "--seeds", "0", "-m", f"{server.url}/fusedrace", "with", "smoke", "threads=1",
+            "train_steps=10"]
+    homes = [tmp_path / "first", tmp_path / "second"]
+    first = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args],
+                             env=env | {"ABLATIONS_HOME": str(homes[0])}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    db = server.db("fusedrace")
+    wait_for(lambda: db.sweep_claims.find_one({"_id": {"$regex": "^fused:"}, "state": "running"}), 120,
+             "the first sweep's claim on its fused group")
+    second = run_sweep(args, env | {"ABLATIONS_HOME": str(homes[1])}, timeout=300)
+    assert second.returncode == 0 and second.stdout.count("claimed elsewhere") == 2, second.stdout + second.stderr
+    assert not (homes[1] / "fused").exists()  # the folder of a group's checkpoints: never made, nothing trained
+    output = first.communicate(timeout=600)[0]
+    assert first.returncode == 0 and output.count("COMPLETED") == 2, output[-3000:]
+    assert db.runs.count_documents({"status": "COMPLETED"}) == db.runs.count_documents({}) == 2
+    assert len({d["info"]["fused"]["group"] for d in db.runs.find()}) == 1
+    assert [c["state"] for c in db.sweep_claims.find({"_id": {"$regex": "^fused:"}})] == ["done"]  # released
+
+
 def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
     """SIGTERM to the sweep alone (as `kill` sends it): the two runs under way checkpoint and end INTERRUPTED, neither
     is retried, the cell still queued never starts, and the same command would resume both from their checkpoints."""
