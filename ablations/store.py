@@ -242,6 +242,10 @@ def status(target: Target, log=print) -> None:
     log(f"database : {target.safe_url} / {target.db_name} ({'answers' if up else 'does not answer'})")
     log(f"embedded : {'running, PID ' + str(pid) if pid else 'not running'} (data in {_server_files()['data']})")
     log(f"journal  : {target.journal_dir()}")
+    if groups := sorted(home().glob("fused/*/group.json")):  # kept by a fused training stopped or whose runs failed
+        mib = sum(f.stat().st_size for group in groups for f in group.parent.iterdir()) / 2**20
+        log(f"fused    : {len(groups)} group(s) left in {home() / 'fused'} ({mib:.0f} MiB), each resumed by the "
+            "sweep that left it; delete a group's folder to drop it")
     if up:
         with target.client() as client:
             runs = client[target.db_name]["runs"]

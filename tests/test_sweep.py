@@ -250,6 +250,9 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     assert stopped.returncode == 1, output[-3000:]
     assert "Stopped: 0 runs INTERRUPTED, 3 whose fused training stopped, 0 not started" in output, output[-3000:]
     assert len(list((tmp_path / "away" / "fused").glob("*/seed-0-*.pt"))) == 2  # the members, left to resume
+    told = subprocess.run([sys.executable, "-m", "ablations.store", "status"], env=away, capture_output=True,
+                          text=True, cwd=REPO).stdout
+    assert f"fused    : 1 group(s) left in {tmp_path / 'away' / 'fused'}" in told, told
     first = run_sweep(fused, away)
     assert first.returncode == 0 and first.stdout.count("COMPLETED") == 3, first.stdout[-3000:] + first.stderr
     assert not list((tmp_path / "away" / "fused").glob("*"))  # all stored: the group's checkpoints are gone
