@@ -57,7 +57,16 @@ def planned_not_stored(url: str | None, sweep: str) -> list[dict]:
 
 
 def from_dump(path: Path | str) -> list[dict]:
-    return json_util.loads(Path(path).read_text())
+    """The run records of a dump written by :func:`export`; ValueError names a path that is not one."""
+    try:
+        docs = json_util.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # missing, unreadable, or not JSON (json's errors are ValueErrors)
+        raise ValueError(f"invalid dump {str(path)!r} ({exc}): valid values are JSON files written by "
+                         "`python -m analysis.runs export`") from None
+    if not isinstance(docs, list) or not all(isinstance(doc, dict) and "_id" in doc for doc in docs):
+        raise ValueError(f"invalid dump {str(path)!r}: it holds no list of run records; valid values are JSON "
+                         "files written by `python -m analysis.runs export`")
+    return docs
 
 
 def export(docs: list[dict], path: Path | str) -> Path:

@@ -277,6 +277,21 @@ def test_a_sweep_id_that_is_not_stored_or_a_database_that_does_not_answer_is_ref
     assert "no MongoDB answers at mongodb://127.0.0.1:9" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, says", [(None, "No such file"), ("not json", "Expecting value"),
+                                            ('{"runs": []}', "it holds no list of run records")])
+def test_a_path_that_is_not_a_dump_is_refused_by_name(tmp_path, capsys, content, says):
+    dump = tmp_path / "runs.json"
+    if content is not None:
+        dump.write_text(content)
+    assert report.main(["--dump", str(dump), "--out", str(tmp_path / "r")]) == 2
+    assert runs.main(["import", str(dump), "-m", "mongodb://127.0.0.1:9/x"]) == 2  # said before the database
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2
+    for err in errors:
+        assert f"invalid dump '{dump}'" in err and says in err and "written by `python -m analysis.runs export`" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resample_refuses_bad_seeds_before_any_work(capsys):
     with pytest.raises(SystemExit) as exit_:
         audit.main(["--resample", "1", "--seeds", "0,x"])
