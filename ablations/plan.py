@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ablations.record import TOGGLES, config_hash, flipped_value
+from ablations.record import TOGGLES, check_config_keys, config_hash, flipped_value
 from core.config import SCALES, Config
 from core.diffusion import resolve_device
 from core.fused import unfusable_reason
@@ -52,6 +52,7 @@ def parse_updates(words: list[str]) -> tuple[list[str], dict]:
             updates[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             updates[key] = raw  # a bare word is a string, as on Sacred's command line
+    check_config_keys(updates)
     return named, updates
 
 

@@ -16,6 +16,7 @@ and the staleness rule live here too, so that the sweeps, the sync and the analy
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -45,6 +46,33 @@ METRICS = TRAIN_METRICS + tuple(f"eval.{key}" for key in RESULT_KEYS) + LEVEL_ME
 INFO_KEYS = ("run_uuid", "config_hash", "precision", "resumed_from", "param_count", "mnist_sha256",
              "classifier_sha256", "git", "environment", "pack", "wall_time_s", "class_histogram", "fid_floor",
              "heldout", "peak_rss_mb", "rescored", "fused", "sitting")
+
+# The run options of ``ablations/run.py``, stored in a record's ``config`` beside the Config fields, with defaults.
+RUN_OPTIONS = {
+    "scale": "small",  # which named scale the training and evaluation budget came from
+    "threads": 0,  # torch threads; 0 keeps torch's default. Part of bitwise reproducibility.
+    "precision": "auto",  # what amp computes in: "auto" (fp16 on CUDA, bf16 on an AMX CPU, else fp32) or forced
+    "checkpoint_every": 100,  # steps between full checkpoints in the run's journal directory
+    "resume": None,  # id of an interrupted run to continue from its last checkpoint
+    "resume_checkpoint": None,  # filled in from `resume`; not set by hand
+    "fused": False,  # trained as one network with its fused group (sweep.py --fuse): part of its identity
+    "fused_checkpoint": None,  # set by sweep.py --fuse: this seed's checkpoint from ablations/fused_group.py
+    "sweep_id": None,  # set by ablations/sweep.py: which sweep this run belongs to
+    "cell": None,  # set by ablations/sweep.py: the plan cell (e.g. "baseline", "attention")
+}
+CONFIG_KEYS = frozenset(Config.__dataclass_fields__) | frozenset(RUN_OPTIONS)
+
+
+def check_config_keys(keys) -> None:
+    """Refuse, before any work, ``key=value`` words whose key a run's config does not have (Sacred would refuse
+    them only once the run starts, without naming the valid ones)."""
+    if unknown := [key for key in keys if key not in CONFIG_KEYS]:
+        near = {key: difflib.get_close_matches(key, CONFIG_KEYS, n=1) for key in unknown}
+        hints = "".join(f" ({key}: did you mean {near[key][0]}?)" for key in unknown if near[key])
+        raise ValueError(f"invalid config key(s) {', '.join(unknown)}{hints}: valid keys are the Config fields "
+                         f"{', '.join(sorted(Config.__dataclass_fields__))} and the run options "
+                         f"{', '.join(RUN_OPTIONS)}")
+
 
 SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS = "samples.png", "samples.npz", "final_weights.pt"
 ARTIFACTS = (SAMPLE_GRID, SAMPLES, FINAL_WEIGHTS)

@@ -24,26 +24,13 @@ from sacred.utils import SacredInterrupt
 
 from ablations import store
 from ablations.plan import planned_precision
-from ablations.record import CHECKPOINT
+from ablations.record import CHECKPOINT, CONFIG_KEYS, RUN_OPTIONS, check_config_keys
 from ablations.runner import execute
 from core.checkpoint import load_state
 from core.config import SCALES, Config
 
-RUN_OPTIONS = {
-    "scale": "small",  # which named scale the training and evaluation budget came from
-    "threads": 0,  # torch threads; 0 keeps torch's default. Part of bitwise reproducibility.
-    "precision": "auto",  # what amp computes in: "auto" (fp16 on CUDA, bf16 on an AMX CPU, else fp32) or forced
-    "checkpoint_every": 100,  # steps between full checkpoints in the run's journal directory
-    "resume": None,  # id of an interrupted run to continue from its last checkpoint
-    "resume_checkpoint": None,  # filled in from `resume`; not set by hand
-    "fused": False,  # trained as one network with its fused group (sweep.py --fuse): part of its identity
-    "fused_checkpoint": None,  # set by sweep.py --fuse: this seed's checkpoint from ablations/fused_group.py
-    "sweep_id": None,  # set by ablations/sweep.py: which sweep this run belongs to
-    "cell": None,  # set by ablations/sweep.py: the plan cell (e.g. "baseline", "attention")
-}
 UNOBSERVED_COMMANDS = {"print_config", "print_dependencies", "save_config", "print_named_configs"}
 
-CONFIG_KEYS = frozenset(Config().to_dict()) | frozenset(RUN_OPTIONS)
 ex = Experiment("mnist_ddpm")
 ex.add_config(Config().to_dict() | RUN_OPTIONS)
 for _name, _overrides in SCALES.items():
@@ -142,6 +129,12 @@ def cli(argv: list[str] | None = None) -> int:
     global TARGET, JOURNAL_ONLY
     argv, mongo, journal_only = _split_store_options(list(sys.argv if argv is None else argv))
     JOURNAL_ONLY = journal_only
+    try:  # an unknown key, before the database is reached or any run is stored
+        check_config_keys([w.split("=", 1)[0] for w in argv[argv.index("with") + 1:] if "=" in w] if "with" in argv
+                          else [])
+    except ValueError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
     TARGET = store.resolve(mongo)
     if command not in UNOBSERVED_COMMANDS and not {"-u", "--unobserved"} & set(argv):

@@ -284,10 +284,10 @@ def join_points(folders: list[Path], grids: Path | None = None) -> list[dict]:
 
 def scale_fields(scale: str, words: list[str], lr: float | None) -> dict:
     """The fields of ``scale`` with ``--set`` words (and ``--lr``) applied; an unknown field is refused by name."""
-    _, updates = parse_updates(words)
     known = set(Config.__dataclass_fields__) - {"seed", "ema"}  # the probe sets these two itself
-    if unknown := sorted(set(updates) - known):
+    if unknown := sorted({word.split("=", 1)[0] for word in words} - known):
         raise ValueError(f"invalid --set {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}")
+    _, updates = parse_updates(words)
     return SCALES[scale] | updates | ({"lr": lr} if lr else {})
 
 

@@ -62,13 +62,20 @@ def test_same_config_and_seed_store_identical_metrics(server, env, reference):
     ("sampler=fast", "invalid sampler='fast': valid values are 'ancestral' or 'ddim'"),
     ("checkpoint_every=7", "invalid checkpoint_every=7"),
     ("n_samples=3", "invalid n_samples=3: valid values are an integer >= 4"),  # precision/recall's k-NN
-    ("atention=False", "atention"),  # a misspelt toggle: Sacred refuses unknown keys
+    ("atention=False", "invalid config key(s) atention (atention: did you mean attention?): valid keys are the "
+                       "Config fields amp, attention"),  # refused by name before Sacred (which names no valid key)
 ])
 def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
     before = server.db().runs.count_documents({})
     out = experiment(["with", "smoke", update], env, timeout=60)
     assert out.returncode != 0 and message in out.stderr + out.stdout
     assert server.db().runs.count_documents({}) == before
+
+
+def test_an_unknown_key_is_refused_before_the_database_is_reached(tmp_path):
+    out = experiment(["with", "smoke", "lrr=1e-3"], run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
+    assert out.returncode == 2 and "invalid config key(s) lrr (lrr: did you mean lr?)" in out.stderr, out.stderr
+    assert "no MongoDB answers" not in out.stderr and not (tmp_path / "journal").exists()
 
 
 def test_database_down_at_start_is_a_clear_fast_error(env, tmp_path):

@@ -52,6 +52,8 @@ def test_only_and_bad_values(capsys):
     assert sweep.main(["--only", "emma", "--dry-run", "with", "smoke"]) == 2
     assert sweep.main(["--dry-run", "with", "smoke", "schedule=cosin"]) == 2
     assert "invalid schedule='cosin'" in capsys.readouterr().err
+    assert sweep.main(["--dry-run", "with", "smoke", "shedule=linear"]) == 2  # refused here, not in each run
+    assert "invalid config key(s) shedule (shedule: did you mean schedule?)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         sweep.main(["--seeds", "0,x", "--dry-run", "with", "smoke"])
     assert exit_.value.code == 2 and "invalid seeds '0,x': valid values are comma-separated integers" in \
