@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -175,10 +176,18 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
             "runs": runs, "speedup": suite.get("suite_speedup_vs_sequential"), "points": points, "score_reached": reach}
 
 
+def json_of(path: Path, option: str, writer: str):
+    """The JSON in ``path``; ValueError names a path that is missing or holds no JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"invalid {option} {path} ({exc}): valid values are JSON files written by {writer}") from None
+
+
 def choose_main(args) -> dict:
-    curve = [row for path in args.choose for row in json.loads(path.read_text())]
+    curve = [row for path in args.choose for row in json_of(path, "--choose", "`budget.py --curve ... --out`")]
     scale = Config.from_mapping(SCALES[args.scale])
-    suite = measured([json.loads(path.read_text()) for path in args.speedup])
+    suite = measured([json_of(path, "--speedup", "`benchmarks/suite.py --out`") for path in args.speedup])
     print(f"projected from {projection_name(suite, args.runs)}")
     choice = choose(curve, suite, args.minutes, args.runs, scale.lr, scale.lr_schedule)
     for p in choice["points"]:

@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown := [v for v in names if variant(v) is None]:
         parser.error(f"invalid --variants {','.join(unknown)}: valid values are {', '.join(VARIANTS)}, or "
                      "ddimN[-etaE] (N DDIM steps, eta E from 0 to 1)")
+    if not args.weights.is_file():
+        parser.error(f"invalid weights {args.weights}: no such file; valid values are a run's final_weights.pt "
+                     "or a process checkpoint")
     weights = load_weights(args.weights)
     noise_steps = weights["config"]["noise_steps"]
     if too_many := [v for v in names if variant(v)[0].get("sampler_steps", 0) > noise_steps]:

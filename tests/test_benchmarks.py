@@ -126,6 +126,9 @@ def test_sampler_variants_of_an_ema_run_score_its_trained_weights_when_asked(tmp
     with pytest.raises(SystemExit):
         samplers.main([str(tmp_path / "no-ema.pt"), "--trained"])
     assert "invalid --trained: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        samplers.main([str(tmp_path / "none.pt")])
+    assert f"invalid weights {tmp_path / 'none.pt'}: no such file" in capsys.readouterr().err
 
 
 def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(tmp_path, capsys):

@@ -240,6 +240,13 @@ def test_suite_results_at_several_budgets_project_by_a_line_fused_or_not(tmp_pat
     with pytest.raises(SystemExit):  # a refusal is a usage error that says why
         budget.main(["--choose", str(tmp_path / "curve.json"), "--speedup", str(paths[0])])
     assert "invalid suite result alone: fused; valid: two or more such results" in capsys.readouterr().err
+    for words, message in ((["--choose", str(tmp_path / "none.json"), "--speedup", str(paths[0])],
+                            f"invalid --choose {tmp_path / 'none.json'} ([Errno 2] No such file"),
+                           (["--choose", str(tmp_path / "curve.json"), "--speedup", str(tmp_path / "curve.json"),
+                             str(tmp_path)], f"invalid --speedup {tmp_path} ([Errno 21] Is a directory")):
+        with pytest.raises(SystemExit):
+            budget.main(words)
+        assert message in capsys.readouterr().err
 
 
 def test_the_gpu_budget_is_the_largest_probed_one_that_draws_digits_and_fits(tmp_path, capsys):
