@@ -76,12 +76,17 @@ def _resumed_config(run_id) -> dict:
 
 @ex.config_hook
 def validate(config, command_name, logger):
-    """Runs before the run exists: a bad value is refused before anything is stored."""
-    if config.get("resume") is not None and config.get("resume_checkpoint") is None:
-        return _resumed_config(config["resume"])
-    requested = Config.from_mapping(config)  # raises ValueError naming the field, the value and the valid choices
-    _check_run_options(config)
-    planned_precision(requested, config["precision"])  # likewise for a precision this device cannot run
+    """Runs before the run exists: a bad value is refused before anything is stored, in one line (exit 2;
+    SystemExit passes through Sacred, which would print any other error as a traceback)."""
+    try:
+        if config.get("resume") is not None and config.get("resume_checkpoint") is None:
+            return _resumed_config(config["resume"])
+        requested = Config.from_mapping(config)  # ValueError names the field, the value and the valid choices
+        _check_run_options(config)
+        planned_precision(requested, config["precision"])  # likewise for a precision this device cannot run
+    except ValueError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return {}
 
 
