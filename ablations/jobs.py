@@ -3,11 +3,12 @@ and its runs.
 
 A cell already COMPLETED in the store is skipped; an INTERRUPTED or FAILED one is resumed from its
 checkpoint when the journal has one, else run again. Cells are claimed atomically in the database
-(collection ``sweep_claims``), so two sweeps never run one cell twice, nor train one fused group twice. :func:`stop` ends a sweep early
-(its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED, and no run starts or is
-retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one cell, or of the
-cells that differ only in ``ema`` and ``schedule``, with ``ablations/fused_group.py``, then runs each seed of
-each cell from its checkpoint; a fused training stopped with the sweep is resumed by the sweep's next run.
+(collection ``sweep_claims``), so two sweeps never run one cell twice, nor train one fused group twice.
+:func:`stop` ends a sweep early (its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED,
+and no run starts or is retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one
+cell, or of the cells that differ only in ``ema`` and ``schedule``, with ``ablations/fused_group.py``, then runs
+each seed of each cell from its checkpoint; a fused training stopped with the sweep is resumed by the sweep's
+next run.
 """
 from __future__ import annotations
 

@@ -137,10 +137,10 @@ def _provisioning_lock(root: Path):
         root.mkdir(parents=True, exist_ok=True)
         lock = open(root / ".provisioning.lock", "a")
     except OSError:
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock = None
+    with lock or contextlib.nullcontext():
+        if lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
