@@ -291,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 2
     else:
-        return sync_command(target, [Path(p) for p in args.paths])
+        try:
+            return sync_command(target, [Path(p) for p in args.paths])
+        except StoreUnavailable as exc:  # the database of an explicit URL does not answer: said before any upload
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

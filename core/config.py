@@ -138,6 +138,8 @@ def validate(cfg: Config) -> None:
         _fail("sampler_eta", cfg.sampler_eta, "0 with sampler='ancestral' (eta is DDIM's)")
     if not cfg.lr > 0:
         _fail("lr", cfg.lr, "a positive number")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        _fail("seed", cfg.seed, "an integer from 0 to 2**32 - 1 (what Sacred and numpy seed with)")
     for name in ("train_steps", "batch_size", "log_every", "sampler_steps", "n_samples"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             _fail(name, getattr(cfg, name), "an integer >= 1")

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -113,6 +115,10 @@ def test_config_from_a_larger_mapping_takes_its_fields_and_validates_them():
     assert Config.from_mapping(sacred_config) == Config(schedule="linear")
     with pytest.raises(ValueError, match="invalid schedule='cosin'"):
         Config.from_mapping(sacred_config | {"schedule": "cosin"})
+    for seed in (-1, 2**32, 1.5, True):  # what Sacred and numpy would refuse later, with no field named
+        with pytest.raises(ValueError, match=re.escape(f"invalid seed={seed!r}: valid values are an integer from 0")):
+            Config(seed=seed)
+    assert Config(seed=2**32 - 1).seed == 2**32 - 1
 
 
 def test_sampler_arguments_are_checked(tiny_process):

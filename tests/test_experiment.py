@@ -182,6 +182,8 @@ def test_store_cli_start_status_stop(tmp_path):
     assert "answers" in store("status").stdout and "running, PID" in store("status").stdout
     assert "Stopped the embedded server" in store("stop").stdout
     assert "does not answer" in store("status").stdout
+    synced = store("sync")  # its explicit URL does not answer: one line, not a traceback
+    assert synced.returncode == 2 and synced.stderr.startswith("ERROR: no MongoDB answers at"), synced.stderr
 
 
 def test_redact_hides_passwords():
