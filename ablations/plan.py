@@ -38,6 +38,25 @@ def comma_integers(what: str, example: str = "0,1,2"):
     return parse
 
 
+def positive_integer(what: str):
+    """An argparse type for an integer >= 1 that names the bad value and the valid form."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are integers >= 1")
+        return int(text)
+    return parse
+
+
+def positive_integers(what: str, example: str = "1,2"):
+    """An argparse type for a comma-separated list of integers >= 1 that names the bad value and the valid form."""
+    def parse(text: str) -> list[int]:
+        if not all(part.isdigit() and int(part) >= 1 for part in text.split(",")):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are comma-separated "
+                                             f"integers >= 1, e.g. {example}")
+        return [int(part) for part in text.split(",")]
+    return parse
+
+
 def parse_updates(words: list[str]) -> tuple[list[str], dict]:
     """Sacred-style ``with`` words -> (named configs, key=value updates), values parsed as Sacred does."""
     named, updates = [], {}

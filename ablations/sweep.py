@@ -182,12 +182,6 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['cell']:<34}{r['seed']:>5}  {r['status']:<18}{r['run_id'] or '-':>5}{fid:>10}{r['wall_s']:>9.0f}")
 
 
-def _positive(what: str):
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are integers >= 1")
-        return int(text)
-    return parse
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     words = argv[argv.index("with") + 1:] if "with" in argv else []
@@ -202,7 +196,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--print-id", action="store_true", help="print only the sweep id and run nothing")
     p.add_argument("--workers", type=int, default=0, help="run on a Dask LocalCluster of N worker processes")
     p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
-    p.add_argument("--pack", type=_positive("pack"), default=1,
+    p.add_argument("--pack", type=plans.positive_integer("pack"), default=1,
                    help="run K cells at a time on this machine's device, each its own process (default 1)")
     p.add_argument("--mps", action="store_true",
                    help="with --pack on a GPU: run the packed processes under a CUDA MPS daemon of the sweep's own")

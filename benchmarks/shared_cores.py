@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ablations.plan import positive_integer, positive_integers
 from core.config import SCALES, Config
 from core.data import as_tensor, iterate_batches, mnist
 from core.diffusion import DiffusionProcess
@@ -44,17 +45,19 @@ def side_by_side(processes: int, threads: int, steps: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--processes", type=positive_integers("--processes"), default=[1, 2],
+                        help="comma-separated process counts")
+    parser.add_argument("--threads", type=positive_integers("--threads"), default=[1, 2],
+                        help="comma-separated torch thread counts")
+    parser.add_argument("--steps", type=positive_integer("--steps"), default=20)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: time with this many threads
     args = parser.parse_args(argv)
     if args.one:
         print(time_steps(args.one, args.steps))
         return []
     rows = []
-    for processes in map(int, args.processes.split(",")):
-        for threads in map(int, args.threads.split(",")):
+    for processes in args.processes:
+        for threads in args.threads:
             rows.append({"processes": processes, "threads": threads, "steps": args.steps,
                          "seconds": side_by_side(processes, threads, args.steps)})
             print(json.dumps(rows[-1]))

@@ -104,10 +104,15 @@ def test_the_evaluation_benchmark_times_both_ways_to_the_same_values(monkeypatch
     assert row["bitwise_equal"] and row["torch_fidelity_s"] > 0 and row["cached_radii_s"] > 0
 
 
-def test_the_shared_cores_benchmark_times_each_process_of_a_group_started_together():
+def test_the_shared_cores_benchmark_times_each_process_of_a_group_started_together(capsys):
     rows = shared_cores.main(["--processes", "2", "--threads", "1", "--steps", "1"])
     assert [(r["processes"], r["threads"], len(r["seconds"])) for r in rows] == [(2, 1, 2)]
     assert all(seconds > 0 for seconds in rows[0]["seconds"])
+    for words, message in ((["--steps", "0"], "invalid --steps '0': valid values are integers >= 1"),
+                           (["--threads", "0,1"], "invalid --threads '0,1': valid values are comma-separated")):
+        with pytest.raises(SystemExit):  # before any process starts (0 steps timed nothing; 0 threads failed in each)
+            shared_cores.main(words)
+        assert message in capsys.readouterr().err
 
 
 def test_sampler_variants_of_an_ema_run_score_its_trained_weights_when_asked(tmp_path, capsys):
