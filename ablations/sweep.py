@@ -182,7 +182,6 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['cell']:<34}{r['seed']:>5}  {r['status']:<18}{r['run_id'] or '-':>5}{fid:>10}{r['wall_s']:>9.0f}")
 
 
-
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     words = argv[argv.index("with") + 1:] if "with" in argv else []
     head = argv[:argv.index("with")] if "with" in argv else argv
