@@ -38,11 +38,11 @@ def comma_integers(what: str, example: str = "0,1,2"):
     return parse
 
 
-def positive_integer(what: str):
-    """An argparse type for an integer >= 1 that names the bad value and the valid form."""
+def integer_at_least(what: str, least: int = 1):
+    """An argparse type for an integer >= ``least`` (>= 0) that names the bad value and the valid form."""
     def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are integers >= 1")
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are integers >= {least}")
         return int(text)
     return parse
 

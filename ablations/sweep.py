@@ -193,9 +193,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--only", type=lambda s: s.split(","), help=f"toggles to vary, from {', '.join(plans.TOGGLES)}")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     p.add_argument("--print-id", action="store_true", help="print only the sweep id and run nothing")
-    p.add_argument("--workers", type=int, default=0, help="run on a Dask LocalCluster of N worker processes")
+    p.add_argument("--workers", type=plans.integer_at_least("--workers", 0), default=0,
+                   help="run on a Dask LocalCluster of N worker processes")
     p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
-    p.add_argument("--pack", type=plans.positive_integer("pack"), default=1,
+    p.add_argument("--pack", type=plans.integer_at_least("--pack"), default=1,
                    help="run K cells at a time on this machine's device, each its own process (default 1)")
     p.add_argument("--mps", action="store_true",
                    help="with --pack on a GPU: run the packed processes under a CUDA MPS daemon of the sweep's own")
@@ -219,7 +220,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     sharing = args.workers or (args.pack if args.pack > 1 else 0)
     args.threads = max(1, (os.cpu_count() or 1) // sharing) if sharing else 0
     return args, words
-
 
 
 def main(argv: list[str] | None = None) -> int:

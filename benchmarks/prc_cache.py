@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ablations.plan import positive_integer
+from ablations.plan import integer_at_least
 from core import evaluation, fidelity
 
 
@@ -33,8 +33,8 @@ def median_seconds(call, repeats: int) -> tuple[float, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=positive_integer("--threads"), default=1, help="torch threads (default 1)")
-    parser.add_argument("--repeats", type=positive_integer("--repeats"), default=5)
+    parser.add_argument("--threads", type=integer_at_least("--threads"), default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeats", type=integer_at_least("--repeats"), default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     real = fidelity.reference_images("test")

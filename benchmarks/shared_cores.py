@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ablations.plan import positive_integer, positive_integers
+from ablations.plan import integer_at_least, positive_integers
 from core.config import SCALES, Config
 from core.data import as_tensor, iterate_batches, mnist
 from core.diffusion import DiffusionProcess
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="comma-separated process counts")
     parser.add_argument("--threads", type=positive_integers("--threads"), default=[1, 2],
                         help="comma-separated torch thread counts")
-    parser.add_argument("--steps", type=positive_integer("--steps"), default=20)
+    parser.add_argument("--steps", type=integer_at_least("--steps"), default=20)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: time with this many threads
     args = parser.parse_args(argv)
     if args.one:

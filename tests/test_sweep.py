@@ -58,6 +58,10 @@ def test_only_and_bad_values(capsys):
         sweep.main(["--seeds", "0,x", "--dry-run", "with", "smoke"])
     assert exit_.value.code == 2 and "invalid seeds '0,x': valid values are comma-separated integers" in \
         capsys.readouterr().err
+    for option, value, least in (("--pack", "0", 1), ("--workers", "-1", 0)):
+        with pytest.raises(SystemExit):
+            sweep.main([option, value, "--dry-run", "with", "smoke"])
+        assert f"invalid {option} '{value}': valid values are integers >= {least}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sweep.main(["--mps", "--dry-run", "with", "smoke"])  # MPS without a pack
     assert "invalid --mps with --pack 1" in capsys.readouterr().err
