@@ -94,6 +94,20 @@ def resolve(mongo_arg: str | None = None) -> Target:
     return Target(DEFAULT_URL, DEFAULT_DB, explicit=False)
 
 
+def displace(journal: Path, run_id: int) -> Path | None:
+    """Move the journal's folder for ``run_id``, if there is one, to ``_displaced/ID-TIME/``; where it went."""
+    folder = journal / str(run_id)
+    if not folder.exists():
+        return None
+    moved = journal / "_displaced" / f"{run_id}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    moved.parent.mkdir(exist_ok=True)
+    folder.rename(moved)
+    print(f"WARNING: the journal held a run under id {run_id}, which the database has just given to a new run "
+          f"(the database was reset, or another server holds one of the same name): moved to {moved}",
+          file=sys.stderr)
+    return moved
+
+
 def journal_runs(target: Target) -> list[Path]:
     """Journal run directories of ``target``: online ones (named by database id), then offline ones."""
     dirs = []
@@ -228,7 +242,17 @@ def observers(target: Target, journal_only: bool = False) -> list:
             print(f"WARNING: could not store the end of run {self.run_entry['_id']} in MongoDB; "
                   "it is complete in the journal", file=sys.stderr)
 
-    journal = FileStorageObserver(str(target.journal_dir(online=not journal_only)))
+    class Journal(FileStorageObserver):
+        """The journal, named by the database's run ids. A folder already there under the id the database has
+        just given out holds a run of another database of this name (one reset, or another server's): it is
+        moved to ``_displaced/`` rather than failing the new run, and nothing is deleted."""
+
+        def started_event(self, *args, **kwargs):
+            if kwargs.get("_id") is not None:
+                displace(Path(self.basedir), kwargs["_id"])
+            return super().started_event(*args, **kwargs)
+
+    journal = Journal(str(target.journal_dir(online=not journal_only)))
     if journal_only:
         return [journal]
     mongo = JournaledMongoObserver(url=target.url, db_name=target.db_name, serverSelectionTimeoutMS=TIMEOUT_MS,

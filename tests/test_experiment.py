@@ -1,6 +1,7 @@
 """The Sacred experiment and the run store, end to end against a real SecantusDB server."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -168,6 +169,22 @@ def test_four_concurrent_runs_lose_no_metric_point(server, env):
         metrics = metrics_of(db, rid)
         assert len(metrics["train.loss"][0]) == 10 and set(metrics) == set(METRICS)
         assert db.runs.find_one({"_id": rid})["status"] == "COMPLETED"
+
+
+def test_a_journal_that_outlived_its_database_fails_no_new_run(server, tmp_path):
+    """The journal names runs by database id. After a database is reset (or another server's of the same name is
+    used), the id given to a new run may name an old run's folder: it is moved aside, not overwritten, and the new
+    run completes (it failed on Sacred's FileExistsError, and its retries with it)."""
+    old = tmp_path / "journal" / "reset" / "1"
+    old.mkdir(parents=True)
+    (old / "run.json").write_text('{"status": "an older run"}')
+    out = experiment(SMOKE, run_env(f"{server.url}/reset", tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert run_id(out.stderr + out.stdout) == 1 and json.loads((old / "run.json").read_text())["status"] == "COMPLETED"
+    displaced, = (tmp_path / "journal" / "reset" / "_displaced").iterdir()
+    assert (displaced / "run.json").read_text() == '{"status": "an older run"}'
+    assert "WARNING: the journal held a run under id 1" in out.stderr and str(displaced) in out.stderr
+    assert server.db("reset").runs.count_documents({"status": "COMPLETED"}) == 1
 
 
 def test_store_cli_start_status_stop(tmp_path):
