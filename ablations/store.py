@@ -95,7 +95,7 @@ def resolve(mongo_arg: str | None = None) -> Target:
 
 
 def displace(journal: Path, run_id: int) -> Path | None:
-    """Move the journal's folder for ``run_id``, if there is one, to ``_displaced/ID-TIME/``; where it went."""
+    """Move the journal's folder for ``run_id``, if there is one, to ``_displaced/ID-TIME-PID/``; where it went."""
     folder = journal / str(run_id)
     if not folder.exists():
         return None
