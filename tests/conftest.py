@@ -9,7 +9,7 @@ import torch
 
 from ablations import store
 from core.diffusion import DiffusionProcess
-from tests.helpers import Server, run_env
+from tests.helpers import SEQUENTIAL, Server, run_env, run_sweep
 
 # `make test` runs the test modules in two pytest-xdist workers, and torch computes on one thread in each worker
 # and in every process a test starts (threads=0 reads OMP_NUM_THREADS). Torch thread pools that share the cores
@@ -44,6 +44,14 @@ def server(tmp_path_factory):
 def env(server, tmp_path_factory):
     """Environment for experiment subprocesses: this module's server and a fresh ABLATIONS_HOME."""
     return run_env(server.url, tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="module")
+def sequential_db(server, env):
+    """The attention-only smoke sweep at seed 0, one run at a time, stored directly in database `sequential`."""
+    first = run_sweep(["-m", f"{server.url}/sequential", *SEQUENTIAL], env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return server.db("sequential")
 
 
 @pytest.fixture

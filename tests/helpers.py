@@ -102,3 +102,13 @@ def wait_for(predicate, timeout: float, what: str):
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# The attention-only smoke sweep at seed 0 that tests/conftest.py's `sequential_db` stores one run at a time.
+SEQUENTIAL = ["--only", "attention", "--seeds", "0", "with", "smoke", "train_steps=10", "threads=1"]
+
+
+def run_sweep(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python ablations/sweep.py ARGS` to completion."""
+    return subprocess.run([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
+                          capture_output=True, text=True, **kwargs)
