@@ -59,12 +59,13 @@ def _check_run_options(config: dict) -> None:
 def _resumed_config(run_id) -> dict:
     """The stored config of run ``run_id`` and its checkpoint, from the local journal."""
     target = TARGET or store.resolve()
-    journals = (target.journal_dir(), target.journal_dir(online=False))
-    run_dir = next((d / str(run_id) for d in (journals[::-1] if JOURNAL_ONLY else journals)
-                    if (d / str(run_id) / "config.json").exists()), None)
+    offline = target.journal_dir(online=False)
+    # Online, the database's own journal first, then one from before databases had an identity (see ablations.store).
+    journals = [offline] if JOURNAL_ONLY else [target.journal_dir(), offline.parent, offline]
+    run_dir = next((d / str(run_id) for d in journals if (d / str(run_id) / "config.json").exists()), None)
     if run_dir is None or not (run_dir / CHECKPOINT).exists():
         raise ValueError(f"invalid resume={run_id!r}: no journaled run with a checkpoint under "
-                         f"{target.journal_dir()} (valid values are ids of interrupted runs of this database)")
+                         f"{journals[0]} (valid values are ids of interrupted runs of this database)")
     stored = json.loads((run_dir / "config.json").read_text())
     resumed = {k: v for k, v in stored.items() if k in CONFIG_KEYS} | {
         "resume": run_id, "resume_checkpoint": str(run_dir / CHECKPOINT)}

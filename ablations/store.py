@@ -9,18 +9,25 @@ with its data in ``$ABLATIONS_HOME/mongo`` (default ``runs/mongo`` in the reposi
 
 Every run is also journaled to ``$ABLATIONS_HOME/journal`` by Sacred's FileStorageObserver, so a
 database that goes away loses nothing: ``sync`` uploads journaled runs (see :mod:`ablations.sync`).
+The journal of a database is ``journal/<db name>/db-<identity>/<run id>/``: the identity is a random
+name the database itself keeps (collection ``journal_identity``), so two servers with a database of
+one name, or a database deleted and made anew, never share a journal, and ``sync`` uploads into a
+database only its own runs (and the journal-only runs of ``journal/<db name>/offline/``).
 Runs made with ``--journal-only`` on a machine that cannot reach the database travel as
 ``bundle`` parts (see :mod:`ablations.bundle`), which ``sync PART ...`` unpacks and uploads.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +42,7 @@ DEFAULT_DB = "ablations"
 URL_ENV = "ABLATIONS_MONGO_URL"
 # How long a database may stay silent before we call it down (Sacred's own default is 30 s).
 TIMEOUT_MS = 5000
+IDENTITY_COLLECTION = "journal_identity"
 
 
 def home() -> Path:
@@ -55,12 +63,29 @@ class Target:
         return redact(self.url)
 
     def journal_dir(self, online: bool = True) -> Path:
-        """Journal of this database: runs named by their database id, or ``offline/`` for journal-only runs."""
+        """Journal of this database (asks the database its identity, once a process): runs named by their database
+        id; or ``offline/``, the journal-only runs that any database of this name may take in."""
         base = home() / "journal" / self.db_name
-        return base if online else base / "offline"
+        return base / f"db-{identity(self)}" if online else base / "offline"
 
     def client(self, timeout_ms: int = TIMEOUT_MS) -> pymongo.MongoClient:
         return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+
+
+@functools.cache
+def identity(target: Target) -> str:
+    """The random name a database keeps for itself, made by the first process to ask (an insert under one fixed
+    ``_id``, so that of processes asking at once one makes it and all read it; SecantusDB's upserting
+    find-and-modify answered some of them with nothing).
+
+    :raises pymongo.errors.PyMongoError: when the database does not answer (asked before any run starts).
+    """
+    with target.client() as client:
+        names = client[target.db_name][IDENTITY_COLLECTION]
+        with contextlib.suppress(pymongo.errors.DuplicateKeyError):
+            names.insert_one({"_id": "journal", "identity": uuid.uuid4().hex[:12],
+                              "created": dt.datetime.now(dt.timezone.utc)})
+        return names.find_one({"_id": "journal"})["identity"]
 
 
 def redact(url: str) -> str:
@@ -103,15 +128,15 @@ def displace(journal: Path, run_id: int) -> Path | None:
     moved.parent.mkdir(exist_ok=True)
     folder.rename(moved)
     print(f"WARNING: the journal held a run under id {run_id}, which the database has just given to a new run "
-          f"(the database was reset, or another server holds one of the same name): moved to {moved}",
-          file=sys.stderr)
+          f"(runs were deleted from the database, which kept its identity): moved to {moved}", file=sys.stderr)
     return moved
 
 
 def journal_runs(target: Target) -> list[Path]:
-    """Journal run directories of ``target``: online ones (named by database id), then offline ones."""
+    """Journal run directories of ``target``: its online ones (named by database id), the ones journaled before
+    databases had an identity (``journal/<db name>/<id>/``, whichever database they came from), then offline ones."""
     dirs = []
-    for base in (target.journal_dir(online=True), target.journal_dir(online=False)):
+    for base in (target.journal_dir(online=True), target.journal_dir().parent, target.journal_dir(online=False)):
         if base.is_dir():
             dirs += sorted((d for d in base.iterdir() if (d / "run.json").exists()), key=lambda d: d.name)
     return dirs
@@ -244,7 +269,7 @@ def observers(target: Target, journal_only: bool = False) -> list:
 
     class Journal(FileStorageObserver):
         """The journal, named by the database's run ids. A folder already there under the id the database has
-        just given out holds a run of another database of this name (one reset, or another server's): it is
+        just given out holds a run the database no longer has (its runs were deleted, its identity kept): it is
         moved to ``_displaced/`` rather than failing the new run, and nothing is deleted."""
 
         def started_event(self, *args, **kwargs):
@@ -265,7 +290,7 @@ def status(target: Target, log=print) -> None:
     up = ping(target)
     log(f"database : {target.safe_url} / {target.db_name} ({'answers' if up else 'does not answer'})")
     log(f"embedded : {'running, PID ' + str(pid) if pid else 'not running'} (data in {_server_files()['data']})")
-    log(f"journal  : {target.journal_dir()}")
+    log(f"journal  : {target.journal_dir() if up else home() / 'journal' / target.db_name}")
     if groups := sorted(home().glob("fused/*/group.json")):  # kept by a fused training stopped or whose runs failed
         mib = sum(f.stat().st_size for group in groups for f in group.parent.iterdir()) / 2**20
         log(f"fused    : {len(groups)} group(s) left in {home() / 'fused'} ({mib:.0f} MiB), each resumed by the "

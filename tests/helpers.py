@@ -55,6 +55,13 @@ class Server:
         return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000)[name]
 
 
+def journal_of(server: Server, home, db: str = "ablations") -> Path:
+    """Where the runs of database ``db`` on ``server`` are journaled under ABLATIONS_HOME ``home`` (a path that does
+    not exist until a run has given the database its identity; see ablations.store)."""
+    doc = server.db(db).journal_identity.find_one({"_id": "journal"})
+    return Path(home) / "journal" / db / (f"db-{doc['identity']}" if doc else "no-identity-yet")
+
+
 def run_env(server_url: str, home: Path) -> dict:
     return os.environ | {"ABLATIONS_MONGO_URL": server_url, "ABLATIONS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
 

@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 from ablations.record import ARTIFACTS, METRICS, non_plain
-from tests.helpers import (Server, deterministic, experiment, final_weights, metrics_of, run_env, run_id,
-                           start_experiment, wait_for)
+from tests.helpers import (Server, deterministic, experiment, final_weights, journal_of, metrics_of, run_env,
+                           run_id, start_experiment, wait_for)
 
 SMOKE = ["with", "smoke", "threads=1"]
 LONGER = ["with", "smoke", "threads=1", "train_steps=60", "checkpoint_every=10"]  # time to interrupt it
@@ -124,7 +125,7 @@ def test_server_killed_mid_run_then_synced_loses_nothing(server, env, reference)
 
 def test_sigkill_then_resume_equals_uninterrupted(server, env, reference, tmp_path):
     proc, rid = start_experiment(LONGER, env)
-    checkpoint = Path(env["ABLATIONS_HOME"]) / "journal" / "ablations" / str(rid) / "checkpoint.pt"
+    checkpoint = journal_of(server, env["ABLATIONS_HOME"]) / str(rid) / "checkpoint.pt"
     wait_for(checkpoint.exists, 120, "the first checkpoint")
     time.sleep(1.5)
     proc.kill()  # SIGKILL: no chance to clean up
@@ -147,7 +148,7 @@ def test_sigterm_checkpoints_leaves_the_run_interrupted_and_resumes_exactly(serv
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and "Interrupted at step" in output
     assert server.db().runs.find_one({"_id": rid})["status"] == "INTERRUPTED"
-    assert (Path(env["ABLATIONS_HOME"]) / "journal" / "ablations" / str(rid) / "checkpoint.pt").exists()
+    assert (journal_of(server, env["ABLATIONS_HOME"]) / str(rid) / "checkpoint.pt").exists()
     # The final checkpoint holds the losses of the steps since the last log point, so the resumed
     # run logs the same loss means as an uninterrupted one.
     resumed = experiment(["with", f"resume={rid}"], env)
@@ -171,17 +172,57 @@ def test_four_concurrent_runs_lose_no_metric_point(server, env):
         assert db.runs.find_one({"_id": rid})["status"] == "COMPLETED"
 
 
-def test_a_journal_that_outlived_its_database_fails_no_new_run(server, tmp_path):
-    """The journal names runs by database id. After a database is reset (or another server's of the same name is
-    used), the id given to a new run may name an old run's folder: it is moved aside, not overwritten, and the new
-    run completes (it failed on Sacred's FileExistsError, and its retries with it)."""
-    old = tmp_path / "journal" / "reset" / "1"
+def test_two_databases_of_one_name_never_share_a_journal_nor_take_in_each_others_runs(server, tmp_path):
+    """Two servers, a database of one name on each, one home: each database keeps its own journal (so the ids they
+    both give out name no folder twice), and `sync` into one uploads none of the other's runs (it did: the journal
+    was named by the database's name alone, so the other server's runs were inserted)."""
+    other = Server(tmp_path / "other").start()
+    try:
+        for url in (server.url, server.url, other.url):
+            out = experiment(SMOKE, run_env(f"{url}/shared", tmp_path))
+            assert out.returncode == 0 and "WARNING" not in out.stderr, out.stderr[-3000:]
+        first, second = journal_of(server, tmp_path, "shared"), journal_of(other, tmp_path, "shared")
+        assert first != second and sorted(d.name for d in first.iterdir() if d.name.isdigit()) == ["1", "2"]
+        assert [d.name for d in second.iterdir() if d.name.isdigit()] == ["1"]
+        for url, db in ((other.url, other.db("shared")), (server.url, server.db("shared"))):
+            synced = subprocess.run([sys.executable, "-m", "ablations.store", "sync"], env=run_env(f"{url}/shared",
+                                    tmp_path), capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+            assert synced.returncode == 0 and "inserted" not in synced.stdout, synced.stdout + synced.stderr
+            assert synced.stdout.count("in sync") == db.runs.count_documents({"status": "COMPLETED"})
+        assert other.db("shared").runs.count_documents({}) == 1 and server.db("shared").runs.count_documents({}) == 2
+    finally:
+        other.kill()
+
+
+def test_processes_asking_a_new_database_its_identity_at_once_all_get_the_one_it_keeps(server):
+    """The identity names the journal, so every process must read the same one (a sweep's runs start together)."""
+    from ablations.store import Target, identity
+
+    for db in ("ask0", "ask1", "ask2", "ask3", "ask4"):
+        target, answers, barrier = Target(server.url, db, explicit=True), [], threading.Barrier(6)
+
+        def ask():
+            barrier.wait()
+            answers.append(identity.__wrapped__(target))  # the uncached function: each thread asks the database
+
+        threads = [threading.Thread(target=ask) for _ in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert len(answers) == 6 and set(answers) == {server.db(db).journal_identity.find_one()["identity"]}
+
+
+def test_a_journal_that_outlived_its_runs_fails_no_new_run(server, tmp_path):
+    """A database whose runs were deleted but not its identity gives out ids that name old runs' folders in its
+    journal: the old folder is moved aside, not overwritten, and the new run completes (it failed on Sacred's
+    FileExistsError, and its retries with it)."""
+    server.db("reset").journal_identity.insert_one({"_id": "journal", "identity": "kept"})
+    old = tmp_path / "journal" / "reset" / "db-kept" / "1"
     old.mkdir(parents=True)
     (old / "run.json").write_text('{"status": "an older run"}')
     out = experiment(SMOKE, run_env(f"{server.url}/reset", tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert run_id(out.stderr + out.stdout) == 1 and json.loads((old / "run.json").read_text())["status"] == "COMPLETED"
-    displaced, = (tmp_path / "journal" / "reset" / "_displaced").iterdir()
+    displaced, = (old.parent / "_displaced").iterdir()
     assert (displaced / "run.json").read_text() == '{"status": "an older run"}'
     assert "WARNING: the journal held a run under id 1" in out.stderr and str(displaced) in out.stderr
     assert server.db("reset").runs.count_documents({"status": "COMPLETED"}) == 1

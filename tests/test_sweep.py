@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -22,7 +21,7 @@ from analysis import audit, report
 from analysis.report import setting
 from analysis.runs import from_mongo, import_dump, runs_table
 from benchmarks import suite
-from tests.helpers import REPO, SEQUENTIAL, deterministic, final_weights, metrics_of, run_sweep, wait_for
+from tests.helpers import REPO, SEQUENTIAL, deterministic, final_weights, journal_of, metrics_of, run_sweep, wait_for
 
 
 @pytest.mark.parametrize("plan, seeds, configs", [("ofat", "0,1", 6), ("full", "0,1,2", 32)])
@@ -234,8 +233,8 @@ def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server,
             "with", "smoke", "train_steps=2000", "checkpoint_every=10"]
     proc = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    journal = Path(env["ABLATIONS_HOME"]) / "journal" / "stopped"
-    wait_for(lambda: len(list(journal.glob("*/checkpoint.pt"))) == 2, 180, "two runs with a checkpoint")
+    wait_for(lambda: len(list(journal_of(server, env["ABLATIONS_HOME"], "stopped").glob("*/checkpoint.pt"))) == 2,
+             180, "two runs with a checkpoint")
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1 and "Stopped: 2 runs INTERRUPTED, 1 not started" in output, output[-3000:]
@@ -245,6 +244,7 @@ def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server,
     assert [r["status"] for r in runs] == ["INTERRUPTED", "INTERRUPTED"]
     assert {r["config"]["cell"] for r in runs} == {"baseline", "attention=False"}
     assert db.sweep_claims.count_documents({"state": "running"}) == 0  # the stopped cells are free to run again
+    journal = journal_of(server, env["ABLATIONS_HOME"], "stopped")
     for r in runs:
         assert jobs._resumable(r["info"]["config_hash"], journal) == r["_id"]
 
@@ -254,9 +254,8 @@ def test_killed_run_is_retried_from_its_checkpoint(server, env):
             "with", "smoke", "train_steps=60", "checkpoint_every=10"]
     proc = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    journal = Path(env["ABLATIONS_HOME"]) / "journal" / "killed"
-
     def baseline_checkpointed():
+        journal = journal_of(server, env["ABLATIONS_HOME"], "killed")
         return any('"baseline"' in (d / "config.json").read_text() for d in journal.glob("*")
                    if (d / "checkpoint.pt").exists() and (d / "config.json").exists())
 
