@@ -135,11 +135,15 @@ def displace(journal: Path, run_id: int) -> Path | None:
 def journal_runs(target: Target) -> list[Path]:
     """Journal run directories of ``target``: its online ones (named by database id), the ones journaled before
     databases had an identity (``journal/<db name>/<id>/``, whichever database they came from), then offline ones."""
-    dirs = []
-    for base in (target.journal_dir(online=True), target.journal_dir().parent, target.journal_dir(online=False)):
-        if base.is_dir():
-            dirs += sorted((d for d in base.iterdir() if (d / "run.json").exists()), key=lambda d: d.name)
-    return dirs
+    bases = (target.journal_dir(online=True), target.journal_dir().parent, target.journal_dir(online=False))
+    return [run_dir for base in bases for run_dir in run_dirs(base)]
+
+
+def run_dirs(base: Path) -> list[Path]:
+    """The run folders of one journal folder, by name."""
+    if not base.is_dir():
+        return []
+    return sorted((d for d in base.iterdir() if (d / "run.json").exists()), key=lambda d: d.name)
 
 
 def sync_journal(target: Target, log=print) -> bool:
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stop":
         stop_embedded()
     elif args.command == "bundle":
-        offline = [d for d in journal_runs(target) if d.parent == target.journal_dir(online=False)]
+        offline = run_dirs(target.journal_dir(online=False))  # no database is asked: there may be none
         if not offline:
             print(f"ERROR: no journal-only runs under {target.journal_dir(online=False)}", file=sys.stderr)
             return 2
