@@ -1,6 +1,6 @@
 """Where runs go: the MongoDB URL, the embedded local server, the observers and the local journal.
 
-    python -m ablations.store status | start | stop | sync [PART ...] | bundle OUT_DIR
+    python -m ablations.store status | start | stop | sync [PART ...] [--adopt DIR] | bundle OUT_DIR
 
 The URL comes from ``-m`` on the experiment's command line, else ``$ABLATIONS_MONGO_URL``, else
 ``mongodb://127.0.0.1:27017`` with database ``ablations``. Only with that default, when nothing
@@ -12,7 +12,8 @@ database that goes away loses nothing: ``sync`` uploads journaled runs (see :mod
 The journal of a database is ``journal/<db name>/db-<identity>/<run id>/``: the identity is a random
 name the database itself keeps (collection ``journal_identity``), so two servers with a database of
 one name, or a database deleted and made anew, never share a journal, and ``sync`` uploads into a
-database only its own runs (and the journal-only runs of ``journal/<db name>/offline/``).
+database only its own runs (and the journal-only runs of ``journal/<db name>/offline/``); ``sync --adopt DIR``
+uploads another journal's too, to rebuild a database that was lost.
 Runs made with ``--journal-only`` on a machine that cannot reach the database travel as
 ``bundle`` parts (see :mod:`ablations.bundle`), which ``sync PART ...`` unpacks and uploads.
 """
@@ -139,6 +140,11 @@ def journal_runs(target: Target) -> list[Path]:
     return [run_dir for base in bases for run_dir in run_dirs(base)]
 
 
+def journals_named(target: Target) -> list[Path]:
+    """The journals on this machine of every database named as ``target``'s (``journal/<db>/db-*/``) that hold runs."""
+    return [d for d in sorted((home() / "journal" / target.db_name).glob("db-*")) if run_dirs(d)]
+
+
 def run_dirs(base: Path) -> list[Path]:
     """The run folders of one journal folder, by name."""
     if not base.is_dir():
@@ -146,12 +152,12 @@ def run_dirs(base: Path) -> list[Path]:
     return sorted((d for d in base.iterdir() if (d / "run.json").exists()), key=lambda d: d.name)
 
 
-def sync_journal(target: Target, log=print) -> bool:
-    """Upload every journaled run of ``target`` into its database, and the journal-only sweeps' manifests;
-    True when none failed."""
+def sync_journal(target: Target, adopted: list[Path] = (), log=print) -> bool:
+    """Upload every journaled run of ``target`` into its database, then those of the journal folders ``adopted``
+    (another database's, to rebuild a lost one), and the journal-only sweeps' manifests; True when none failed."""
     with target.client() as client:
         db = client[target.db_name]
-        synced = sync.sync_all(db, journal_runs(target), log)
+        synced = sync.sync_all(db, journal_runs(target) + [d for folder in adopted for d in run_dirs(folder)], log)
         sweep_manifest.upload(db, target.journal_dir(online=False), log)
         return synced
 
@@ -304,6 +310,9 @@ def status(target: Target, log=print) -> None:
             runs = client[target.db_name]["runs"]
             counts = {s: runs.count_documents({"status": s}) for s in runs.distinct("status")}
         log(f"runs     : {counts or 'none'}")
+        for other in (d for d in journals_named(target) if d != target.journal_dir()):
+            log(f"other    : {other} ({len(run_dirs(other))} runs of another database of this name, or of this one "
+                "before it was made anew; `sync --adopt` it to upload them here)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
     parser.add_argument("--checkpoints", action="store_true", help="bundle: carry the full checkpoints too")
     parser.add_argument("--part-mib", type=float, default=bundle.PART_MIB, help="bundle: largest part (MiB)")
+    parser.add_argument("--adopt", action="append", default=[], type=Path, metavar="DIR",
+                        help="sync: also upload the runs of another database's journal, DIR = journal/<db>/db-<id>/ "
+                             "(to rebuild a database that was lost; `status` lists them)")
     args = parser.parse_args(argv)
     if len(args.paths) != 1 if args.command == "bundle" else args.paths and args.command != "sync":
         parser.error(f"invalid paths {args.paths} for {args.command}: bundle takes one output directory, "
@@ -345,24 +357,29 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         try:
-            return sync_command(target, [Path(p) for p in args.paths])
+            return sync_command(target, [Path(p) for p in args.paths], args.adopt)
         except StoreUnavailable as exc:  # the database of an explicit URL does not answer: said before any upload
             print(f"ERROR: {exc}", file=sys.stderr)
             return 2
     return 0
 
 
-def sync_command(target: Target, parts: list[Path]) -> int:
-    """Unpack bundle parts (checked first: a missing one is an error before anything moves), then upload."""
+def sync_command(target: Target, parts: list[Path], adopted: list[Path] = ()) -> int:
+    """Unpack bundle parts, then upload (parts and adopted journals are checked first: a bad one is an error before
+    anything moves)."""
     missing = [str(p) for p in parts if not p.is_file() or not p.name.endswith(bundle.SUFFIX)]
     if missing:
         print(f"ERROR: invalid bundle part(s) {missing}: valid values are existing *{bundle.SUFFIX} files "
               "written by `python -m ablations.store bundle`", file=sys.stderr)
         return 2
+    if bad := [str(folder) for folder in adopted if not run_dirs(folder)]:
+        valid = [str(d) for d in journals_named(target)] or f"db-* folders under {home() / 'journal'}/<db>/"
+        print(f"ERROR: invalid --adopt {bad}: no journaled runs there; valid values are {valid}", file=sys.stderr)
+        return 2
     ensure_server(target)
     for part in parts:
         bundle.unpack(part, target.journal_dir(online=False))
-    return 0 if sync_journal(target) else 1
+    return 0 if sync_journal(target, adopted) else 1
 
 
 if __name__ == "__main__":

@@ -184,12 +184,23 @@ def test_two_databases_of_one_name_never_share_a_journal_nor_take_in_each_others
         first, second = journal_of(server, tmp_path, "shared"), journal_of(other, tmp_path, "shared")
         assert first != second and sorted(d.name for d in first.iterdir() if d.name.isdigit()) == ["1", "2"]
         assert [d.name for d in second.iterdir() if d.name.isdigit()] == ["1"]
+        def store(url, *args):
+            return subprocess.run([sys.executable, "-m", "ablations.store", *args], env=run_env(f"{url}/shared",
+                                  tmp_path), capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+
         for url, db in ((other.url, other.db("shared")), (server.url, server.db("shared"))):
-            synced = subprocess.run([sys.executable, "-m", "ablations.store", "sync"], env=run_env(f"{url}/shared",
-                                    tmp_path), capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+            synced = store(url, "sync")
             assert synced.returncode == 0 and "inserted" not in synced.stdout, synced.stdout + synced.stderr
             assert synced.stdout.count("in sync") == db.runs.count_documents({"status": "COMPLETED"})
         assert other.db("shared").runs.count_documents({}) == 1 and server.db("shared").runs.count_documents({}) == 2
+        # Rebuilding a lost database from another's journal is asked for by name, and `status` names what there is.
+        assert str(first) in store(other.url, "status").stdout
+        refused = store(other.url, "sync", "--adopt", str(tmp_path / "nothing"))
+        assert refused.returncode == 2 and "invalid --adopt" in refused.stderr and str(first) in refused.stderr
+        adopted = store(other.url, "sync", "--adopt", str(first))
+        assert adopted.returncode == 0 and adopted.stdout.count("inserted") == 2, adopted.stdout + adopted.stderr
+        assert other.db("shared").runs.count_documents({"status": "COMPLETED"}) == 3
+        assert "inserted" not in store(other.url, "sync", "--adopt", str(first)).stdout  # twice changes nothing
     finally:
         other.kill()
 
