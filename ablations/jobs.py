@@ -240,6 +240,10 @@ def _run_here(task: Task, target: store.Target, fetch) -> dict:
         status, out, run_id, doc = _attempts(task, target, fetch)
     if status != "COMPLETED" and not STOPPED.is_set():
         print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
+    elif status == "COMPLETED":  # what a run warned of (a journal folder moved aside, a database gone mid-run)
+        for line in out.stderr.splitlines():
+            if line.startswith("WARNING:"):
+                print(f"cell {task.cell} seed {task.seed}: {line}", file=sys.stderr)
     return _row(task, status, run_id, doc, time.time() - started)
 
 

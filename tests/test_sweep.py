@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -224,6 +225,19 @@ def test_two_sweeps_at_once_never_run_a_cell_twice(server, env):
     assert all(p.returncode == 0 for p in procs), outputs
     db = server.db("race")
     assert db.runs.count_documents({}) == 2 and db.runs.count_documents({"status": "COMPLETED"}) == 2
+
+
+def test_what_a_completed_run_warned_of_reaches_the_sweeps_output(server, env):
+    """A run's warnings were shown only for a failed run; here the first run moves aside a journal folder under its
+    id (a database whose runs were deleted, its identity kept), and the sweep says so."""
+    server.db("warned").journal_identity.insert_one({"_id": "journal", "identity": "kept"})
+    stale = Path(env["ABLATIONS_HOME"]) / "journal" / "warned" / "db-kept" / "1"
+    stale.mkdir(parents=True)
+    (stale / "run.json").write_text("{}")
+    out = run_sweep(["-m", f"{server.url}/warned", *SEQUENTIAL], env)
+    assert out.returncode == 0 and out.stdout.count("COMPLETED") == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "cell baseline seed 0: WARNING: the journal held a run under id 1" in out.stderr, out.stderr[-3000:]
+    assert len(list((stale.parent / "_displaced").iterdir())) == 1
 
 
 def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
