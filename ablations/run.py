@@ -60,8 +60,7 @@ def _resumed_config(run_id) -> dict:
     """The stored config of run ``run_id`` and its checkpoint, from the local journal."""
     target = TARGET or store.resolve()
     offline = target.journal_dir(online=False)
-    # Online, the database's own journal first, then one from before databases had an identity (see ablations.store).
-    journals = [offline] if JOURNAL_ONLY else [target.journal_dir(), offline.parent, offline]
+    journals = [offline] if JOURNAL_ONLY else [target.journal_dir(), offline]  # the database's own journal first
     run_dir = next((d / str(run_id) for d in journals if (d / str(run_id) / "config.json").exists()), None)
     if run_dir is None or not (run_dir / CHECKPOINT).exists():
         raise ValueError(f"invalid resume={run_id!r}: no journaled run with a checkpoint under "

@@ -134,15 +134,15 @@ def displace(journal: Path, run_id: int) -> Path | None:
 
 
 def journal_runs(target: Target) -> list[Path]:
-    """Journal run directories of ``target``: its online ones (named by database id), the ones journaled before
-    databases had an identity (``journal/<db name>/<id>/``, whichever database they came from), then offline ones."""
-    bases = (target.journal_dir(online=True), target.journal_dir().parent, target.journal_dir(online=False))
-    return [run_dir for base in bases for run_dir in run_dirs(base)]
+    """Journal run directories of ``target``: its online ones (named by database id), then the offline ones."""
+    return run_dirs(target.journal_dir(online=True)) + run_dirs(target.journal_dir(online=False))
 
 
 def journals_named(target: Target) -> list[Path]:
-    """The journals on this machine of every database named as ``target``'s (``journal/<db>/db-*/``) that hold runs."""
-    return [d for d in sorted((home() / "journal" / target.db_name).glob("db-*")) if run_dirs(d)]
+    """The journals on this machine of every database named as ``target``'s that hold runs: ``journal/<db>/db-*/``,
+    and ``journal/<db>/`` itself where it holds runs journaled before databases had an identity."""
+    base = home() / "journal" / target.db_name
+    return [d for d in [*sorted(base.glob("db-*")), base] if run_dirs(d)]
 
 
 def run_dirs(base: Path) -> list[Path]:

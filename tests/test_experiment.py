@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,7 +176,8 @@ def test_four_concurrent_runs_lose_no_metric_point(server, env):
 def test_two_databases_of_one_name_never_share_a_journal_nor_take_in_each_others_runs(server, tmp_path):
     """Two servers, a database of one name on each, one home: each database keeps its own journal (so the ids they
     both give out name no folder twice), and `sync` into one uploads none of the other's runs (it did: the journal
-    was named by the database's name alone, so the other server's runs were inserted)."""
+    was named by the database's name alone, so the other server's runs were inserted). Another journal is uploaded
+    only when asked for by name (`sync --adopt`), as are the runs journaled before databases had an identity."""
     other = Server(tmp_path / "other").start()
     try:
         for url in (server.url, server.url, other.url):
@@ -184,6 +186,7 @@ def test_two_databases_of_one_name_never_share_a_journal_nor_take_in_each_others
         first, second = journal_of(server, tmp_path, "shared"), journal_of(other, tmp_path, "shared")
         assert first != second and sorted(d.name for d in first.iterdir() if d.name.isdigit()) == ["1", "2"]
         assert [d.name for d in second.iterdir() if d.name.isdigit()] == ["1"]
+
         def store(url, *args):
             return subprocess.run([sys.executable, "-m", "ablations.store", *args], env=run_env(f"{url}/shared",
                                   tmp_path), capture_output=True, text=True, cwd=Path(__file__).parent.parent)
@@ -201,6 +204,13 @@ def test_two_databases_of_one_name_never_share_a_journal_nor_take_in_each_others
         assert adopted.returncode == 0 and adopted.stdout.count("inserted") == 2, adopted.stdout + adopted.stderr
         assert other.db("shared").runs.count_documents({"status": "COMPLETED"}) == 3
         assert "inserted" not in store(other.url, "sync", "--adopt", str(first)).stdout  # twice changes nothing
+        # A run journaled before databases had an identity (journal/<db>/<id>/) belongs to none that can be told.
+        legacy = shutil.copytree(first / "1", tmp_path / "journal" / "shared" / "9")
+        info = json.loads((legacy / "info.json").read_text())
+        (legacy / "info.json").write_text(json.dumps(info | {"run_uuid": "a-run-of-before"}))
+        assert "inserted" not in store(other.url, "sync").stdout
+        assert str(legacy.parent) in store(other.url, "status").stdout
+        assert store(other.url, "sync", "--adopt", str(legacy.parent)).stdout.count("inserted") == 1
     finally:
         other.kill()
 
