@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.paths) != 1 if args.command == "bundle" else args.paths and args.command != "sync":
         parser.error(f"invalid paths {args.paths} for {args.command}: bundle takes one output directory, "
                      "sync takes bundle parts or none, the others take none")
+    if args.adopt and args.command != "sync":
+        parser.error(f"invalid --adopt for {args.command}: only sync adopts another database's journal")
     if args.part_mib <= 0:
         parser.error(f"invalid --part-mib {args.part_mib:g}: valid values are positive numbers of MiB")
     target = resolve(args.mongo)

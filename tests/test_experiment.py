@@ -263,6 +263,8 @@ def test_store_cli_start_status_stop(tmp_path):
     assert "does not answer" in store("status").stdout
     synced = store("sync")  # its explicit URL does not answer: one line, not a traceback
     assert synced.returncode == 2 and synced.stderr.startswith("ERROR: no MongoDB answers at"), synced.stderr
+    misplaced = store("status", "--adopt", str(tmp_path))
+    assert misplaced.returncode == 2 and "invalid --adopt for status" in misplaced.stderr
 
 
 def test_redact_hides_passwords():
