@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ import pymongo
 
 from ablations import fused_group
 from ablations import plan as plans
-from ablations import store
+from ablations import store, sync
 from ablations.record import CHECKPOINT, PACK_ENV
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
@@ -271,7 +272,8 @@ def run_cell(task: Task) -> dict:
         owner = _owner()
         if not claim(db, task.key, owner):
             return _row(task, "claimed elsewhere")
-        row = _run_here(task, target, lambda run_id: db.runs.find_one({"_id": run_id}))
+        journal, warn = target.journal_dir(), functools.partial(print, file=sys.stderr)
+        row = _run_here(task, target, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=warn))
         db.sweep_claims.update_one({"_id": task.key, "owner": owner["owner"]},
                                    {"$set": {"state": "done" if row["status"] == "COMPLETED" else "failed"}})
     return row

@@ -156,6 +156,28 @@ def sync_run(db, run_dir: Path) -> tuple[int | None, str]:
     return run_id, "updated" if doc else "inserted"
 
 
+def record_after_run(db, run_dir: Path, wait_s: float = 60.0, log=print) -> dict | None:
+    """The database's record of the run just ended in ``run_dir``, first brought up to its journal where the
+    database missed part of it (it went away during the run, and may still be coming back: asked again for up to
+    ``wait_s``). Else a sweep would run again a cell that completed, and a later sync store it twice.
+
+    :raises pymongo.errors.PyMongoError: when the database does not answer within ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            doc = db.runs.find_one({"_id": int(run_dir.name)})
+            journal = load(run_dir) if (run_dir / "run.json").exists() else None
+            if journal and is_settled(journal) and not in_sync(db, doc, journal):
+                log(f"run {run_dir.name}: the database missed part of it; {sync_run(db, run_dir)[1]} from {run_dir}")
+                doc = db.runs.find_one({"_id": int(run_dir.name)})
+            return doc
+        except pymongo.errors.PyMongoError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def sync_all(db, run_dirs: list[Path], log=print) -> bool:
     """Sync each journal run directory into ``db``; print one line per run; True when none failed."""
     ok = True

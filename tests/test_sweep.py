@@ -240,6 +240,32 @@ def test_what_a_completed_run_warned_of_reaches_the_sweeps_output(server, env):
     assert len(list((stale.parent / "_displaced").iterdir())) == 1
 
 
+def test_a_run_that_outlived_a_database_outage_is_uploaded_by_its_sweep_not_run_again(server, env):
+    """The database dies during a sweep's first run and is back when the run has ended in the journal: the sweep
+    uploads that run from the journal and goes on (it took the database's record, RUNNING, for a failure and ran
+    the cell again, so that a later sync left the cell stored twice)."""
+    args = ["-m", f"{server.url}/outage", "--only", "attention", "--seeds", "0", "with", "smoke", "threads=1",
+            "train_steps=60"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (journal_of(server, env["ABLATIONS_HOME"], "outage") / "1" / "cout.txt").exists(), 120,
+             "the first run")
+    first = journal_of(server, env["ABLATIONS_HOME"], "outage") / "1"
+    time.sleep(2)  # into its training
+    server.kill()
+    try:
+        wait_for(lambda: '"COMPLETED"' in ((first / "run.json").read_text() if (first / "run.json").exists() else ""),
+                 300, "the first run to complete in the journal")
+    finally:
+        server.start()  # same port, same data
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0 and "run 1: the database missed part of it; updated from" in output, output[-3000:]
+    assert "cell baseline seed 0: WARNING: the database at" in output
+    db = server.db("outage")
+    assert [(r["_id"], r["status"]) for r in db.runs.find(sort=[("_id", 1)])] == [(1, "COMPLETED"), (2, "COMPLETED")]
+    assert len(metrics_of(db, 1)["train.loss"][0]) == 60 // 5
+
+
 def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
     """SIGTERM to the sweep alone (as `kill` sends it): the two runs under way checkpoint and end INTERRUPTED, neither
     is retried, the cell still queued never starts, and the same command would resume both from their checkpoints."""
