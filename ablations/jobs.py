@@ -3,7 +3,7 @@ and its runs.
 
 A cell already COMPLETED in the store is skipped; an INTERRUPTED or FAILED one is resumed from its
 checkpoint when the journal has one, else run again. Cells are claimed atomically in the database
-(collection ``sweep_claims``), so two sweeps never run one cell twice, nor train one fused group twice.
+(:mod:`ablations.claims`), so two sweeps never run one cell twice, nor train one fused group twice.
 :func:`stop` ends a sweep early (its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED,
 and no run starts or is retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one
 cell, or of the cells that differ only in ``ema`` and ``schedule``, with ``ablations/fused_group.py``, then runs
@@ -21,13 +21,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,15 +34,15 @@ import pymongo
 
 from ablations import fused_group
 from ablations import plan as plans
-from ablations import store, sync
+from ablations import claims, store, sync
 from ablations.record import CHECKPOINT, PACK_ENV
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 GROUP_PY = Path(__file__).resolve().parent / "fused_group.py"
 RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoint
-LEASE_S = 6 * 3600  # a claim held longer than this by an unreachable owner may be taken over
 NOT_STARTED = "not started"  # the row of a cell whose run the sweep's stop came before
 TRAINING_STOPPED = "training stopped"  # the row of a cell whose fused training the stop ended (it resumes)
+DATABASE_AWAY = "database away"  # the row of a cell the database went away from (its run, if any, is journaled)
 
 
 @dataclass
@@ -67,37 +65,6 @@ class Task:
     training_key: str | None = None
     ema: bool = False
     schedule: str = "cosine"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
-def claim(db, key: str, owner: dict) -> bool:
-    """Atomically take cell ``key``: free, released, expired, or held by a dead process on this host."""
-    claims = db.sweep_claims
-    current = claims.find_one({"_id": key})
-    stale = current is not None and current.get("state") == "running" and (
-        current.get("expires", 0) < time.time()
-        or (current.get("host") == owner["host"] and not _pid_alive(current.get("pid", -1))))
-    free = {"$or": [{"state": {"$ne": "running"}}, {"expires": {"$lt": time.time()}}]}
-    if stale:
-        free = {"owner": current["owner"]}
-    try:
-        claims.find_one_and_update({"_id": key, **free}, {"$set": {**owner, "state": "running",
-                                                                   "expires": time.time() + LEASE_S}}, upsert=True)
-        return True
-    except pymongo.errors.DuplicateKeyError:
-        return False  # someone else holds it
-
-
-def _owner() -> dict:
-    """Who holds a claim: an id of its own, this host and this process (whose death frees it on this host)."""
-    return {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _stored(db, key: str, status) -> dict | None:
@@ -265,18 +232,20 @@ def run_cell(task: Task) -> dict:
         if row := _not_to_run(task, _stored_in_journal(task.key, base)):
             return row
         return _run_here(task, target, lambda run_id: _journal_run(base / str(run_id)))
-    with target.client() as client:
-        db = client[target.db_name]
-        if row := _not_to_run(task, _stored(db, task.key, "COMPLETED")):
+    try:
+        with target.client() as client:
+            db, holder = client[target.db_name], claims.owner()
+            if row := _not_to_run(task, _stored(db, task.key, "COMPLETED")):
+                return row
+            if not claims.claim(db, task.key, holder):
+                return _row(task, "claimed elsewhere")
+            journal, warn = target.journal_dir(), functools.partial(print, file=sys.stderr)
+            row = _run_here(task, target, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=warn))
+            claims.release(db, task.key, holder, "done" if row["status"] == "COMPLETED" else "failed")
             return row
-        owner = _owner()
-        if not claim(db, task.key, owner):
-            return _row(task, "claimed elsewhere")
-        journal, warn = target.journal_dir(), functools.partial(print, file=sys.stderr)
-        row = _run_here(task, target, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=warn))
-        db.sweep_claims.update_one({"_id": task.key, "owner": owner["owner"]},
-                                   {"$set": {"state": "done" if row["status"] == "COMPLETED" else "failed"}})
-    return row
+    except pymongo.errors.PyMongoError as exc:  # what ran is in the journal; `store sync`, then the sweep again
+        print(f"cell {task.cell} seed {task.seed}: the database went away ({type(exc).__name__})", file=sys.stderr)
+        return _row(task, DATABASE_AWAY)
 
 
 def _group_dir(words: list[str], members: list[list]) -> Path:
@@ -330,16 +299,15 @@ def _group_claimed(tasks: list[Task]):
         return
     members = sorted({(task.seed, task.schedule) for task in tasks})
     key = "fused:" + hashlib.sha256(json.dumps([tasks[0].training_key, members]).encode()).hexdigest()[:24]
-    target, owner = store.resolve(tasks[0].mongo), _owner()
+    target, holder = store.resolve(tasks[0].mongo), claims.owner()
     with target.client() as client:
-        held = claim(client[target.db_name], key, owner)
+        held = claims.claim(client[target.db_name], key, holder)
     try:
         yield held
     finally:
         if held:
             with target.client() as client:
-                client[target.db_name].sweep_claims.update_one({"_id": key, "owner": owner["owner"]},
-                                                               {"$set": {"state": "done"}})
+                claims.release(client[target.db_name], key, holder, "done")
 
 
 def run_group(tasks: list[Task]) -> list[dict]:

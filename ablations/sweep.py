@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         fused = f"{count[jobs.TRAINING_STOPPED]} whose fused training stopped, " if count[jobs.TRAINING_STOPPED] else ""
         print(f"Stopped: {count['INTERRUPTED']} runs INTERRUPTED, {fused}{count[jobs.NOT_STARTED]} not started. The "
               "same command resumes the interrupted runs and trainings from their checkpoints.", file=sys.stderr)
+    if any(r["status"] == jobs.DATABASE_AWAY for r in rows):
+        print("The database went away during the sweep: what ran is in the journal. `python -m ablations.store sync` "
+              "once it answers, then the same command, finishes the sweep.", file=sys.stderr)
     refused = next((t.refusal for t in tasks if t.refusal), None)
     if any(r["status"] == "not run here" for r in rows):
         print(f"Cells not stored were not run: this machine cannot ({refused}).", file=sys.stderr)

@@ -266,6 +266,17 @@ def test_a_run_that_outlived_a_database_outage_is_uploaded_by_its_sweep_not_run_
     assert len(metrics_of(db, 1)["train.loss"][0]) == 60 // 5
 
 
+def test_a_cell_whose_database_went_away_is_reported_and_starts_no_run(capsys):
+    """A database that stops answering mid-sweep: each cell left gives a row and a line, not a traceback that ends
+    the sweep with its runs under way (the fetch after a run waits for it first, as in the test above)."""
+    args, words = sweep.parse_args(["-m", "mongodb://127.0.0.1:9/away", "--only", "attention", "--seeds", "0",
+                                    "with", "smoke"])
+    task = sweep.tasks_for(args, words, sweep.store.resolve(args.mongo))[0]
+    row = jobs.run_cell(task)
+    assert row["status"] == jobs.DATABASE_AWAY and row["run_id"] is None
+    assert "cell baseline seed 0: the database went away" in capsys.readouterr().err
+
+
 def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
     """SIGTERM to the sweep alone (as `kill` sends it): the two runs under way checkpoint and end INTERRUPTED, neither
     is retried, the cell still queued never starts, and the same command would resume both from their checkpoints."""
