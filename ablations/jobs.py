@@ -305,8 +305,8 @@ def _group_claimed(tasks: list[Task]):
     try:
         yield held
     finally:
-        if held:
-            with target.client() as client:
+        if held:  # a database gone by now leaves the claim to expire (its process ends, or its lease)
+            with target.client() as client, contextlib.suppress(pymongo.errors.PyMongoError):
                 claims.release(client[target.db_name], key, holder, "done")
 
 
@@ -314,13 +314,17 @@ def run_group(tasks: list[Task]) -> list[dict]:
     """One fused training (ablations/fused_group.py) for the seeds not stored of cells that differ only in
     ``ema`` and ``schedule``, claimed in the database for its whole length; then each seed of each cell is
     evaluated and recorded as its own run from its checkpoint (:func:`_train_and_run`)."""
-    with _group_claimed(tasks) as held:
-        rows = [row for task in tasks if (row := stored_row(task))]  # read once held: a holder stores them first
-        done = {(row["cell"], row["seed"]) for row in rows}
-        pending = [task for task in tasks if (task.cell, task.seed) not in done]
-        if pending and not held:
-            return rows + [_row(task, "claimed elsewhere") for task in pending]
-        return rows + (_train_and_run(pending) if pending else [])
+    try:
+        with _group_claimed(tasks) as held:
+            rows = [row for task in tasks if (row := stored_row(task))]  # read once held: a holder stores them first
+            done = {(row["cell"], row["seed"]) for row in rows}
+            pending = [task for task in tasks if (task.cell, task.seed) not in done]
+            if pending and not held:
+                return rows + [_row(task, "claimed elsewhere") for task in pending]
+            return rows + (_train_and_run(pending) if pending else [])  # each run's own rows say a database away
+    except pymongo.errors.PyMongoError as exc:  # before its training: nothing of the group ran
+        print(f"cell {tasks[0].cell} fused: the database went away ({type(exc).__name__})", file=sys.stderr)
+        return [_row(task, DATABASE_AWAY) for task in tasks]
 
 
 def _train_and_run(pending: list[Task]) -> list[dict]:

@@ -267,14 +267,20 @@ def test_a_run_that_outlived_a_database_outage_is_uploaded_by_its_sweep_not_run_
 
 
 def test_a_cell_whose_database_went_away_is_reported_and_starts_no_run(capsys):
-    """A database that stops answering mid-sweep: each cell left gives a row and a line, not a traceback that ends
-    the sweep with its runs under way (the fetch after a run waits for it first, as in the test above)."""
+    """A database that stops answering mid-sweep: each cell or fused group left gives rows and a line, not a
+    traceback that ends the sweep with its runs under way (the fetch after a run waits for it first, as in the test
+    above)."""
     args, words = sweep.parse_args(["-m", "mongodb://127.0.0.1:9/away", "--only", "attention", "--seeds", "0",
                                     "with", "smoke"])
     task = sweep.tasks_for(args, words, sweep.store.resolve(args.mongo))[0]
     row = jobs.run_cell(task)
     assert row["status"] == jobs.DATABASE_AWAY and row["run_id"] is None
     assert "cell baseline seed 0: the database went away" in capsys.readouterr().err
+    fused, words = sweep.parse_args(["--fuse", "-m", "mongodb://127.0.0.1:9/away", "--only", "attention", "--seeds",
+                                     "0,1", "with", "smoke"])
+    group = jobs.jobs_of(sweep.tasks_for(fused, words, sweep.store.resolve(fused.mongo)))[0]  # the baseline's seeds
+    assert len(group) == 2 and [row["status"] for row in jobs.run_job(group)] == [jobs.DATABASE_AWAY] * 2
+    assert "cell baseline fused: the database went away" in capsys.readouterr().err
 
 
 def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
