@@ -166,12 +166,9 @@ def record_after_run(db, run_dir: Path, wait_s: float = 60.0, log=print) -> dict
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            doc = db.runs.find_one({"_id": int(run_dir.name)})
-            journal = load(run_dir) if (run_dir / "run.json").exists() else None
-            if journal and is_settled(journal) and not in_sync(db, doc, journal):
-                log(f"run {run_dir.name}: the database missed part of it; {sync_run(db, run_dir)[1]} from {run_dir}")
-                doc = db.runs.find_one({"_id": int(run_dir.name)})
-            return doc
+            if (run_dir / "run.json").exists() and (action := sync_run(db, run_dir)[1]) in ("updated", "inserted"):
+                log(f"run {run_dir.name}: the database missed part of it; {action} from {run_dir}")
+            return db.runs.find_one({"_id": int(run_dir.name)})
         except pymongo.errors.PyMongoError:
             if time.monotonic() > deadline:
                 raise
