@@ -5,7 +5,7 @@ A run record is what Sacred stores for one run of ``ablations/run.py`` (a docume
 
 - ``config``: the :class:`core.config.Config` fields, flat (one column each in Omniboard), and the
   run options of ``ablations/run.py`` (scale, threads, sweep_id, cell, ...).
-- ``info``: :data:`INFO_KEYS`, written by :func:`provenance` and the runner.
+- ``info``: :data:`INFO_KEYS`, written by :mod:`ablations.runner` (its ``provenance`` first).
 - ``result``: :data:`RESULT_KEYS`, also logged as the metrics ``eval.<key>``; :data:`METRICS` lists
   every metric series.
 - artifacts: :data:`ARTIFACTS`; the final weights are in the format of :func:`core.checkpoint.save_weights`.
@@ -19,18 +19,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import uuid
+from typing import TYPE_CHECKING
 
 import gridfs
 
-from core.checkpoint import load_weights
-from core.classifier import weights_sha256
 from core.config import Config
-from core.data import MNIST_SHA256
-from core.model import parameter_breakdown
-from core.precision import Precision
-from core.provenance import git_state, run_environment
+
+if TYPE_CHECKING:  # torch stays out: the store's commands (status, sync, stop) read records, never weights
+    from core.precision import Precision
 
 # Each toggle and its ablation value; the seed's value is Config's default. A scale's baseline may hold the
 # ablation value instead (the `gpu` scale's EMA, where only EMA weights draw digits in its budget): its cell
@@ -134,24 +130,6 @@ def precision_of(doc: dict) -> Precision:
     return "bf16" if info.get("environment", {}).get("device_name", "cpu") == "cpu" else "fp16"
 
 
-def provenance(config: Config, process, resumed_from, fused: bool = False) -> dict:
-    """The ``info`` a run starts with: identity, precision, inputs' hashes, code and environment."""
-    return {
-        "run_uuid": uuid.uuid4().hex,
-        "config_hash": config_hash(config, process.precision, fused),
-        "precision": process.precision,
-        "resumed_from": resumed_from,
-        "param_count": parameter_breakdown(process.model)["total"],
-        "mnist_sha256": dict(MNIST_SHA256),
-        "classifier_sha256": weights_sha256(),
-        "git": git_state(),
-        "environment": run_environment(),
-        "pack": int(os.environ.get(PACK_ENV, "1")),  # runs sharing the device with this one, itself included
-        "sitting": json.loads(os.environ[SITTING_ENV]) if SITTING_ENV in os.environ else None,  # a run alone: none
-        "wall_time_s": {},
-    }
-
-
 def heldout_entries(heldout: dict, step: int) -> tuple[dict, dict[str, tuple[list, list]], dict]:
     """What the held-out metrics add to a record: result values, metric series (name -> (steps, values)),
     and ``info.heldout`` (the levels' log-SNR and timesteps, the numbers of images, the seed).
@@ -180,6 +158,8 @@ def dirty_run_code(git: dict) -> bool:
 
 def final_weights(fs: gridfs.GridFS, doc: dict) -> dict:
     """A stored run's final weights (``config``, ``step``, ``model``, ``ema``), read from GridFS."""
+    from core.checkpoint import load_weights  # imports torch, which only the readers of weights need
+
     file_id = next(a["file_id"] for a in doc.get("artifacts", []) if a["name"] == FINAL_WEIGHTS)
     return load_weights(fs.get(file_id).read())
 

@@ -6,8 +6,11 @@ names of :mod:`ablations.record`; the local checkpoint lives in the run's journa
 """
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +21,15 @@ from torchvision.utils import save_image
 
 from ablations import record
 from core.checkpoint import load_state, save_checkpoint, save_weights
+from core.classifier import weights_sha256
 from core.config import Config
-from core.data import as_tensor, mnist
+from core.data import MNIST_SHA256, as_tensor, mnist
 from core.diffusion import DiffusionProcess
 from core.evaluation import sample_and_evaluate
 from core.fidelity import real_floor, to_uint8
 from core.likelihood import heldout_metrics
-from core.provenance import peak_rss_mb
+from core.model import parameter_breakdown
+from core.provenance import git_state, peak_rss_mb, run_environment
 from core.train import train
 
 
@@ -98,6 +103,26 @@ def restored_state(process: DiffusionProcess, _config: dict) -> dict | None:
     return state
 
 
+def provenance(process: DiffusionProcess, resumed_from, fused: bool = False) -> dict:
+    """The ``info`` a run starts with (:data:`ablations.record.INFO_KEYS`): identity, precision, inputs' hashes,
+    code and environment."""
+    return {
+        "run_uuid": uuid.uuid4().hex,
+        "config_hash": record.config_hash(process.config, process.precision, fused),
+        "precision": process.precision,
+        "resumed_from": resumed_from,
+        "param_count": parameter_breakdown(process.model)["total"],
+        "mnist_sha256": dict(MNIST_SHA256),
+        "classifier_sha256": weights_sha256(),
+        "git": git_state(),
+        "environment": run_environment(),
+        "pack": int(os.environ.get(record.PACK_ENV, "1")),  # runs sharing the device with this one, itself included
+        # the invocation of the sweep that started it (ablations/sweep.py); a run alone: None
+        "sitting": json.loads(os.environ[record.SITTING_ENV]) if record.SITTING_ENV in os.environ else None,
+        "wall_time_s": {},
+    }
+
+
 def execute(_run, _config: dict) -> dict:
     """Train and evaluate one configuration; return the result dict."""
     config = Config.from_mapping(_config)  # the one Config of this run, passed down whole
@@ -105,7 +130,7 @@ def execute(_run, _config: dict) -> dict:
         torch.set_num_threads(_config["threads"])
     process = DiffusionProcess(config, precision=_config.get("precision", "auto"))
     resume_state = restored_state(process, _config)
-    _run.info.update(record.provenance(process.config, process, _config.get("resume"), _config.get("fused", False)))
+    _run.info.update(provenance(process, _config.get("resume"), _config.get("fused", False)))
     phases = _run.info["wall_time_s"]
 
     started = time.perf_counter()

@@ -89,6 +89,14 @@ def identity(target: Target) -> str:
         return names.find_one({"_id": "journal"})["identity"]
 
 
+def own_journal(target: Target) -> Path | None:
+    """The journal of ``target``'s database where the database has an identity already, else None (asks
+    without making one)."""
+    with target.client() as client:
+        kept = client[target.db_name][IDENTITY_COLLECTION].count_documents({"_id": "journal"}, limit=1)
+    return target.journal_dir() if kept else None
+
+
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``: credentials never reach records or logs."""
     return re.sub(r"(mongodb(?:\+srv)?://[^:/@]+):[^@]*@", r"\1:***@", url)
@@ -300,7 +308,9 @@ def status(target: Target, log=print) -> None:
     up = ping(target)
     log(f"database : {target.safe_url} / {target.db_name} ({'answers' if up else 'does not answer'})")
     log(f"embedded : {'running, PID ' + str(pid) if pid else 'not running'} (data in {_server_files()['data']})")
-    log(f"journal  : {target.journal_dir() if up else home() / 'journal' / target.db_name}")
+    journal = own_journal(target) if up else None  # read, not made: a status changes nothing in the database
+    log(f"journal  : {journal or home() / 'journal' / target.db_name}" + ("" if journal or not up else
+        " (this database has journaled no run yet)"))
     if groups := sorted(home().glob("fused/*/group.json")):  # kept by a fused training stopped or whose runs failed
         mib = sum(f.stat().st_size for group in groups for f in group.parent.iterdir()) / 2**20
         log(f"fused    : {len(groups)} group(s) left in {home() / 'fused'} ({mib:.0f} MiB), each resumed by the "
@@ -310,7 +320,7 @@ def status(target: Target, log=print) -> None:
             runs = client[target.db_name]["runs"]
             counts = {s: runs.count_documents({"status": s}) for s in runs.distinct("status")}
         log(f"runs     : {counts or 'none'}")
-        for other in (d for d in journals_named(target) if d != target.journal_dir()):
+        for other in (d for d in journals_named(target) if d != journal):
             log(f"other    : {other} ({len(run_dirs(other))} runs of another database of this name, or of this one "
                 "before it was made anew; `sync --adopt` it to upload them here)")
 

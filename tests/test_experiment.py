@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pymongo
 import pytest
 import torch
 
@@ -250,15 +251,23 @@ def test_a_journal_that_outlived_its_runs_fails_no_new_run(server, tmp_path):
 
 
 def test_store_cli_start_status_stop(tmp_path):
-    port_env = run_env(f"mongodb://127.0.0.1:{Server(tmp_path).port}", tmp_path)
-    cwd = Path(__file__).parent.parent
+    """The store's commands, each in a process that never imports torch (they read records, never weights: a
+    `status` took 2 s more with it); a `status` changes nothing in the database, not even its identity."""
+    url = f"mongodb://127.0.0.1:{Server(tmp_path).port}"
+    port_env, cwd = run_env(url, tmp_path), Path(__file__).parent.parent
 
     def store(*args):
-        return subprocess.run([sys.executable, "-m", "ablations.store", *args], env=port_env, capture_output=True,
-                              text=True, cwd=cwd, timeout=60)
+        command = "import runpy, sys\ntry: runpy.run_module('ablations.store', run_name='__main__', alter_sys=True)\n" \
+                  "finally: assert 'torch' not in sys.modules, 'the store imported torch'"
+        return subprocess.run([sys.executable, "-c", command, *args],
+                              env=port_env, capture_output=True, text=True, cwd=cwd, timeout=60)
 
     assert "Started the embedded" in store("start").stdout
-    assert "answers" in store("status").stdout and "running, PID" in store("status").stdout
+    status = store("status")
+    assert "answers" in status.stdout and "running, PID" in status.stdout, status.stdout + status.stderr
+    assert "journaled no run yet" in status.stdout
+    with pymongo.MongoClient(url) as client:
+        assert client["ablations"].list_collection_names() == []
     assert "Stopped the embedded server" in store("stop").stdout
     assert "does not answer" in store("status").stdout
     synced = store("sync")  # its explicit URL does not answer: one line, not a traceback
