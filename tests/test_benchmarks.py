@@ -197,6 +197,10 @@ def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_p
     assert late_typo.returncode == 2 and late_typo.stdout == "parts needs the batch number: 2 or more, not ''\n"
     first_batch = subprocess.run(["bash", str(script), "parts", "1"], env=env, capture_output=True, text=True)
     assert first_batch.returncode == 2 and "2 or more, not '1'" in first_batch.stdout
+    for call in (["suite", "parts", "2"], ["parts", "2", "reproduce", "parts", "3"]):  # 4 + 4 parts and a log: 9 files
+        two_batches = subprocess.run(["bash", str(script), *call], env=env, capture_output=True, text=True)
+        assert two_batches.returncode == 2 and two_batches.stdout.startswith(f"invalid stages '{' '.join(call)}': one "
+                                                                             "batch of the suite's parts a call")
     no_kit = subprocess.run(["bash", str(script), "probe"], env=env, capture_output=True, text=True)
     assert no_kit.returncode == 2 and "no .device/ here: run make device-kit" in no_kit.stdout
     assert "no .device/ here" in (tmp_path / "out" / "probe.log").read_text()  # the log comes back through $OUT

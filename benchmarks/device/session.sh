@@ -217,6 +217,10 @@ STAGES="probe, anneal, speedup, fusion, suite, parts N, reproduce, paper, sample
 
 stages() {  # the words of a call, checked whole before anything runs, one stage a line ("parts N" one line)
   [ $# -gt 0 ] || { echo "no stage given: valid stages are $STAGES"; return 2; }
+  local batches  # of the suite's parts: two batches (8 parts) and the log would pass the 8 files a call returns
+  batches=$(printf '%s\n' "$@" | grep -cx 'suite\|parts') || true
+  [ "$batches" -le 1 ] || { echo "invalid stages '$*': one batch of the suite's parts a call (suite brings batch" \
+    "1, parts N batch N), since a call returns at most 8 files; run each batch in a call of its own"; return 2; }
   while [ $# -gt 0 ]; do
     case "$1" in
       probe | anneal | speedup | fusion | suite | reproduce | paper | samplers) echo "$1"; shift ;;
