@@ -3,7 +3,7 @@ and its runs.
 
 A cell already COMPLETED in the store is skipped; an INTERRUPTED or FAILED one is resumed from its
 checkpoint when the journal has one, else run again. Cells are claimed atomically in the database
-(:mod:`ablations.claims`), so two sweeps never run one cell twice, nor train one fused group twice.
+(:mod:`ablations.claims`), so two sweeps never run one cell twice, nor train one twice in fused groups.
 :func:`stop` ends a sweep early (its Ctrl-C or SIGTERM): the runs under way checkpoint and end INTERRUPTED,
 and no run starts or is retried after it. A fused job (``sweep.py --fuse``) trains the seeds not stored of one
 cell, or of the cells that differ only in ``ema`` and ``schedule``, with ``ablations/fused_group.py``, then runs
@@ -224,8 +224,8 @@ def stored_row(task: Task) -> dict | None:
         return _not_to_run(task, _stored(client[target.db_name], task.key, "COMPLETED"))
 
 
-def run_cell(task: Task) -> dict:
-    """Run one cell unless it is stored or claimed; return a summary row."""
+def run_cell(task: Task, holder: dict | None = None) -> dict:
+    """Run one cell unless it is stored or claimed (but by ``holder``, a fused group's); return a summary row."""
     target = store.resolve(task.mongo)
     if task.journal_only:  # no database: the journal is the store, and this sweep the only claimant
         base = target.journal_dir(online=False)
@@ -234,7 +234,7 @@ def run_cell(task: Task) -> dict:
         return _run_here(task, target, lambda run_id: _journal_run(base / str(run_id)))
     try:
         with target.client() as client:
-            db, holder = client[target.db_name], claims.owner()
+            db, holder = client[target.db_name], holder or claims.owner()
             if row := _not_to_run(task, _stored(db, task.key, "COMPLETED")):
                 return row
             if not claims.claim(db, task.key, holder):
@@ -290,48 +290,48 @@ def _train_group(lead: Task, words: list[str], members: list[list], out: Path, t
 
 
 @contextlib.contextmanager
-def _group_claimed(tasks: list[Task]):
-    """Whether this sweep holds, in the database, the fused training of ``tasks`` (one job of :func:`jobs_of`),
-    released at the end: another machine's sweep of the same group reports its cells "claimed elsewhere" rather
-    than training them too. Journal-only, the sweep is the only claimant."""
+def _members_claimed(tasks: list[Task], holder: dict):
+    """The tasks of ``tasks`` (one job of :func:`jobs_of`) whose cells ``holder`` claimed in the database, cell by
+    cell: another sweep whose group shares some of them (its seeds overlap) trains only the others and reports these
+    "claimed elsewhere". A claim that no member's run ended (a cell stored already, a training stopped or failed) is
+    released at the end. Journal-only, the sweep is the only claimant: every task."""
     if tasks[0].journal_only:
-        yield True
+        yield tasks
         return
-    members = sorted({(task.seed, task.schedule) for task in tasks})
-    key = "fused:" + hashlib.sha256(json.dumps([tasks[0].training_key, members]).encode()).hexdigest()[:24]
-    target, holder = store.resolve(tasks[0].mongo), claims.owner()
+    target = store.resolve(tasks[0].mongo)
     with target.client() as client:
-        held = claims.claim(client[target.db_name], key, holder)
+        held = [task for task in tasks if claims.claim(client[target.db_name], task.key, holder)]
     try:
         yield held
-    finally:
-        if held:  # a database gone by now leaves the claim to expire (its process ends, or its lease)
-            with target.client() as client, contextlib.suppress(pymongo.errors.PyMongoError):
-                claims.release(client[target.db_name], key, holder, "done")
+    finally:  # a database gone by now leaves the claims to expire (its process ends, or its lease)
+        with target.client() as client, contextlib.suppress(pymongo.errors.PyMongoError):
+            for task in held:
+                claims.release(client[target.db_name], task.key, holder, "unused")
 
 
 def run_group(tasks: list[Task]) -> list[dict]:
     """One fused training (ablations/fused_group.py) for the seeds not stored of cells that differ only in
-    ``ema`` and ``schedule``, claimed in the database for its whole length; then each seed of each cell is
-    evaluated and recorded as its own run from its checkpoint (:func:`_train_and_run`)."""
+    ``ema`` and ``schedule``, their cells claimed in the database for its whole length; then each seed of each cell
+    is evaluated and recorded as its own run from its checkpoint (:func:`_train_and_run`)."""
+    holder = claims.owner()
     try:
-        with _group_claimed(tasks) as held:
+        with _members_claimed(tasks, holder) as held:
             rows = [row for task in tasks if (row := stored_row(task))]  # read once held: a holder stores them first
             done = {(row["cell"], row["seed"]) for row in rows}
             pending = [task for task in tasks if (task.cell, task.seed) not in done]
-            if pending and not held:
-                return rows + [_row(task, "claimed elsewhere") for task in pending]
-            return rows + (_train_and_run(pending) if pending else [])  # each run's own rows say a database away
+            rows += [_row(task, "claimed elsewhere") for task in pending if task not in held]
+            pending = [task for task in pending if task in held]
+            return rows + (_train_and_run(pending, holder) if pending else [])  # each run's row says a database away
     except pymongo.errors.PyMongoError as exc:  # before its training: nothing of the group ran
         print(f"cell {tasks[0].cell} fused: the database went away ({type(exc).__name__})", file=sys.stderr)
         return [_row(task, DATABASE_AWAY) for task in tasks]
 
 
-def _train_and_run(pending: list[Task]) -> list[dict]:
+def _train_and_run(pending: list[Task], holder: dict) -> list[dict]:
     """The rows of ``pending``, trained as one group, its members at their seeds and schedules, with EMA where a
     cell has it (EMA never changes training: the group then leaves its EMA-off twins too); each then run from its
-    member's checkpoint. A training stopped with the sweep leaves its members' checkpoints (:func:`_group_dir`),
-    from which the same sweep resumes it."""
+    member's checkpoint, under ``holder``'s claim of its cell. A training stopped with the sweep leaves its members'
+    checkpoints (:func:`_group_dir`), from which the same sweep resumes it."""
     lead = next((task for task in pending if task.ema), pending[0])
     twins = lead.ema and not all(task.ema for task in pending)
     words = [w for w in lead.words if not w.startswith(("seed=", "schedule="))]
@@ -352,7 +352,7 @@ def _train_and_run(pending: list[Task]) -> list[dict]:
             fused_group.member_checkpoint(out, task.seed, task.schedule, ema_off_twin=twins and not task.ema)))])
             for task in pending]
         with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # each run waits for a place on the device
-            rows = list(pool.map(run_cell, runs))
+            rows = list(pool.map(functools.partial(run_cell, holder=holder), runs))  # their cells' claims
         if all(row["status"] in ("COMPLETED", "stored") for row in rows):
             shutil.rmtree(out, ignore_errors=True)  # every cell stored: the group's checkpoints have served
     return rows

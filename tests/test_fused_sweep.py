@@ -118,24 +118,26 @@ def test_fused_options_are_refused_where_they_cannot_hold(env, capsys):
         in out.stdout + out.stderr
 
 
-def test_two_machines_sweeping_one_database_never_train_a_fused_group_twice(server, env, tmp_path):
-    """Two sweeps of one fused group from two machines' local states (each its own ABLATIONS_HOME, one database):
-    the second, started while the first holds the group, trains nothing and reports its cells claimed elsewhere;
-    the first trains the group once and stores both cells."""
-    args = ["--fuse", "--only", "ema", "--seeds", "0", "-m", f"{server.url}/fusedrace", "with", "smoke", "threads=1",
-            "train_steps=10"]
+def test_two_machines_sweeping_one_database_never_train_a_fused_member_twice(server, env, tmp_path):
+    """Two sweeps of one fused group from two machines' local states (each its own ABLATIONS_HOME, one database),
+    the second's seeds overlapping the first's: started while the first holds its members' cells, the second trains
+    only its other seed and reports the held cells claimed elsewhere (a claim of the whole group, keyed by its
+    members, let it train seed 0 again); the first trains its group once and stores both its cells."""
+    args = ["--fuse", "--only", "ema", "-m", f"{server.url}/fusedrace", "with", "smoke", "threads=1", "train_steps=10"]
     homes = [tmp_path / "first", tmp_path / "second"]
-    first = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args],
+    first = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), "--seeds", "0", *args],
                              env=env | {"ABLATIONS_HOME": str(homes[0])}, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     db = server.db("fusedrace")
-    wait_for(lambda: db.sweep_claims.find_one({"_id": {"$regex": "^fused:"}, "state": "running"}), 120,
-             "the first sweep's claim on its fused group")
-    second = run_sweep(args, env | {"ABLATIONS_HOME": str(homes[1])}, timeout=300)
+    wait_for(lambda: db.sweep_claims.count_documents({"state": "running"}) == 2, 120,
+             "the first sweep's claims on its group's two cells")
+    second = run_sweep(["--seeds", "0,1", *args], env | {"ABLATIONS_HOME": str(homes[1])}, timeout=300)
     assert second.returncode == 0 and second.stdout.count("claimed elsewhere") == 2, second.stdout + second.stderr
-    assert not (homes[1] / "fused").exists()  # the folder of a group's checkpoints: never made, nothing trained
+    assert second.stdout.count("COMPLETED") == 2, second.stdout
     output = first.communicate(timeout=600)[0]
     assert first.returncode == 0 and output.count("COMPLETED") == 2, output[-3000:]
-    assert db.runs.count_documents({"status": "COMPLETED"}) == db.runs.count_documents({}) == 2
-    assert len({d["info"]["fused"]["group"] for d in db.runs.find()}) == 1
-    assert [c["state"] for c in db.sweep_claims.find({"_id": {"$regex": "^fused:"}})] == ["done"]  # released
+    assert db.runs.count_documents({"status": "COMPLETED"}) == db.runs.count_documents({}) == 4
+    trained = {(d["config"]["seed"], d["info"]["fused"]["group"], tuple(d["info"]["fused"]["seeds"]))
+               for d in db.runs.find()}
+    assert len(trained) == 2 and {(seed, seeds) for seed, _, seeds in trained} == {(0, (0,)), (1, (1,))}
+    assert {c["state"] for c in db.sweep_claims.find()} == {"done"}  # each run ended its cell's claim
