@@ -157,7 +157,7 @@ def cli(argv: list[str] | None = None) -> int:
     failed = [o for o in getattr(run, "_failed_observers", []) if isinstance(o, MongoObserver)]
     if failed:
         print(f"WARNING: the database at {TARGET.safe_url} failed during the run; the run is complete in the "
-              f"journal ({TARGET.journal_dir()}). Upload it with `python -m ablations.store sync`.", file=sys.stderr)
+              f"journal ({run.observers[-1].dir}). Upload it with `python -m ablations.store sync`.", file=sys.stderr)
     return 0 if run is not None and run.status == "COMPLETED" else 1
 
 

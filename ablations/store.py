@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import os
 import re
 import signal
@@ -64,8 +63,8 @@ class Target:
         return redact(self.url)
 
     def journal_dir(self, online: bool = True) -> Path:
-        """Journal of this database (asks the database its identity, once a process): runs named by their database
-        id; or ``offline/``, the journal-only runs that any database of this name may take in."""
+        """Journal of this database (asks the database its identity): runs named by their database id; or
+        ``offline/``, the journal-only runs that any database of this name may take in."""
         base = home() / "journal" / self.db_name
         return base / f"db-{identity(self)}" if online else base / "offline"
 
@@ -73,16 +72,18 @@ class Target:
         return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
 
 
-@functools.cache
 def identity(target: Target) -> str:
     """The random name a database keeps for itself, made by the first process to ask (an insert under one fixed
     ``_id``, so that of processes asking at once one makes it and all read it; SecantusDB's upserting
-    find-and-modify answered some of them with nothing).
+    find-and-modify answered some of them with nothing). Asked afresh each time: a sweep outlives a database
+    deleted and made anew, and must journal and fetch its next runs under the new one's name.
 
     :raises pymongo.errors.PyMongoError: when the database does not answer (asked before any run starts).
     """
     with target.client() as client:
         names = client[target.db_name][IDENTITY_COLLECTION]
+        if kept := names.find_one({"_id": "journal"}):
+            return kept["identity"]
         with contextlib.suppress(pymongo.errors.DuplicateKeyError):
             names.insert_one({"_id": "journal", "identity": uuid.uuid4().hex[:12],
                               "created": dt.datetime.now(dt.timezone.utc)})

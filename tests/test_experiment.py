@@ -225,7 +225,7 @@ def test_processes_asking_a_new_database_its_identity_at_once_all_get_the_one_it
 
         def ask():
             barrier.wait()
-            answers.append(identity.__wrapped__(target))  # the uncached function: each thread asks the database
+            answers.append(identity(target))
 
         threads = [threading.Thread(target=ask) for _ in range(6)]
         [t.start() for t in threads]

@@ -2,6 +2,7 @@
 server (fused sweeps: tests/test_fused_sweep.py)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -260,7 +261,7 @@ def test_a_run_that_outlived_a_database_outage_is_uploaded_by_its_sweep_not_run_
         server.start()  # same port, same data
     output = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0 and "run 1: the database missed part of it; updated from" in output, output[-3000:]
-    assert "cell baseline seed 0: WARNING: the database at" in output
+    assert "cell baseline seed 0: WARNING: the database at" in output and f"in the journal ({first})" in output
     db = server.db("outage")
     assert [(r["_id"], r["status"]) for r in db.runs.find(sort=[("_id", 1)])] == [(1, "COMPLETED"), (2, "COMPLETED")]
     assert len(metrics_of(db, 1)["train.loss"][0]) == 60 // 5
@@ -281,6 +282,24 @@ def test_a_cell_whose_database_went_away_is_reported_and_starts_no_run(capsys):
     group = jobs.jobs_of(sweep.tasks_for(fused, words, sweep.store.resolve(fused.mongo)))[0]  # the baseline's seeds
     assert len(group) == 2 and [row["status"] for row in jobs.run_job(group)] == [jobs.DATABASE_AWAY] * 2
     assert "cell baseline fused: the database went away" in capsys.readouterr().err
+
+
+def test_a_database_made_anew_during_a_sweep_takes_in_none_of_the_old_ones_runs(server, tmp_path, monkeypatch):
+    """A sweep asks the database its identity before each cell: deleted between two cells and made anew, the database
+    gets the second cell's run alone. (The sweep read the identity once a process, so after the second run it read
+    the old journal's run of the same id and uploaded it into the new database: the old database's run there.)"""
+    monkeypatch.setenv("ABLATIONS_HOME", str(tmp_path))
+    args, words = sweep.parse_args(["-m", f"{server.url}/anew", "--only", "attention", "--seeds", "0", "with", "smoke",
+                                    "train_steps=10", "threads=1"])
+    first, second = sweep.tasks_for(args, words, sweep.store.resolve(args.mongo))  # baseline, attention=False
+    assert jobs.run_cell(first)["status"] == "COMPLETED"
+    old = journal_of(server, tmp_path, "anew")
+    server.db("anew").client.drop_database("anew")  # deleted: the next process to ask makes it anew
+    row = jobs.run_cell(second)
+    assert (row["status"], row["run_id"]) == ("COMPLETED", 1)
+    assert [(d["_id"], d["config"]["cell"]) for d in server.db("anew").runs.find()] == [(1, "attention=False")]
+    assert journal_of(server, tmp_path, "anew") != old and json.loads((old / "1" / "config.json").read_text())[
+        "cell"] == "baseline"  # the old database's run stays in its own journal
 
 
 def test_a_stopped_sweep_leaves_its_runs_interrupted_and_starts_no_other(server, env):
