@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pymongo
+from tqdm import tqdm
 
 from ablations import fused_group
 from ablations import plan as plans
@@ -43,6 +44,11 @@ RETRIES = 1  # a cell whose run died is tried once more, from its last checkpoin
 NOT_STARTED = "not started"  # the row of a cell whose run the sweep's stop came before
 TRAINING_STOPPED = "training stopped"  # the row of a cell whose fused training the stop ended (it resumes)
 DATABASE_AWAY = "database away"  # the row of a cell the database went away from (its run, if any, is journaled)
+
+
+def say(text: str) -> None:
+    """A line of the sweep's to stderr, whole, above its progress bar (cells running at once print together)."""
+    tqdm.write(text, file=sys.stderr)
 
 
 @dataclass
@@ -207,11 +213,11 @@ def _run_here(task: Task, target: store.Target, fetch) -> dict:
         started = time.time()  # the run's own time, not its wait for a place on the device
         status, out, run_id, doc = _attempts(task, target, fetch)
     if status != "COMPLETED" and not STOPPED.is_set():
-        print(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}", file=sys.stderr)
+        say(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}")
     elif status == "COMPLETED":  # what a run warned of (a journal folder moved aside, a database gone mid-run)
         for line in out.stderr.splitlines():
             if line.startswith("WARNING:"):
-                print(f"cell {task.cell} seed {task.seed}: {line}", file=sys.stderr)
+                say(f"cell {task.cell} seed {task.seed}: {line}")
     return _row(task, status, run_id, doc, time.time() - started)
 
 
@@ -239,12 +245,12 @@ def run_cell(task: Task, holder: dict | None = None) -> dict:
                 return row
             if not claims.claim(db, task.key, holder):
                 return _row(task, "claimed elsewhere")
-            journal, warn = target.journal_dir(), functools.partial(print, file=sys.stderr)
-            row = _run_here(task, target, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=warn))
+            journal = target.journal_dir()
+            row = _run_here(task, target, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=say))
             claims.release(db, task.key, holder, "done" if row["status"] == "COMPLETED" else "failed")
             return row
     except pymongo.errors.PyMongoError as exc:  # what ran is in the journal; `store sync`, then the sweep again
-        print(f"cell {task.cell} seed {task.seed}: the database went away ({type(exc).__name__})", file=sys.stderr)
+        say(f"cell {task.cell} seed {task.seed}: the database went away ({type(exc).__name__})")
         return _row(task, DATABASE_AWAY)
 
 
@@ -323,7 +329,7 @@ def run_group(tasks: list[Task]) -> list[dict]:
             pending = [task for task in pending if task in held]
             return rows + (_train_and_run(pending, holder) if pending else [])  # each run's row says a database away
     except pymongo.errors.PyMongoError as exc:  # before its training: nothing of the group ran
-        print(f"cell {tasks[0].cell} fused: the database went away ({type(exc).__name__})", file=sys.stderr)
+        say(f"cell {tasks[0].cell} fused: the database went away ({type(exc).__name__})")
         return [_row(task, DATABASE_AWAY) for task in tasks]
 
 
@@ -344,8 +350,8 @@ def _train_and_run(pending: list[Task], holder: dict) -> list[dict]:
         if trained.returncode != 0:
             stopped = trained.returncode == fused_group.STOPPED_EXIT
             if not stopped:
-                print(f"cell {lead.cell} members {members}: fused training failed:\n"
-                      f"{(trained.stderr or trained.stdout)[-2000:]}", file=sys.stderr)
+                say(f"cell {lead.cell} members {members}: fused training failed:\n"
+                    f"{(trained.stderr or trained.stdout)[-2000:]}")
             return [_row(task, TRAINING_STOPPED if stopped else "FAILED", wall_s=time.time() - started)
                     for task in pending]
         runs = [replace(task, words=[*task.words, "fused_checkpoint=" + repr(str(
