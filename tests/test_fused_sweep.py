@@ -141,3 +141,31 @@ def test_two_machines_sweeping_one_database_never_train_a_fused_member_twice(ser
                for d in db.runs.find()}
     assert len(trained) == 2 and {(seed, seeds) for seed, _, seeds in trained} == {(0, (0,)), (1, (1,))}
     assert {c["state"] for c in db.sweep_claims.find()} == {"done"}  # each run ended its cell's claim
+
+
+def test_a_fused_group_whose_database_went_away_while_it_trained_is_run_later_from_its_checkpoints(server, env,
+                                                                                                   tmp_path):
+    """The database dies while a fused group trains: its cells are reported `database away` (no traceback), their
+    members' checkpoints are kept, and the same command, once the database is back, runs each member from them
+    without training the group again."""
+    args = ["--fuse", "--only", "ema", "--seeds", "0", "-m", f"{server.url}/fusedaway", "with", "smoke", "threads=1",
+            "train_steps=10"]
+    env = env | {"ABLATIONS_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "ablations" / "sweep.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: list(tmp_path.glob("fused/*/group.json")), 120, "the group's training")  # its cells claimed
+    server.kill()
+    try:
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        server.start()  # same port, same data
+    assert proc.returncode == 1 and output.count("database away") == 2 and "ablations.store sync" in output, output
+    kept = sorted(tmp_path.glob("fused/*/seed-0-cosine*.pt"))  # the EMA member and its EMA-off twin
+    assert len(kept) == 2
+    trained = {torch.load(path, weights_only=False)["extra"]["fused"]["group"] for path in kept}
+    rerun = run_sweep(args, env, timeout=300)
+    assert rerun.returncode == 0 and rerun.stdout.count("COMPLETED") == 2, rerun.stdout + rerun.stderr
+    docs = list(server.db("fusedaway").runs.find())
+    assert [d["status"] for d in docs] == ["COMPLETED"] * 2
+    assert {d["info"]["fused"]["group"] for d in docs} == trained  # a training anew would be a group of its own
+    assert not list(tmp_path.glob("fused/*/group.json"))  # every cell stored: the checkpoints have served
