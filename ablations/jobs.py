@@ -161,11 +161,9 @@ def _stored_in_journal(key: str, base: Path) -> dict | None:
     return None
 
 
-def _attempts(task: Task, target: store.Target, fetch) -> tuple[str, subprocess.CompletedProcess | None, int | None,
-                                                                dict]:
+def _attempts(task: Task, journal: Path, fetch) -> tuple[str, subprocess.CompletedProcess | None, int | None, dict]:
     """Run the cell (a run that died is resumed once from its checkpoint, unless the sweep is stopping);
     (status, output, run id, record)."""
-    journal = target.journal_dir(online=not task.journal_only)
     status, out, run_id, doc = NOT_STARTED, None, None, {}
     for _ in range(1 + RETRIES):
         resume = _resumable(task.key, journal)
@@ -208,10 +206,11 @@ def device_slot():
         yield
 
 
-def _run_here(task: Task, target: store.Target, fetch) -> dict:
+def _run_here(task: Task, journal: Path, fetch) -> dict:
+    """Run the cell whose runs are journaled in ``journal`` (resumed from there), ``fetch(run_id)`` its record."""
     with device_slot():
         started = time.time()  # the run's own time, not its wait for a place on the device
-        status, out, run_id, doc = _attempts(task, target, fetch)
+        status, out, run_id, doc = _attempts(task, journal, fetch)
     if status != "COMPLETED" and not STOPPED.is_set():
         say(f"cell {task.cell} seed {task.seed} failed:\n{(out.stderr or out.stdout)[-2000:]}")
     elif status == "COMPLETED":  # what a run warned of (a journal folder moved aside, a database gone mid-run)
@@ -237,7 +236,7 @@ def run_cell(task: Task, holder: dict | None = None) -> dict:
         base = target.journal_dir(online=False)
         if row := _not_to_run(task, _stored_in_journal(task.key, base)):
             return row
-        return _run_here(task, target, lambda run_id: _journal_run(base / str(run_id)))
+        return _run_here(task, base, lambda run_id: _journal_run(base / str(run_id)))
     try:
         with target.client() as client:
             db, holder = client[target.db_name], holder or claims.owner()
@@ -246,7 +245,7 @@ def run_cell(task: Task, holder: dict | None = None) -> dict:
             if not claims.claim(db, task.key, holder):
                 return _row(task, "claimed elsewhere")
             journal = target.journal_dir()
-            row = _run_here(task, target, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=say))
+            row = _run_here(task, journal, lambda run_id: sync.record_after_run(db, journal / str(run_id), log=say))
             claims.release(db, task.key, holder, "done" if row["status"] == "COMPLETED" else "failed")
             return row
     except pymongo.errors.PyMongoError as exc:  # what ran is in the journal; `store sync`, then the sweep again
