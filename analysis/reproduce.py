@@ -113,20 +113,29 @@ def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
     return process.model.state_dict(), losses, metrics
 
 
+def checked_run(db, run_id: int, verb: str, refused, log) -> dict | None:
+    """The stored run ``run_id`` if it is COMPLETED and ``refused(doc)`` finds no reason against ``verb``-ing it
+    here (warning of any difference of environment); else None, having said why."""
+    doc = db.runs.find_one({"_id": run_id})
+    if doc is None or doc.get("status") != "COMPLETED":
+        log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs {verb}")
+        return None
+    if reason := refused(doc):
+        log(f"REFUSED to {verb} run {run_id}: {reason}")
+        return None
+    warn_about_environment(doc, log)
+    return doc
+
+
 def largest_difference(a: dict, b: dict) -> float:
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(a.values(), b.values()))
 
 
 def reproduce(db, run_id: int, log=print) -> int:
     """Exit code: 0 when weights, loss curve and metrics are bitwise equal; 1 when not; 2 when refused."""
-    doc = db.runs.find_one({"_id": run_id})
-    if doc is None or doc.get("status") != "COMPLETED":
-        log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs reproduce")
+    doc = checked_run(db, run_id, "reproduce", refusal, log)
+    if doc is None:
         return 2
-    if reason := refusal(doc):
-        log(f"REFUSED to reproduce run {run_id}: {reason}")
-        return 2
-    warn_about_environment(doc, log)
     log(f"Re-executing run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {doc['config']['seed']}, "
         f"{precision_of(doc)}) ...")
     weights, losses, result = re_execute(doc)
@@ -157,14 +166,9 @@ def resample(db, run_id: int, seeds: list[int], log=print) -> int:
     :return: exit code, 0 when the run's own seed (if among ``seeds``) gives the stored FID, 1 when not, 2
         when the run cannot be re-sampled.
     """
-    doc = db.runs.find_one({"_id": run_id})
-    if doc is None or doc.get("status") != "COMPLETED":
-        log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs resample")
+    doc = checked_run(db, run_id, "resample", precision_refusal, log)
+    if doc is None:
         return 2
-    if reason := precision_refusal(doc):
-        log(f"REFUSED to resample run {run_id}: {reason}")
-        return 2
-    warn_about_environment(doc, log)
     process = stored_process(doc)
     restore_weights(process, final_weights(gridfs.GridFS(db), doc))
     config, fids, ok = process.config, [], True
