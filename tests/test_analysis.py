@@ -269,6 +269,10 @@ def test_reproduce_passes_and_catches_tampering(stored, capsys):
     assert reproduce(db, 950) == 1
     out = capsys.readouterr().out
     assert "fid            DIFFERS (largest difference 1)" in out and "final weights  bitwise equal" in out
+    db.runs.update_one({"_id": 950}, {"$set": {"status": "FAILED"}})
+    assert reproduce(db, 950) == 2 and reproduce(db, 12345) == 2  # refused before any training
+    out = capsys.readouterr().out
+    assert "run 950 is FAILED: only COMPLETED runs reproduce" in out and "run 12345 is missing" in out
 
 
 def test_resample_gives_the_stored_fid_at_the_runs_own_seed(stored, capsys):
