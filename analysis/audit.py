@@ -6,7 +6,9 @@
 
 The audit checks every run's status (and heartbeat freshness while RUNNING), completeness (every
 expected metric and artifact, a final checkpoint that loads), provenance (a commit, a clean tree,
-the current data and classifier hashes), duplicate cells and orphan artifacts; with ``--sweep``, also
+the current data and classifier hashes), consistency (the config hashes to the identity the record holds,
+each result equals the last point of its metric series, the class histogram counts the samples: a record
+edited after its run fails these), duplicate cells and orphan artifacts; with ``--sweep``, also
 that every cell x seed the sweep planned has a COMPLETED run (its own, or one it found stored by another
 sweep). It prints a table and exits non-zero on any problem. ``--reproduce`` re-executes a run from its
 stored config and seed at its recorded thread count, refusing when the working tree is not the
@@ -22,11 +24,13 @@ from collections import Counter
 
 import gridfs
 
-from ablations.record import ARTIFACTS, METRICS, STALE_AFTER_S, dirty_run_code, final_weights, non_plain
+from ablations.record import (ARTIFACTS, METRICS, RESULT_KEYS, STALE_AFTER_S, config_hash, dirty_run_code,
+                              final_weights, non_plain, precision_of)
 from ablations.plan import comma_integers
 from ablations.store import StoreUnavailable, database  # URLs and the server only
 from ablations.sweep_manifest import check_known, unfinished
 from core.classifier import expected_sha256
+from core.config import Config
 from core.data import MNIST_SHA256
 
 
@@ -75,6 +79,31 @@ def check_provenance(doc: dict) -> list[str]:
     return problems
 
 
+def check_consistency(db, doc: dict) -> list[str]:
+    """Whether a COMPLETED record agrees with itself: its config hashes to its ``info.config_hash`` (the identity
+    by which sweeps find it stored), each result equals the last point of its ``eval.<key>`` series (a
+    missing series is :func:`check_complete`'s finding), and its class histogram counts its samples."""
+    info, result, problems = doc.get("info", {}), doc.get("result") or {}, []
+    try:
+        fused = bool(doc["config"].get("fused"))
+        recomputed = config_hash(Config.from_mapping(doc["config"]), precision_of(doc), fused)
+    except ValueError as exc:  # a config no run can have: the finding itself
+        problems.append(f"config is not valid: {exc}")
+    else:
+        if recomputed != info.get("config_hash"):
+            problems.append(f"info.config_hash {info.get('config_hash')} is not its config's hash {recomputed}")
+    series = {m["name"]: m["values"] for m in db.metrics.find({"run_id": doc["_id"], "name": {
+        "$in": [f"eval.{key}" for key in RESULT_KEYS]}}, {"name": 1, "values": 1})}
+    for key in (k for k in RESULT_KEYS if k in result and series.get(f"eval.{k}")):
+        last = series[f"eval.{key}"][-1]
+        if last != result[key] and not (last != last and result[key] != result[key]):  # NaN equals NaN here
+            problems.append(f"result.{key} {result[key]!r} differs from its series' last point {last!r}")
+    histogram, n = info.get("class_histogram"), doc["config"].get("n_samples")
+    if histogram is not None and sum(histogram) != n:
+        problems.append(f"info.class_histogram counts {sum(histogram)} samples, not the config's n_samples={n}")
+    return problems
+
+
 def audit(db, sweep: str | None = None, now: dt.datetime | None = None) -> list[dict]:
     """One row per run: id, status, cell, seed and the list of problems found."""
     now = now or dt.datetime.utcnow()
@@ -86,7 +115,7 @@ def audit(db, sweep: str | None = None, now: dt.datetime | None = None) -> list[
     for doc in docs:
         key = (doc["config"].get("sweep_id"), doc.get("info", {}).get("config_hash"))
         problems = check_status(doc, now, superseded=completed[key] > 0) + check_complete(db, fs, doc)
-        problems += check_provenance(doc) if doc.get("status") == "COMPLETED" else []
+        problems += check_provenance(doc) + check_consistency(db, doc) if doc.get("status") == "COMPLETED" else []
         if doc.get("status") == "COMPLETED" and key[0] and completed[key] > 1:
             problems.append(f"duplicate cell: {completed[key]} COMPLETED runs of this config in the sweep")
         rows.append({"run_id": doc["_id"], "status": doc.get("status"), "cell": doc["config"].get("cell"),

@@ -235,7 +235,8 @@ def test_audit_flags_each_planted_problem(stored):
     server, sweep_id = stored
     db = server.db()
     original = db.runs.find_one({"config.sweep_id": sweep_id, "status": "COMPLETED"})
-    for new_id in (900, 901, 902, 903, 904, 905):
+    planted = range(900, 909)
+    for new_id in planted:
         _copy_run(db, original, new_id, clean=True)
     db.metrics.delete_one({"run_id": 901, "name": "eval.fid"})
     db.runs.update_one({"_id": 902}, {"$set": {"info.mnist_sha256.train": "0" * 64}})
@@ -243,6 +244,9 @@ def test_audit_flags_each_planted_problem(stored):
                                                "heartbeat": dt.datetime.utcnow() - dt.timedelta(hours=1)}})
     db.runs.update_one({"_id": 904}, {"$set": {"info.git.dirty": True, "info.git.changed": ["core/ddpm.py"]}})
     db.runs.update_one({"_id": 905}, {"$set": {"info.environment.torch": {"py/object": "TorchVersion"}}})
+    db.runs.update_one({"_id": 906}, {"$set": {"result.fid": original["result"]["fid"] - 1.0}})  # edited records
+    db.runs.update_one({"_id": 907}, {"$set": {"config.attention": not original["config"]["attention"]}})
+    db.runs.update_one({"_id": 908}, {"$set": {"info.class_histogram": [0] * 10}})
     rows = {r["run_id"]: r["problems"] for r in audit.audit(db)}
     assert rows[900] == []  # the clean copy: each problem below is the planted one
     assert rows[901] == ["missing metrics ['eval.fid']"]
@@ -250,10 +254,16 @@ def test_audit_flags_each_planted_problem(stored):
     assert len(rows[903]) == 1 and "stale heartbeat" in rows[903][0]
     assert rows[904] == ["run from a dirty working tree (uncommitted changes to core/ddpm.py)"]
     assert rows[905] == ["values that are not plain JSON at info.environment.torch.py/object"]
+    assert rows[906] == [f"result.fid {original['result']['fid'] - 1.0!r} differs from its series' last point "
+                         f"{original['result']['fid']!r}"]
+    assert len(rows[907]) == 1 and rows[907][0].startswith(f"info.config_hash {original['info']['config_hash']} is "
+                                                           "not its config's hash ")
+    assert rows[908] == [f"info.class_histogram counts 0 samples, not the config's n_samples="
+                         f"{original['config']['n_samples']}"]
     cli = subprocess.run([sys.executable, str(REPO / "analysis" / "audit.py"), "--mongo-url", server.url],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and "stale heartbeat" in cli.stdout
-    db.runs.delete_many({"_id": {"$in": [900, 901, 902, 903, 904, 905]}})
+    db.runs.delete_many({"_id": {"$in": list(planted)}})
 
 
 def test_reproduce_passes_and_catches_tampering(stored, capsys):
