@@ -1,5 +1,5 @@
-"""Re-execute a stored run from its config and seed, and compare it with what was stored; or
-re-sample a stored run's final weights under other sampler seeds.
+"""Re-execute a stored run from its config and seed, and compare it with what was stored; re-sample a
+stored run's final weights under other sampler seeds; or load them to sample from (:func:`load_run`).
 
 Training, sampling and evaluation go through the same core calls as ``ablations/runner.py``
 (checkpointing there draws no random numbers), at the run's recorded thread count. A run trained
@@ -113,18 +113,36 @@ def re_execute(doc: dict) -> tuple[dict, list[float], dict]:
     return process.model.state_dict(), losses, metrics
 
 
-def checked_run(db, run_id: int, verb: str, refused, log) -> dict | None:
-    """The stored run ``run_id`` if it is COMPLETED and ``refused(doc)`` finds no reason against ``verb``-ing it
-    here (warning of any difference of environment); else None, having said why."""
+def checked_run(db, run_id: int, verb: str, refused, log=print) -> dict:
+    """The stored run ``run_id``, COMPLETED, with no reason ``refused(doc)`` against ``verb``-ing it here (a
+    difference of environment is logged, not refused).
+
+    :raises ValueError: saying why, for a run missing, not COMPLETED or refused.
+    """
     doc = db.runs.find_one({"_id": run_id})
     if doc is None or doc.get("status") != "COMPLETED":
-        log(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only COMPLETED runs {verb}")
-        return None
+        raise ValueError(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only "
+                         f"COMPLETED runs {verb}")
     if reason := refused(doc):
-        log(f"REFUSED to {verb} run {run_id}: {reason}")
-        return None
+        raise ValueError(f"REFUSED to {verb} run {run_id}: {reason}")
     warn_about_environment(doc, log)
     return doc
+
+
+def with_final_weights(db, doc: dict) -> DiffusionProcess:
+    """:func:`stored_process` of the stored run ``doc``, with its final weights (and EMA weights) restored."""
+    process = stored_process(doc)
+    restore_weights(process, final_weights(gridfs.GridFS(db), doc))
+    return process
+
+
+def load_run(db, run_id: int, log=print) -> DiffusionProcess:
+    """A stored run's model, ready to sample from (in a notebook: README, "Analysis, report and audit"): its
+    config, precision and thread count, its final weights. Any checkout may load it; nothing is trained.
+
+    :raises ValueError: for a run missing, not COMPLETED, or computed in a precision this machine cannot run.
+    """
+    return with_final_weights(db, checked_run(db, run_id, "load", precision_refusal, log))
 
 
 def largest_difference(a: dict, b: dict) -> float:
@@ -133,8 +151,10 @@ def largest_difference(a: dict, b: dict) -> float:
 
 def reproduce(db, run_id: int, log=print) -> int:
     """Exit code: 0 when weights, loss curve and metrics are bitwise equal; 1 when not; 2 when refused."""
-    doc = checked_run(db, run_id, "reproduce", refusal, log)
-    if doc is None:
+    try:
+        doc = checked_run(db, run_id, "reproduce", refusal, log)
+    except ValueError as refused:
+        log(str(refused))
         return 2
     log(f"Re-executing run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {doc['config']['seed']}, "
         f"{precision_of(doc)}) ...")
@@ -166,11 +186,12 @@ def resample(db, run_id: int, seeds: list[int], log=print) -> int:
     :return: exit code, 0 when the run's own seed (if among ``seeds``) gives the stored FID, 1 when not, 2
         when the run cannot be re-sampled.
     """
-    doc = checked_run(db, run_id, "resample", precision_refusal, log)
-    if doc is None:
+    try:
+        doc = checked_run(db, run_id, "resample", precision_refusal, log)
+    except ValueError as refused:
+        log(str(refused))
         return 2
-    process = stored_process(doc)
-    restore_weights(process, final_weights(gridfs.GridFS(db), doc))
+    process = with_final_weights(db, doc)
     config, fids, ok = process.config, [], True
     log(f"run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {config.seed}): {config.n_samples} "
         f"{config.sampler} samples per sampler seed")

@@ -3,24 +3,29 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import gridfs
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from ablations.record import HELDOUT_KEYS, LEVEL_METRICS, METRICS, dirty_run_code
+from ablations.record import HELDOUT_KEYS, LEVEL_METRICS, METRICS, SAMPLES, dirty_run_code
+from ablations.store import URL_ENV
 from analysis import audit, report, runs, stats
-from analysis.reproduce import environment_differences, refusal, reproduce, resample
+from analysis.reproduce import environment_differences, load_run, refusal, reproduce, resample
 from core.classifier import expected_sha256
+from core.fidelity import to_uint8
 from tests.helpers import Server, run_env
 
 REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,7 @@ def test_the_committed_report_and_the_readmes_result_are_what_the_committed_runs
     report.build(docs, tmp_path)
     assert (tmp_path / "report.md").read_text() == (REPO / "reports" / "report.md").read_text()
     table = runs.runs_table([d for d in docs if d["status"] == "COMPLETED"])
-    result = (REPO / "README.md").read_text().split("### Result: the `small` OFAT sweep")[1].split("\n## ")[0]
+    result = README.read_text().split("### Result: the `small` OFAT sweep")[1].split("\n## ")[0]
     compared = []
     for label, seeds, *cells in re.findall(r"^\| ([a-z][^|]*?) \| (\d+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$",
                                            result, re.M):
@@ -283,6 +288,26 @@ def test_reproduce_passes_and_catches_tampering(stored, capsys):
     assert reproduce(db, 950) == 2 and reproduce(db, 12345) == 2  # refused before any training
     out = capsys.readouterr().out
     assert "run 950 is FAILED: only COMPLETED runs reproduce" in out and "run 12345 is missing" in out
+
+
+def test_the_readmes_notebook_recipe_loads_a_stored_run_that_draws_the_runs_own_samples(stored, monkeypatch):
+    """The README's recipe, as written but for the run's id: the baseline of seed 0 (a smoke run: 64 samples),
+    loaded from the database named by $ABLATIONS_MONGO_URL, draws at seed 0 the samples its run stored."""
+    server, sweep_id = stored
+    db = server.db()
+    doc = db.runs.find_one({"config.sweep_id": sweep_id, "config.cell": "baseline", "config.seed": 0})
+    recipe = re.search(r"```python\n(from ablations.store import database\n.*?)```", README.read_text(), re.S)[1]
+    assert "load_run(db, 12)" in recipe and doc["config"]["n_samples"] == 64
+    monkeypatch.setenv(URL_ENV, server.url)
+    namespace = {}
+    exec(recipe.replace("load_run(db, 12)", f"load_run(db, {doc['_id']})"), namespace)
+    npz = next(a["file_id"] for a in doc["artifacts"] if a["name"] == SAMPLES)
+    stored_samples = np.load(io.BytesIO(gridfs.GridFS(db).get(npz).read()))["samples"]
+    assert torch.equal(to_uint8(namespace["samples"]), torch.from_numpy(stored_samples))
+    db.runs.update_one({"_id": 960}, {"$set": {"status": "FAILED"}}, upsert=True)
+    with pytest.raises(ValueError, match="run 960 is FAILED: only COMPLETED runs load"):
+        load_run(db, 960)
+    db.runs.delete_one({"_id": 960})
 
 
 def test_resample_gives_the_stored_fid_at_the_runs_own_seed(stored, capsys):
