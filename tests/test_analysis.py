@@ -304,10 +304,10 @@ def test_the_readmes_notebook_recipe_loads_a_stored_run_that_draws_the_runs_own_
     npz = next(a["file_id"] for a in doc["artifacts"] if a["name"] == SAMPLES)
     stored_samples = np.load(io.BytesIO(gridfs.GridFS(db).get(npz).read()))["samples"]
     assert torch.equal(to_uint8(namespace["samples"]), torch.from_numpy(stored_samples))
-    db.runs.update_one({"_id": 960}, {"$set": {"status": "FAILED"}}, upsert=True)
-    with pytest.raises(ValueError, match="run 960 is FAILED: only COMPLETED runs load"):
-        load_run(db, 960)
-    db.runs.delete_one({"_id": 960})
+    db.runs.update_one({"_id": 961}, {"$set": {"status": "FAILED"}}, upsert=True)
+    with pytest.raises(ValueError, match="run 961 is FAILED: only COMPLETED runs load"):
+        load_run(db, 961)
+    db.runs.delete_one({"_id": 961})
 
 
 def test_resample_gives_the_stored_fid_at_the_runs_own_seed(stored, capsys):
@@ -347,7 +347,7 @@ def test_rescoring_adds_the_held_out_metrics_and_touches_nothing_else(stored):
         info = {k: v for k, v in d["info"].items() if k not in ("heldout", "metrics", "rescored")}
         return dict(d, result={k: v for k, v in d["result"].items() if k not in HELDOUT_KEYS}, info=info)
 
-    assert untouched(after) == untouched(before)
+    assert untouched(after) == untouched(before) and audit.check_consistency(db, after) == []
     again = subprocess.run([sys.executable, "-m", "ablations.rescore", "--runs", "960", "-m", server.url],
                            capture_output=True, text=True, cwd=REPO)
     assert "0 run(s) to rescore" in again.stdout  # a scored run is left alone unless --force

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ablations import sweep
+from analysis.audit import check_consistency
 from analysis.report import setting
 from analysis.reproduce import refusal, reproduce
 from analysis.runs import runs_table
@@ -54,6 +55,7 @@ def test_a_fused_sweep_records_each_seed_as_its_own_run_and_one_reproduces_with_
     db = server.db("fused")
     docs = {(d["config"]["cell"], d["config"]["seed"]): d for d in db.runs.find({"status": "COMPLETED"})}
     assert len(docs) == 3 and len({d["info"]["fused"]["group"] for d in docs.values()}) == 1  # one training
+    assert all(check_consistency(db, d) == [] for d in docs.values())  # a fused identity, as the audit computes it
     assert all(len(d["info"]["fused"]["resumed_at"]) == 1 for d in docs.values())  # ... stopped and resumed once
     assert sorted(map(tuple, docs["schedule=linear", 0]["info"]["fused"]["members"])) == [(0, "cosine"), (0, "linear")]
     assert docs["schedule=linear", 0]["config"]["schedule"] == "linear"
