@@ -184,8 +184,9 @@ def _attempts(task: Task, journal: Path, fetch) -> tuple[str, subprocess.Complet
 
 
 def _row(task: Task, status: str, run_id=None, doc: dict | None = None, wall_s: float = 0.0) -> dict:
-    fid = (doc or {}).get("result", {}).get("fid") if status in ("COMPLETED", "stored") else None
-    return {"cell": task.cell, "seed": task.seed, "status": status, "run_id": run_id, "fid": fid, "wall_s": wall_s}
+    result = (doc or {}).get("result") or {} if status in ("COMPLETED", "stored") else {}
+    return {"cell": task.cell, "seed": task.seed, "status": status, "run_id": run_id, "result": result,
+            "wall_s": wall_s}
 
 
 def _not_to_run(task: Task, done: dict | None) -> dict | None:

@@ -110,6 +110,10 @@ def test_sequential_then_dask_same_results_and_idempotent(server, env, sequentia
     again = run_sweep(["-m", f"{server.url}/sequential", *SEQUENTIAL], env)
     assert again.returncode == 0 and again.stdout.count("stored") == 2
     assert sequential_db.runs.count_documents({}) == 2  # the second call ran nothing
+    assert "FID  score     bpd   wall s" in again.stdout  # each cell's scores, its held-out bound among them
+    for doc in sequential_db.runs.find():
+        r = doc["result"]
+        assert f"{r['fid']:.1f} {r['classifier_score']:6.2f} {r['nll_bpd']:7.2f}" in again.stdout, again.stdout
 
     dask = ["--only", "attention", "--seeds", "0", "--workers", "2", "-m", f"{server.url}/dask", "with", "smoke",
             "train_steps=10"]
