@@ -240,7 +240,7 @@ def test_audit_flags_each_planted_problem(stored):
     server, sweep_id = stored
     db = server.db()
     original = db.runs.find_one({"config.sweep_id": sweep_id, "status": "COMPLETED"})
-    planted = range(900, 909)
+    planted = range(900, 910)
     for new_id in planted:
         _copy_run(db, original, new_id, clean=True)
     db.metrics.delete_one({"run_id": 901, "name": "eval.fid"})
@@ -252,6 +252,7 @@ def test_audit_flags_each_planted_problem(stored):
     db.runs.update_one({"_id": 906}, {"$set": {"result.fid": original["result"]["fid"] - 1.0}})  # edited records
     db.runs.update_one({"_id": 907}, {"$set": {"config.attention": not original["config"]["attention"]}})
     db.runs.update_one({"_id": 908}, {"$set": {"info.class_histogram": [0] * 10}})
+    db.runs.update_one({"_id": 909}, {"$set": {"config.schedule": "cosin"}})
     rows = {r["run_id"]: r["problems"] for r in audit.audit(db)}
     assert rows[900] == []  # the clean copy: each problem below is the planted one
     assert rows[901] == ["missing metrics ['eval.fid']"]
@@ -265,6 +266,7 @@ def test_audit_flags_each_planted_problem(stored):
                                                            "not its config's hash ")
     assert rows[908] == [f"info.class_histogram counts 0 samples, not the config's n_samples="
                          f"{original['config']['n_samples']}"]
+    assert rows[909] == ["config is not valid: invalid schedule='cosin': valid values are 'cosine' or 'linear'"]
     cli = subprocess.run([sys.executable, str(REPO / "analysis" / "audit.py"), "--mongo-url", server.url],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and "stale heartbeat" in cli.stdout
