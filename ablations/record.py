@@ -79,6 +79,9 @@ PACK_ENV = "ABLATIONS_PACK"
 # mps, fuse), recorded as ``info.sitting``, so that a suite's wall time, start-up included, is in its records.
 SITTING_ENV = "ABLATIONS_SITTING"
 CHECKPOINT = "checkpoint.pt"  # the full checkpoint, kept in the run's journal directory (not an artifact)
+# Set on a run loaded from a dump (``python -m analysis.runs import``), which carries the sample grid alone:
+# ``{"without": [the artifacts the dump did not carry]}``. The audit does not count those as missing.
+IMPORTED = "imported"
 
 # A RUNNING run whose heartbeat is older than this is dead: the audit flags it, the sync stores it
 # as it is. Omniboard calls such a run PROBABLY_DEAD after the same 2 minutes.
@@ -154,6 +157,11 @@ def dirty_run_code(git: dict) -> bool:
         return False
     changed = git.get("changed")
     return not changed or any(path.startswith(RUN_CODE) for path in changed)
+
+
+def has_final_weights(doc: dict) -> bool:
+    """Whether a run record holds its final weights (one imported from a dump does not)."""
+    return any(a["name"] == FINAL_WEIGHTS for a in doc.get("artifacts", []))
 
 
 def final_weights(fs: gridfs.GridFS, doc: dict) -> dict:

@@ -55,7 +55,8 @@ def rescore_run(db, doc: dict) -> dict:
 
 def selected(db, sweep: str | None, runs: list[int] | None, force: bool) -> list[dict]:
     """The COMPLETED runs to score: of ``runs``, or every run ``sweep``'s report counts (its own, and those it found
-    stored by other sweeps: :func:`ablations.sweep_manifest.borrowed`); without ``force``, those not yet scored.
+    stored by other sweeps: :func:`ablations.sweep_manifest.borrowed`); without ``force``, those not yet scored;
+    never one whose record holds no final weights (a run imported from a dump).
 
     :raises ValueError: for a sweep of which the database holds no run and no manifest.
     """
@@ -65,7 +66,8 @@ def selected(db, sweep: str | None, runs: list[int] | None, force: bool) -> list
         docs += sweep_manifest.borrowed(db, sweep, docs)  # marked copies: only their _id is written to
     else:
         docs = list(db.runs.find({"status": "COMPLETED", "_id": {"$in": runs}}))
-    return sorted((d for d in docs if force or "nll_bpd" not in (d.get("result") or {})), key=lambda d: d["_id"])
+    return sorted((d for d in docs if (force or "nll_bpd" not in (d.get("result") or {})) and
+                   record.has_final_weights(d)), key=lambda d: d["_id"])  # a run imported from a dump has none
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import torch
 
 from ablations.fused_group import members_of, trained_group
 from ablations.plan import planned_precision
-from ablations.record import dirty_run_code, final_weights, precision_of
+from ablations.record import IMPORTED, dirty_run_code, final_weights, has_final_weights, precision_of
 from core.checkpoint import restore_weights
 from core.config import Config
 from core.data import as_tensor, mnist
@@ -123,6 +123,10 @@ def checked_run(db, run_id: int, verb: str, refused, log=print) -> dict:
     if doc is None or doc.get("status") != "COMPLETED":
         raise ValueError(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only "
                          f"COMPLETED runs {verb}")
+    if not has_final_weights(doc):
+        raise ValueError(f"REFUSED to {verb} run {run_id}: its record holds no final weights" + (
+            " (imported from a dump, which does not carry them; the database it came from holds them)"
+            if IMPORTED in doc else ""))
     if reason := refused(doc):
         raise ValueError(f"REFUSED to {verb} run {run_id}: {reason}")
     warn_about_environment(doc, log)

@@ -20,7 +20,7 @@ import gridfs
 import pandas as pd
 from bson import json_util
 
-from ablations.record import RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
+from ablations.record import ARTIFACTS, IMPORTED, RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
 from ablations.store import StoreUnavailable, database  # URLs and the server: no Sacred machinery
 from ablations.sweep_manifest import MEMBER_OF, borrowed, check_known, member_cell, unfinished
 
@@ -86,6 +86,8 @@ def import_dump(docs: list[dict], url: str | None = None) -> int:
             doc.pop(MEMBER_OF, None)  # how a sweep saw the run, not part of its record
             doc["artifacts"] = [{"name": n, "file_id": fs.put(base64.b64decode(b), filename=f"artifact://runs/"
                                                               f"{doc['_id']}/{n}")} for n, b in data.items()]
+            if doc.get("status") == "COMPLETED":  # what it lacks, so that the audit does not call it lost
+                doc[IMPORTED] = {"without": [name for name in ARTIFACTS if name not in data]}
             db.runs.replace_one({"_id": doc["_id"]}, doc, upsert=True)
             db.metrics.delete_many({"run_id": doc["_id"]})
             for name, series in metrics.items():

@@ -20,8 +20,10 @@ import torch
 from ablations import cuda_mps, jobs
 from ablations import plan as plans
 from ablations import rescore, sweep, sweep_manifest
+from ablations.record import FINAL_WEIGHTS, IMPORTED, SAMPLES
 from analysis import audit, report
 from analysis.report import setting
+from analysis.reproduce import reproduce
 from analysis.runs import from_mongo, import_dump, runs_table
 from benchmarks import suite
 from tests.helpers import REPO, SEQUENTIAL, deterministic, final_weights, journal_of, metrics_of, run_sweep, wait_for
@@ -154,8 +156,16 @@ def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(se
 
     db = server.db("borrowing")
     assert audit.unfinished_cells(db, sid) == []
-    # rescoring the sweep takes the run it found stored too (scored already: only with --force)
-    assert sorted(d["_id"] for d in rescore.selected(db, sid, None, force=True)) == sorted(d["_id"] for d in docs)
+    # rescoring the sweep would take the run it found stored too (scored already: only with --force), but that
+    # one was imported from a dump, which does not carry final weights; the audit does not count them lost
+    assert [d["_id"] for d in rescore.selected(db, sid, None, force=True)] == [d["_id"] for d in docs if d is not lent]
+    assert db.runs.find_one({"_id": lent["_id"]})[IMPORTED] == {"without": [SAMPLES, FINAL_WEIGHTS]}
+    problems = {r["run_id"]: r["problems"] for r in audit.audit(db)}[lent["_id"]]
+    assert not [p for p in problems if "artifacts" in p or "checkpoint" in p], problems
+    said = []
+    assert reproduce(db, lent["_id"], log=said.append) == 2 and said == [
+        f"REFUSED to reproduce run {lent['_id']}: its record holds no final weights (imported from a dump, which "
+        "does not carry them; the database it came from holds them)"]
     assert rescore.selected(db, sid, None, force=False) == []
     with pytest.raises(ValueError, match="invalid sweep 'sw-typo'"):
         rescore.selected(db, "sw-typo", None, force=True)
