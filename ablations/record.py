@@ -9,6 +9,7 @@ A run record is what Sacred stores for one run of ``ablations/run.py`` (a docume
 - ``result``: :data:`RESULT_KEYS`, also logged as the metrics ``eval.<key>``; :data:`METRICS` lists
   every metric series.
 - artifacts: :data:`ARTIFACTS`; the final weights are in the format of :func:`core.checkpoint.save_weights`.
+- :data:`IMPORTED`, only on a run loaded from a dump: the artifacts the dump did not carry.
 
 Every stored value is plain JSON (strings, numbers, booleans, None, lists, dicts): :func:`non_plain`
 finds what is not. The toggles that the ablations flip, a record's identity (:func:`config_hash`)
