@@ -8,7 +8,8 @@ embedded, every string escaped) and DIR/figures/*.png. Only COMPLETED runs count
 
 Runs of several scales (e.g. `small` on a CPU and `gpu`) are never pooled: each scale gets its own
 report in DIR/<scale>/, and DIR/report.md sets each toggle's effect at every scale side by side,
-with whether their signs agree (does the cheap scale predict the expensive one?). Every row there reads
+with whether their signs agree and whether their verdicts do (Holm p < 0.05 at each scale, in the same
+direction, or at none): does the cheap scale predict the expensive one? Every row there reads
 "ablation value minus the seed's value": a scale whose baseline holds the ablation value (EMA on) has the
 cell ``ema=False``, whose effect is shown under ``ema=True`` with its sign turned (:func:`oriented`).
 """
@@ -218,26 +219,46 @@ def oriented(cell: str) -> tuple[str, int]:
 
 
 def across_scales(effects: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Per verdict metric: each cell's paired effect at every scale side by side, and whether the signs agree
-    ("yes"/"no" over the scales where the cell has a paired effect; "-" where fewer than two have one)."""
+    """Per verdict metric: each cell's paired effect at every scale side by side; whether the signs agree, and
+    whether the verdicts do (:func:`verdicts_agree`). Either is "-" where fewer than two scales have the cell."""
     out = {}
     for metric in VERDICT_METRICS:
         rows = {}
         for scale, table in effects.items():
             for r in table[table.metric == metric].itertuples():
                 name, sign = oriented(r.cell)
-                cell = rows.setdefault(name, {"cell": name})
+                cell = rows.setdefault(name, {"cell": name, "signs": [], "verdicts": {}})
                 low, high = sorted((sign * r.ci_low, sign * r.ci_high))
                 interval = f" [{low:.3g}, {high:.3g}]" if not pd.isna(r.ci_low) else ""
                 turned = f"; {r.cell} against its baseline, sign turned" if sign < 0 else ""
                 cell[scale] = f"{sign * r.diff:+.3g}{interval} (n={r.n}, Holm p={r.p_holm:.2g}{turned})"
-                cell.setdefault("signs", []).append(np.sign(sign * r.diff))
+                cell["signs"].append(np.sign(sign * r.diff))
+                cell["verdicts"][scale] = verdict_word(sign * r.diff, r.p_holm)
         for cell in rows.values():
             signs = [s for s in cell.pop("signs") if s != 0 and not pd.isna(s)]
             cell["signs agree"] = "-" if len(signs) < 2 else ("yes" if len(set(signs)) == 1 else "no")
+            cell["verdicts agree"] = verdicts_agree(cell.pop("verdicts"))
         if rows:
-            out[metric] = pd.DataFrame(list(rows.values()), columns=["cell", *effects, "signs agree"]).fillna("-")
+            columns = ["cell", *effects, "signs agree", "verdicts agree"]
+            out[metric] = pd.DataFrame(list(rows.values()), columns=columns).fillna("-")
     return out
+
+
+def verdict_word(diff: float, p_holm: float) -> str:
+    """What a scale's test says of an effect: "lower" or "higher" where its Holm p is below ALPHA, else "none"."""
+    if pd.isna(p_holm) or p_holm >= stats.ALPHA:
+        return "none"
+    return "lower" if diff < 0 else "higher"
+
+
+def verdicts_agree(words: dict[str, str]) -> str:
+    """The scales' verdicts compared: ``yes: lower`` where all say the same, ``no: small none, gpu lower`` where
+    they differ. Signs that agree without a verdict anywhere predict nothing; verdicts that agree do."""
+    if len(words) < 2:
+        return "-"
+    if len(set(words.values())) == 1:
+        return f"yes: {next(iter(words.values()))}"
+    return "no: " + ", ".join(f"{scale} {word}" for scale, word in words.items())
 
 
 def scales_setting(docs: list[dict], scales: list[str]) -> pd.DataFrame:
@@ -259,6 +280,8 @@ def build_scales(docs: list[dict], out: Path, scales: list[str]) -> dict[str, pd
     title = "MNIST DDPM ablations across scales: " + ", ".join(scales)
     md = [f"# {title}", "", "Effect of each cell against its own scale's baseline (cell minus baseline, paired "
           "by seed; mean [95% t-interval], n, Holm p within that scale). Lower is better for every metric here. "
+          f"A scale's verdict is lower or higher where its Holm p < {stats.ALPHA}, else none; \"verdicts agree\" "
+          "compares them across the scales. "
           "Each scale's full report: " + ", ".join(f"[{s}]({s}/report.md)" for s in scales) + "."]
     for metric, table in side_by_side.items():
         md += ["", f"## {metric}", "", markdown_table(table)]

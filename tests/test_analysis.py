@@ -112,6 +112,10 @@ def test_report_sets_the_effects_of_several_scales_side_by_side(tmp_path):
     assert table.loc["schedule=linear", "signs agree"] == "no"
     assert (table.drop("schedule=linear")["signs agree"] == "yes").all()
     assert table.loc["schedule=linear", "small"].startswith("+") and table.loc["schedule=linear", "gpu"].startswith("-")
+    # opposite signs, but neither scale has a verdict on FID (Holm p 0.41 at both): the verdicts agree on none,
+    # while the budget's FID verdict (Holm p 0.046) is "higher" at both
+    assert table.loc["schedule=linear", "verdicts agree"] == "yes: none"
+    assert table.loc["train_steps=300", "verdicts agree"] == "yes: higher"
     side_by_side = (tmp_path / "scales" / "report.md").read_text()
     assert "| schedule=linear |" in side_by_side
     # the scales' settings stand above their effects: here they differ in budget and learning rate
@@ -123,11 +127,16 @@ def test_report_sets_the_effects_of_several_scales_side_by_side(tmp_path):
 
 def test_a_scale_whose_baseline_has_ema_on_shows_its_ema_effect_turned_the_seeds_way():
     """At `small` the cell ema=True helps by 10; at a scale whose baseline has EMA on, its cell ema=False hurts
-    by 12. Side by side both read as "ema=True minus EMA off": -10 and -12, signs agreeing."""
-    small = stats.paired_effects(_synthetic({"baseline": 0, "ema=True": -10, "attention=False": 5}, 6, 1.0))
-    gpu = stats.paired_effects(_synthetic({"baseline": 0, "ema=False": 12, "attention=False": 5}, 6, 1.0, seed=1))
+    by 12. Side by side both read as "ema=True minus EMA off": -10 and -12, signs and verdicts agreeing. Dropout
+    does nothing at `small` and hurts at `gpu`: no verdict at one scale, "higher" at the other."""
+    small = stats.paired_effects(_synthetic({"baseline": 0, "ema=True": -10, "attention=False": 5, "dropout=0.1": 0},
+                                            6, 1.0))
+    gpu = stats.paired_effects(_synthetic({"baseline": 0, "ema=False": 12, "attention=False": 5, "dropout=0.1": 3},
+                                          6, 1.0, seed=1))
     table = report.across_scales({"small": small, "gpu": gpu})["fid"].set_index("cell")
-    assert list(table.index) == ["ema=True", "attention=False"] and (table["signs agree"] == "yes").all()
+    assert list(table.index) == ["ema=True", "attention=False", "dropout=0.1"]
+    assert list(table["signs agree"]) == ["yes", "yes", "no"]
+    assert list(table["verdicts agree"]) == ["yes: lower", "yes: higher", "no: small none, gpu higher"]
     turned = table.loc["ema=True", "gpu"]
     assert turned.startswith("-1") and "ema=False against its baseline, sign turned" in turned
     low, high = (float(x) for x in turned.split("[")[1].split("]")[0].split(", "))
