@@ -121,14 +121,14 @@ def checked_run(db, run_id: int, verb: str, refused, log=print) -> dict:
     """
     doc = db.runs.find_one({"_id": run_id})
     if doc is None or doc.get("status") != "COMPLETED":
-        raise ValueError(f"ERROR: run {run_id} is {'missing' if doc is None else doc.get('status')}: only "
+        raise ValueError(f"run {run_id} is {'missing' if doc is None else doc.get('status')}: only "
                          f"COMPLETED runs {verb}")
     if not has_final_weights(doc):
-        raise ValueError(f"REFUSED to {verb} run {run_id}: its record holds no final weights" + (
+        raise ValueError(f"cannot {verb} run {run_id}: its record holds no final weights" + (
             " (imported from a dump, which does not carry them; the database it came from holds them)"
             if IMPORTED in doc else ""))
     if reason := refused(doc):
-        raise ValueError(f"REFUSED to {verb} run {run_id}: {reason}")
+        raise ValueError(f"cannot {verb} run {run_id} here: {reason}")
     warn_about_environment(doc, log)
     return doc
 
@@ -158,7 +158,7 @@ def reproduce(db, run_id: int, log=print) -> int:
     try:
         doc = checked_run(db, run_id, "reproduce", refusal, log)
     except ValueError as refused:
-        log(str(refused))
+        log(f"REFUSED: {refused}")
         return 2
     log(f"Re-executing run {run_id} ({doc['config'].get('cell') or 'custom'}, seed {doc['config']['seed']}, "
         f"{precision_of(doc)}) ...")
@@ -193,7 +193,7 @@ def resample(db, run_id: int, seeds: list[int], log=print) -> int:
     try:
         doc = checked_run(db, run_id, "resample", precision_refusal, log)
     except ValueError as refused:
-        log(str(refused))
+        log(f"REFUSED: {refused}")
         return 2
     process = with_final_weights(db, doc)
     config, fids, ok = process.config, [], True

@@ -247,7 +247,7 @@ def test_reproduce_passes_and_catches_tampering(stored, capsys):
     db.runs.update_one({"_id": 950}, {"$set": {"status": "FAILED"}})
     assert reproduce(db, 950) == 2 and reproduce(db, 12345) == 2  # refused before any training
     out = capsys.readouterr().out
-    assert "run 950 is FAILED: only COMPLETED runs reproduce" in out and "run 12345 is missing" in out
+    assert "REFUSED: run 950 is FAILED: only COMPLETED runs reproduce" in out and "REFUSED: run 12345 is missing" in out
 
 
 def test_the_readmes_notebook_recipe_loads_a_stored_run_that_draws_the_runs_own_samples(stored, monkeypatch):
@@ -265,7 +265,7 @@ def test_the_readmes_notebook_recipe_loads_a_stored_run_that_draws_the_runs_own_
     stored_samples = np.load(io.BytesIO(gridfs.GridFS(db).get(npz).read()))["samples"]
     assert torch.equal(to_uint8(namespace["samples"]), torch.from_numpy(stored_samples))
     db.runs.update_one({"_id": 961}, {"$set": {"status": "FAILED"}}, upsert=True)
-    with pytest.raises(ValueError, match="run 961 is FAILED: only COMPLETED runs load"):
+    with pytest.raises(ValueError, match="^run 961 is FAILED: only COMPLETED runs load$"):
         load_run(db, 961)
     db.runs.delete_one({"_id": 961})
 

@@ -164,7 +164,7 @@ def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(se
     assert not [p for p in problems if "artifacts" in p or "checkpoint" in p], problems
     said = []
     assert reproduce(db, lent["_id"], log=said.append) == 2 and said == [
-        f"REFUSED to reproduce run {lent['_id']}: its record holds no final weights (imported from a dump, which "
+        f"REFUSED: cannot reproduce run {lent['_id']}: its record holds no final weights (imported from a dump, which "
         "does not carry them; the database it came from holds them)"]
     assert rescore.selected(db, sid, None, force=False) == []
     with pytest.raises(ValueError, match="invalid sweep 'sw-typo'"):
