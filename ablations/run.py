@@ -9,7 +9,7 @@
     python ablations/run.py with fused=True fused_checkpoint=DIR/seed-0-cosine.pt   # what `sweep.py --fuse` runs
 
 The config is built from :class:`core.config.Config` (the single source of defaults and valid
-choices) plus the run options below; invalid values fail before any run is stored.
+choices) plus the run options below; invalid values fail before the database is reached.
 """
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ import signal
 import sys
 
 import ablations  # noqa: F401  (first: it silences Sacred's pkg_resources warning)
+from docopt import DocoptExit, docopt
 from sacred import Experiment
+from sacred.arg_parser import get_config_updates
+from sacred.initialize import create_run
 from sacred.observers import MongoObserver
 from sacred.utils import SacredInterrupt
 
@@ -130,6 +133,19 @@ def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
     return rest, mongo, journal_only
 
 
+def _check_values(argv: list[str]) -> None:
+    """Build the config as Sacred will (named configs, then updates) and run :func:`validate` on it, with no
+    observer: a bad value exits 2 before the database is reached or the embedded server started for it. An
+    argv Sacred cannot parse is left to Sacred, which says so."""
+    try:
+        args = docopt(ex.get_usage()[2], [str(a) for a in argv[1:]], default_help=False)
+    except DocoptExit:
+        return
+    updates, named_configs = get_config_updates(args["UPDATE"])
+    if "resume" not in updates:  # a resumed run's config is in its database's journal: checked once it answers
+        create_run(ex, "main", updates, named_configs=named_configs)
+
+
 def cli(argv: list[str] | None = None) -> int:
     global TARGET, JOURNAL_ONLY
     argv, mongo, journal_only = _split_store_options(list(sys.argv if argv is None else argv))
@@ -142,6 +158,8 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
     TARGET = store.resolve(mongo)
+    if command == "main":
+        _check_values(argv)
     if command not in UNOBSERVED_COMMANDS and not {"-u", "--unobserved"} & set(argv):
         if not journal_only:
             try:

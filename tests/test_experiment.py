@@ -66,6 +66,7 @@ def test_same_config_and_seed_store_identical_metrics(server, env, reference):
     ("sampler=fast", "invalid sampler='fast': valid values are 'ancestral' or 'ddim'"),
     ("checkpoint_every=7", "invalid checkpoint_every=7"),
     ("n_samples=3", "invalid n_samples=3: valid values are an integer >= 4"),  # precision/recall's k-NN
+    ("resume=77", "invalid resume=77: no journaled run with a checkpoint"),  # checked once the database answers
     ("atention=False", "invalid config key(s) atention (atention: did you mean attention?): valid keys are the "
                        "Config fields amp, attention"),  # refused by name before Sacred (which names no valid key)
 ])
@@ -76,9 +77,14 @@ def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
     assert server.db().runs.count_documents({}) == before
 
 
-def test_an_unknown_key_is_refused_before_the_database_is_reached(tmp_path):
-    out = experiment(["with", "smoke", "lrr=1e-3"], run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
-    assert out.returncode == 2 and "invalid config key(s) lrr (lrr: did you mean lr?)" in out.stderr, out.stderr
+@pytest.mark.parametrize("update, message", [
+    ("lrr=1e-3", "invalid config key(s) lrr (lrr: did you mean lr?)"),
+    ("sampler='foo'", "invalid sampler='foo': valid values are 'ancestral' or 'ddim'"),
+])
+def test_a_bad_key_or_value_is_refused_before_the_database_is_reached(tmp_path, update, message):
+    """Unknown keys and bad values alike: the database named is down, and the error is the config's."""
+    out = experiment(["with", "smoke", update], run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert "no MongoDB answers" not in out.stderr and not (tmp_path / "journal").exists()
 
 
