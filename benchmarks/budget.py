@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from ablations.plan import parse_updates
+from ablations.plan import comma_integers, parse_updates
 from benchmarks.budget_choice import choose_main
 from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
@@ -296,7 +296,7 @@ def curve_configs(args) -> list[Config]:
     scored too); a bad field or value raises ValueError."""
     fields = scale_fields(args.scale, args.set, args.lr)
     # --ema, not the scale's ema (the `gpu` scale's is True), says which weights the probe scores
-    configs = [Config(**(fields | {"seed": int(seed), "ema": args.ema != "off"})) for seed in args.seeds.split(",")]
+    configs = [Config(**(fields | {"seed": seed, "ema": args.ema != "off"})) for seed in args.seeds]
     check_curve_points(configs[0], curve_steps(args), args.checkpoint)
     if args.checkpoint_every < 0:
         raise ValueError(f"invalid --checkpoint-every {args.checkpoint_every}: valid values are integers >= 0")
@@ -308,7 +308,7 @@ def curve_configs(args) -> list[Config]:
 
 
 def curve_steps(args) -> list[int]:
-    return sorted(int(s) for s in args.curve.split(","))
+    return sorted(args.curve)
 
 
 def curve_main(args, configs: list[Config]) -> list[dict]:
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--budgets", help="comma-separated STEPSxBATCH@LR")
-    mode.add_argument("--curve", help="comma-separated steps at which to evaluate one run per EMA setting")
+    mode.add_argument("--curve", type=comma_integers("--curve", "4000,8000"), help="steps at which to score the runs")
     mode.add_argument("--choose", type=Path, nargs="+", metavar="CURVE_JSON",
                       help="pick the scale's budget from --curve JSONs (one per probed learning rate)")
     mode.add_argument("--join", type=Path, nargs="+", metavar="DIR",
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="--choose: a benchmarks/suite.py result, or several measured alike at other train_steps")
     parser.add_argument("--minutes", type=float, default=9.0, help="--choose: the suite's time budget")
     parser.add_argument("--runs", type=int, default=18, help="--choose: runs in the suite")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--seeds", type=comma_integers("--seeds"), default=[0], help="comma-separated seeds")
     parser.add_argument("--sampler-steps", type=int, default=Config().sampler_steps)
     parser.add_argument("--scale", choices=sorted(SCALES), default="gpu",
                         help="--curve: the scale's baseline; --choose: the scale whose budget it is")
@@ -386,7 +386,7 @@ def budgets_main(args) -> list[dict]:
     budgets = [parse_budget(b) for b in args.budgets.split(",")]
     images = as_tensor(mnist(train=True))
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         for budget in budgets:
             row = run_budget(budget, seed, images, sampler_steps=args.sampler_steps)
             rows.append(row)

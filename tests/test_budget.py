@@ -132,13 +132,15 @@ def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_
     for words, message in ((["colour=3"], "invalid --set colour: valid fields are amp, attention"),
                            (["device=gpu"], "invalid device='gpu': valid values are 'auto' or 'cpu' or 'cuda'"),
                            (["lr_schedule=cosine", "--curve", "2,4", "--checkpoint", str(tmp_path / "c.pt")],
-                            "invalid --checkpoint with --curve 2,4 under lr_schedule='cosine'")):
+                            "invalid --checkpoint with --curve 2,4 under lr_schedule='cosine'"),
+                           (["n_samples=16", "--curve", "2,4k"], "invalid --curve '2,4k': valid values are "
+                                                                  "comma-separated integers, e.g. 4000,8000")):
         with pytest.raises(SystemExit):
             budget.main(["--curve", "2", "--scale", "smoke", "--set", *words, "--out", str(tmp_path / "no.json")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "no.json").exists()
     # the `gpu` scale holds ema=True, and --ema says which weights the probe scores (the scale's ema once clashed)
-    words = dict(scale="gpu", set=["device=cpu"], lr=None, seeds="0,1", curve="100", checkpoint=None,
+    words = dict(scale="gpu", set=["device=cpu"], lr=None, seeds=[0, 1], curve=[100], checkpoint=None,
                  checkpoint_every=0)
     off = budget.curve_configs(argparse.Namespace(ema="off", **words))
     assert [(c.ema, c.seed) for c in off] == [(False, 0), (False, 1)]
