@@ -76,14 +76,27 @@ def calibrate(ns: list[int], checkpoint: Path | None = None, n_model: int = 500,
     return rows
 
 
+def sample_counts(text: str) -> list[int]:
+    """``--ns``: N real digits a side, each from 4 (the k-NN of precision/recall) to the test set's 10,000."""
+    try:
+        ns = [int(n) for n in text.split(",")]
+        if all(4 <= n <= 10_000 for n in ns):
+            return ns
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"invalid --ns {text!r}: valid values are comma-separated integers from 4 to "
+                                     "10000, e.g. 1000,5000")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Calibrate the classifier-feature metrics.")
     parser.add_argument("command", choices=["calibrate"])
-    parser.add_argument("--ns", default="1000,5000,10000", help="comma-separated N for real vs real")
+    parser.add_argument("--ns", type=sample_counts, default=[1000, 5000, 10_000],
+                        help="comma-separated N for real vs real")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint, to compare DDIM-50 with ancestral-1000")
     parser.add_argument("--n-model", type=int, default=500, help="samples per sampler from the checkpoint")
     args = parser.parse_args(argv)
-    calibrate([int(n) for n in args.ns.split(",")], args.checkpoint, args.n_model)
+    calibrate(args.ns, args.checkpoint, args.n_model)
 
 
 if __name__ == "__main__":

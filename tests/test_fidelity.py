@@ -107,6 +107,13 @@ def test_bad_inputs_are_refused():
         fidelity.evaluate(torch.zeros(4, 1, 28, 28), n=20000)
 
 
+@pytest.mark.parametrize("ns", ["1000,x", "2,1000", "1000,20000"])
+def test_calibrate_refuses_a_bad_n_before_any_work(ns, capsys):
+    with pytest.raises(SystemExit):
+        evaluation.main(["calibrate", "--ns", ns])
+    assert f"invalid --ns '{ns}': valid values are comma-separated integers from 4 to 10000" in capsys.readouterr().err
+
+
 def test_to_uint8_inverts_the_data_scaling():
     real = fidelity.reference_images("test", 50)
     assert torch.equal(fidelity.to_uint8(real.float().div(255).sub(0.5).div(0.5)), real)
