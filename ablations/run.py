@@ -23,7 +23,7 @@ from sacred import Experiment
 from sacred.arg_parser import get_config_updates
 from sacred.initialize import create_run
 from sacred.observers import MongoObserver
-from sacred.utils import SacredInterrupt
+from sacred.utils import SacredError, SacredInterrupt
 
 from ablations import store
 from ablations.plan import planned_precision
@@ -135,15 +135,20 @@ def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
 
 def _check_values(argv: list[str]) -> None:
     """Build the config as Sacred will (named configs, then updates) and run :func:`validate` on it, with no
-    observer: a bad value exits 2 before the database is reached or the embedded server started for it. An
-    argv Sacred cannot parse is left to Sacred, which says so."""
+    observer: a bad value or an unknown named config exits 2 before the database is reached or the embedded
+    server started for it. An argv Sacred cannot parse is left to Sacred, which says so."""
     try:
         args = docopt(ex.get_usage()[2], [str(a) for a in argv[1:]], default_help=False)
     except DocoptExit:
         return
     updates, named_configs = get_config_updates(args["UPDATE"])
-    if "resume" not in updates:  # a resumed run's config is in its database's journal: checked once it answers
+    if "resume" in updates:  # a resumed run's config is in its database's journal: checked once it answers
+        return
+    try:
         create_run(ex, "main", updates, named_configs=named_configs)
+    except SacredError as exc:  # e.g. a named config that does not exist: Sacred's message names the valid ones
+        print(f"ERROR: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -157,6 +162,10 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
+    if command not in (commands := [name for name, _ in ex.gather_commands()]):  # `run.py smoke`, without `with`
+        print(f"ERROR: invalid command {command!r}: valid commands are {', '.join(commands)} (or none: a run), "
+              "followed by `with` and named configs or KEY=VALUE updates", file=sys.stderr)
+        return 2
     TARGET = store.resolve(mongo)
     if command == "main":
         _check_values(argv)

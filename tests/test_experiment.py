@@ -77,13 +77,16 @@ def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
     assert server.db().runs.count_documents({}) == before
 
 
-@pytest.mark.parametrize("update, message", [
-    ("lrr=1e-3", "invalid config key(s) lrr (lrr: did you mean lr?)"),
-    ("sampler='foo'", "invalid sampler='foo': valid values are 'ancestral' or 'ddim'"),
+@pytest.mark.parametrize("args, message", [
+    (["with", "smoke", "lrr=1e-3"], "invalid config key(s) lrr (lrr: did you mean lr?)"),
+    (["with", "smoke", "sampler='foo'"], "invalid sampler='foo': valid values are 'ancestral' or 'ddim'"),
+    (["with", "smok"], 'Named config not found: "smok". Available config values are: (\'smoke\''),
+    (["smoke"], "invalid command 'smoke': valid commands are print_config,"),  # `with` forgotten
 ])
-def test_a_bad_key_or_value_is_refused_before_the_database_is_reached(tmp_path, update, message):
-    """Unknown keys and bad values alike: the database named is down, and the error is the config's."""
-    out = experiment(["with", "smoke", update], run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
+def test_a_bad_key_value_or_command_is_refused_before_the_database_is_reached(tmp_path, args, message):
+    """The database named is down, and the error is the command line's, in one line: no server is reached (nor
+    the embedded one started) for a typo."""
+    out = experiment(args, run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert "no MongoDB answers" not in out.stderr and not (tmp_path / "journal").exists()
 
