@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from pathlib import Path
 
 import ablations  # noqa: F401  (first: it silences Sacred's pkg_resources warning)
 from docopt import DocoptExit, docopt
@@ -145,8 +146,11 @@ def _check_values(argv: list[str]) -> None:
     if "resume" in updates:  # a resumed run's config is in its database's journal: checked once it answers
         return
     try:
+        if unknown := [word for word in named_configs if word not in SCALES and not Path(word).is_file()]:
+            raise ValueError(f"invalid named config {unknown[0]!r}: valid values are {', '.join(SCALES)} or an "
+                             "existing config file")
         create_run(ex, "main", updates, named_configs=named_configs)
-    except SacredError as exc:  # e.g. a named config that does not exist: Sacred's message names the valid ones
+    except (ValueError, SacredError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -80,7 +80,8 @@ def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
 @pytest.mark.parametrize("args, message", [
     (["with", "smoke", "lrr=1e-3"], "invalid config key(s) lrr (lrr: did you mean lr?)"),
     (["with", "smoke", "sampler='foo'"], "invalid sampler='foo': valid values are 'ancestral' or 'ddim'"),
-    (["with", "smok"], 'Named config not found: "smok". Available config values are: (\'smoke\''),
+    (["with", "smok"], "invalid named config 'smok': valid values are smoke, small, paper, gpu or an existing "
+                               "config file"),
     (["smoke"], "invalid command 'smoke': valid commands are print_config,"),  # `with` forgotten
 ])
 def test_a_bad_key_value_or_command_is_refused_before_the_database_is_reached(tmp_path, args, message):
