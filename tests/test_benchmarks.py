@@ -223,7 +223,30 @@ main fusion paper parts 2"""
     assert done.returncode == 1, done.stderr  # the call fails, and says which stage did
     assert (tmp_path / "calls").read_text().splitlines() == ["setup", f"fusion {tmp_path}/w/home",
                                                                f"paper {tmp_path}/w/paper-home", "parts 2"]
-    assert "== fusion FAILED (exit 1)" in (tmp_path / "fusion+paper+parts+2.log").read_text()
+    log = (tmp_path / "fusion+paper+parts+2.log").read_text()
+    assert "== fusion FAILED (exit 1)" in log and "WARNING" not in log  # 2 files: all come back
+
+
+def test_the_gpu_session_warns_when_its_call_made_more_than_a_device_call_returns(tmp_path):
+    """A call returns at most 8 files of at most 16 MiB, 64 MiB in all: a call whose stages made more says so in
+    its log (the rehearsal of four stages in one call made 14 files)."""
+    stages = f"""
+source {SESSION}
+setup() {{ :; }}
+paper() {{ for i in 1 2 3 4 5 6 7 8; do echo "$i" > "$OUT/part$i"; done; truncate -s 17M "$OUT/big.tar.xz"; }}
+main paper"""
+    env = {k: v for k, v in os.environ.items() if k != "REHEARSE"} | {"OUT": str(tmp_path), "WORK": str(tmp_path / "w")}
+    done = subprocess.run(["bash", "-c", stages], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "paper.log").read_text()
+    assert f"WARNING: {tmp_path} holds 10 files and a device call returns at most 8" in log  # 8 parts, big, the log
+    assert "WARNING: over 16 MiB, these will not come back: big.tar.xz" in log and "MiB in all" not in log
+    parts = stages.replace('echo "$i" > "$OUT/part$i"; done; truncate -s 17M "$OUT/big.tar.xz"',
+                           'truncate -s 15M "$OUT/part$i"; done').replace("6 7 8", "")  # 5 parts of 15 MiB
+    out = tmp_path / "five"
+    assert subprocess.run(["bash", "-c", parts], env=env | {"OUT": str(out)}).returncode == 0
+    log = (out / "paper.log").read_text()
+    assert f"WARNING: {out} holds 75 MiB and a call returns 64 MiB in all" in log and "files" not in log
 
 
 @pytest.mark.parametrize("drawing, fallback, calls", [

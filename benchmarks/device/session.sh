@@ -232,6 +232,17 @@ stages() {  # the words of a call, checked whole before anything runs, one stage
   done
 }
 
+returned() {  # what of $OUT the device call can return: at most 8 files of at most 16 MiB, 64 MiB in all
+  local files big bytes
+  files=$(find "$OUT" -type f | wc -l)
+  big=$(find "$OUT" -type f -size +16M -printf '%f ')
+  bytes=$(find "$OUT" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+  [ "$files" -le 8 ] || echo "WARNING: $OUT holds $files files and a device call returns at most 8: some will" \
+    "not come back; run these stages in calls of their own"
+  [ -z "$big" ] || echo "WARNING: over 16 MiB, these will not come back: $big"
+  [ "$bytes" -le $((64 << 20)) ] || echo "WARNING: $OUT holds $((bytes >> 20)) MiB and a call returns 64 MiB in all"
+}
+
 main() {  # one or more stages in one device call: a machine left idle 30 s goes back, and a new one starts bare
   local words all=() stage failed=0
   # a typo in the last stage costs no GPU time on the first; the error is the last line of what stages printed
@@ -248,6 +259,7 @@ main() {  # one or more stages in one device call: a machine left idle 30 s goes
     # shellcheck disable=SC2086  # "parts N" is two words
     ( $stage ) & wait $! || { echo "== $stage FAILED (exit $?)"; failed=1; }
   done
+  returned
   return $failed
 }
 
