@@ -166,6 +166,9 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
+    if command == "help" or {"-h", "--help"} & set(argv):  # Sacred's usage, with no database started for it
+        ex.run_commandline(argv)
+        return 0
     if command not in (commands := [name for name, _ in ex.gather_commands()]):  # `run.py smoke`, without `with`
         print(f"ERROR: invalid command {command!r}: valid commands are {', '.join(commands)} (or none: a run), "
               "followed by `with` and named configs or KEY=VALUE updates", file=sys.stderr)

@@ -92,6 +92,13 @@ def test_a_bad_key_value_or_command_is_refused_before_the_database_is_reached(tm
     assert "no MongoDB answers" not in out.stderr and not (tmp_path / "journal").exists()
 
 
+@pytest.mark.parametrize("args", [["--help"], ["help", "print_config"]])
+def test_help_is_printed_without_a_database(tmp_path, args):
+    out = experiment(args, run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
+    assert out.returncode == 0 and ("Usage:" in out.stdout or "print_config" in out.stdout), out.stderr
+    assert "no MongoDB answers" not in out.stderr and not (tmp_path / "journal").exists()
+
+
 def test_database_down_at_start_is_a_clear_fast_error(env, tmp_path):
     dead = run_env("mongodb://user:s3cret@127.0.0.1:9/ablations", tmp_path)
     started = time.monotonic()
