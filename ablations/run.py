@@ -136,8 +136,7 @@ def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
 
 def _check_values(argv: list[str]) -> None:
     """Build the config as Sacred will (named configs, then updates) and run :func:`validate` on it, with no
-    observer: a bad value or an unknown named config exits 2 before the database is reached or the embedded
-    server started for it. An argv Sacred cannot parse is left to Sacred, which says so."""
+    observer. An argv Sacred cannot parse is left to Sacred, which says so."""
     try:
         args = docopt(ex.get_usage()[2], [str(a) for a in argv[1:]], default_help=False)
     except DocoptExit:
@@ -145,11 +144,23 @@ def _check_values(argv: list[str]) -> None:
     updates, named_configs = get_config_updates(args["UPDATE"])
     if "resume" in updates:  # a resumed run's config is in its database's journal: checked once it answers
         return
+    if unknown := [word for word in named_configs if word not in SCALES and not Path(word).is_file()]:
+        raise ValueError(f"invalid named config {unknown[0]!r}: valid values are {', '.join(SCALES)} or an "
+                         "existing config file")
+    create_run(ex, "main", updates, named_configs=named_configs)  # validate() exits 2 itself, saying why
+
+
+def _refuse_a_bad_command_line(argv: list[str], command: str) -> None:
+    """Exit 2 in one line on an unknown key, command or named config, or a bad value, before the database is
+    reached (or the embedded server started for a typo) and before any run is stored."""
     try:
-        if unknown := [word for word in named_configs if word not in SCALES and not Path(word).is_file()]:
-            raise ValueError(f"invalid named config {unknown[0]!r}: valid values are {', '.join(SCALES)} or an "
-                             "existing config file")
-        create_run(ex, "main", updates, named_configs=named_configs)
+        check_config_keys([w.split("=", 1)[0] for w in argv[argv.index("with") + 1:] if "=" in w] if "with" in argv
+                          else [])
+        if command not in (commands := [name for name, _ in ex.gather_commands()]):  # `run.py smoke`, no `with`
+            raise ValueError(f"invalid command {command!r}: valid commands are {', '.join(commands)} (or none: a "
+                             "run), followed by `with` and named configs or KEY=VALUE updates")
+        if command == "main":
+            _check_values(argv)
     except (ValueError, SacredError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -159,23 +170,12 @@ def cli(argv: list[str] | None = None) -> int:
     global TARGET, JOURNAL_ONLY
     argv, mongo, journal_only = _split_store_options(list(sys.argv if argv is None else argv))
     JOURNAL_ONLY = journal_only
-    try:  # an unknown key, before the database is reached or any run is stored
-        check_config_keys([w.split("=", 1)[0] for w in argv[argv.index("with") + 1:] if "=" in w] if "with" in argv
-                          else [])
-    except ValueError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") and argv[1] != "with" else "main"
     if command == "help" or {"-h", "--help"} & set(argv):  # Sacred's usage, with no database started for it
         ex.run_commandline(argv)
         return 0
-    if command not in (commands := [name for name, _ in ex.gather_commands()]):  # `run.py smoke`, without `with`
-        print(f"ERROR: invalid command {command!r}: valid commands are {', '.join(commands)} (or none: a run), "
-              "followed by `with` and named configs or KEY=VALUE updates", file=sys.stderr)
-        return 2
+    _refuse_a_bad_command_line(argv, command)
     TARGET = store.resolve(mongo)
-    if command == "main":
-        _check_values(argv)
     if command not in UNOBSERVED_COMMANDS and not {"-u", "--unobserved"} & set(argv):
         if not journal_only:
             try:
