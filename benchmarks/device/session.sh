@@ -250,6 +250,7 @@ main() {  # one or more stages in one device call: a machine left idle 30 s goes
   mapfile -t all <<< "$words"
   mkdir -p "$WORK" "$OUT"
   exec > >(tee -a "$OUT/$(IFS=+; echo "$*").log") 2>&1  # one log a call: probe.log, fusion+anneal.log
+  local tee_pid=$!
   setup
   for stage in "${all[@]}"; do  # a stage that fails leaves the next one its turn; the call then fails
     case "$stage" in paper | samplers) HOME_DIR=paper-home ;; *) HOME_DIR=home ;; esac
@@ -260,6 +261,8 @@ main() {  # one or more stages in one device call: a machine left idle 30 s goes
     ( $stage ) & wait $! || { echo "== $stage FAILED (exit $?)"; failed=1; }
   done
   returned
+  exec >&- 2>&-  # the log's last lines are in its file before the call ends: tee sees the end, and is waited for
+  wait "$tee_pid"
   return $failed
 }
 
