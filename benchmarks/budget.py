@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from ablations.plan import comma_integers, parse_updates
+from ablations.plan import comma_integers, parse_updates, positive_integers
 from benchmarks.budget_choice import choose_main
 from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--budgets", help="comma-separated STEPSxBATCH@LR")
-    mode.add_argument("--curve", type=comma_integers("--curve", "4000,8000"), help="steps at which to score the runs")
+    mode.add_argument("--curve", type=positive_integers("--curve", "4000,8000"), help="steps at which to score")
     mode.add_argument("--choose", type=Path, nargs="+", metavar="CURVE_JSON",
                       help="pick the scale's budget from --curve JSONs (one per probed learning rate)")
     mode.add_argument("--join", type=Path, nargs="+", metavar="DIR",

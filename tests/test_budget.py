@@ -134,7 +134,7 @@ def test_probe_cli_changes_the_scale_keeps_grids_and_refuses_unknown_fields(tmp_
                            (["lr_schedule=cosine", "--curve", "2,4", "--checkpoint", str(tmp_path / "c.pt")],
                             "invalid --checkpoint with --curve 2,4 under lr_schedule='cosine'"),
                            (["n_samples=16", "--curve", "2,4k"], "invalid --curve '2,4k': valid values are "
-                                                                  "comma-separated integers, e.g. 4000,8000")):
+                                                                  "comma-separated integers >= 1, e.g. 4000,8000")):
         with pytest.raises(SystemExit):
             budget.main(["--curve", "2", "--scale", "smoke", "--set", *words, "--out", str(tmp_path / "no.json")])
         assert message in capsys.readouterr().err
