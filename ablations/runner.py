@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
-from torchvision.utils import save_image
 
 from ablations import record
 from core.checkpoint import load_state, save_checkpoint, save_weights
@@ -75,6 +74,8 @@ def run_training(_run, process: DiffusionProcess, resume_state: dict | None, che
 
 def save_artifacts(_run, process: DiffusionProcess, samples: torch.Tensor, out: Path) -> None:
     """The run's artifacts (:data:`ablations.record.ARTIFACTS`): sample grid, samples, final weights."""
+    from torchvision.utils import save_image  # here, not at the top: see core/data.py
+
     grid = out / record.SAMPLE_GRID
     save_image(samples[:64].float().cpu() * 0.5 + 0.5, grid, nrow=8)
     npz = out / record.SAMPLES

@@ -19,12 +19,13 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
-from torchvision import transforms
-from torchvision.datasets import MNIST
+
+if TYPE_CHECKING:  # torchvision is imported where it is used: it costs 1.5 s (torch._dynamo) that a CLI which
+    from torchvision.datasets import MNIST  # only plans, checks or reports never needs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where MNIST lives: $MNIST_ROOT, else data/ in the repository (ignored by git).
@@ -39,8 +40,6 @@ _IDX_NAMES = {  # split -> (images file, labels file), as torchvision's MNIST ex
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# ToTensor() then Normalize(0.5, 0.5): x / 255 then (x - 0.5) / 0.5, i.e. [0, 255] -> [-1, 1].
-TO_UNIT_RANGE = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
 
 
 def raw_dir(root: Path) -> Path:
@@ -55,6 +54,7 @@ def have_files(root: Path) -> bool:
 def _torchvision_download(root: Path) -> None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)  # an unreachable mirror must not hang provisioning
+    from torchvision.datasets import MNIST
     try:
         for train in (True, False):
             MNIST(root, train=train, download=True)
@@ -157,7 +157,12 @@ def mnist(train: bool = True, root: Path | str | None = None, verify: bool = Tru
     :param root: data root (default :data:`DATA_ROOT`).
     :param verify: check the SHA-256 of the images against :data:`MNIST_SHA256`.
     """
-    dataset = MNIST(provision(root), train=train, download=False, transform=TO_UNIT_RANGE)
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    # ToTensor() then Normalize(0.5, 0.5): x / 255 then (x - 0.5) / 0.5, i.e. [0, 255] -> [-1, 1].
+    to_unit_range = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    dataset = MNIST(provision(root), train=train, download=False, transform=to_unit_range)
     split = "train" if train else "test"
     if verify and (digest := images_sha256(dataset.data)) != MNIST_SHA256[split]:
         raise RuntimeError(f"MNIST {split} images under {root or DATA_ROOT} have SHA-256 {digest}, "

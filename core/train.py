@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from core.checkpoint import save_checkpoint
@@ -126,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
           progress=False)
     samples = process.sample_as_configured(64, config.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    from torchvision.utils import save_image  # here, not at the top: see core/data.py
+
     save_image(samples.cpu() * 0.5 + 0.5, args.out / "samples.png", nrow=8)  # make_grid of [0, 1] images
     save_checkpoint(process, args.out / "checkpoint.pt")
     print(f"wrote {args.out / 'samples.png'} and {args.out / 'checkpoint.pt'}")
