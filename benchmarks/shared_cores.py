@@ -1,6 +1,6 @@
-"""Training steps of the smoke config in several processes at once, each with its own torch threads: what
-sharing the cores costs, and why `make test` (tests/conftest.py) and packed sweeps give each process
-cores / processes threads.
+"""Training steps of the smoke config (at its former batch of 32) in several processes at once, each with its
+own torch threads: what sharing the cores costs, and why `make test` (tests/conftest.py) and packed sweeps
+give each process cores / processes threads.
 
     python benchmarks/shared_cores.py [--processes 1,2] [--threads 1,2] [--steps 20]
 
@@ -23,10 +23,14 @@ from core.data import as_tensor, iterate_batches, mnist
 from core.diffusion import DiffusionProcess
 
 
+# The batch that the figures quoted in the README and tests/conftest.py were measured at (smoke's until 2026-11-29).
+BATCH = 32
+
+
 def time_steps(threads: int, steps: int) -> float:
     """Seconds of ``steps`` training steps of a fresh smoke-config process with ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    process = DiffusionProcess(Config(**SCALES["smoke"]))
+    process = DiffusionProcess(Config(**SCALES["smoke"] | {"batch_size": BATCH}))
     batches = iterate_batches(as_tensor(mnist(train=True)), process.config.batch_size, seed=0)
     for _ in range(3):  # oneDNN picks its kernels
         process.train_step_async(next(batches)).item()
