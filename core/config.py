@@ -148,8 +148,8 @@ def validate(cfg: Config) -> None:
                                           "with its 3 nearest neighbours)")
 
 
-# Named scales: the same code runs in seconds in CI, minutes on a CPU, fully on a GPU. smoke's batch of 8 (32 until
-# 2026-11-29) makes a run 9 s instead of 14 on one CPU thread; the tests run dozens.
+# Named scales: the same code runs in seconds in CI, minutes on a CPU, fully on a GPU. smoke's batch of 8 (it was 32
+# until commit 5c878ac) makes a run 9 s instead of 14 on one CPU thread; the tests run dozens.
 SCALES: dict[str, dict] = {
     "smoke": dict(train_steps=30, batch_size=8, log_every=5, sampler="ddim", sampler_steps=10, n_samples=64),
     "small": dict(),  # the field defaults above
