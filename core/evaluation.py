@@ -1,6 +1,6 @@
 """Sampling, then scoring: a trained process's evaluation, and the calibration of the metrics.
 
-    python -m core.evaluation calibrate [--ns 1000,5000,10000] [--checkpoint PATH]
+    python -m core.evaluation calibrate [--ns 1000,5000,10000] [--checkpoint PATH] [--out FILE.json]
 
 :func:`sample_and_evaluate` is the one evaluation phase that runs, re-executions, re-sampling
 and the benchmarks share; :func:`calibrate` says what "good" is at a given number of samples.
@@ -8,6 +8,8 @@ and the benchmarks share; :func:`calibrate` says what "good" is at a given numbe
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -95,8 +97,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated N for real vs real")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint, to compare DDIM-50 with ancestral-1000")
     parser.add_argument("--n-model", type=int, default=500, help="samples per sampler from the checkpoint")
+    parser.add_argument("--out", type=Path, help="also write the rows to this JSON file, with the command")
     args = parser.parse_args(argv)
-    calibrate(args.ns, args.checkpoint, args.n_model)
+    rows = calibrate(args.ns, args.checkpoint, args.n_model)
+    if args.out:
+        command = "python -m core.evaluation " + " ".join(sys.argv[1:] if argv is None else argv)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,33 @@ def test_every_decimal_in_the_probe_tables_is_a_committed_measurement():
     assert len(numbers) > 350  # the probe tables are there to be checked
     unmeasured = [(number, line) for number, line in numbers if number not in shown_as[len(number.split(".")[1])]]
     assert unmeasured == []
+
+
+def calibration_rows(name: str) -> dict:
+    """The rows of a committed ``core.evaluation calibrate --out`` JSON, keyed by (sigma or None, N)."""
+    rows = json.loads((REPO / "benchmarks" / "calibration" / name).read_text())["rows"]
+    sigma = [re.search(r"N\(0, ([\d.]+)\^2\)", row["comparison"]) for row in rows]
+    return {(float(s.group(1)) if s else None, row["n"]): row for s, row in zip(sigma, rows)}
+
+
+def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
+    """The README's Calibration table (FID, KID, precision, recall of real and noisy digits) and what it says real
+    digits score on the digit rule quote the two committed calibrations, to the digits shown. Its KIDs of noisy
+    digits had drifted from what the code gives (5.7 and 112.4 for 6.2 and 113.0) before this test."""
+    evaluation = README.read_text().split("## Evaluation: FID on a pinned MNIST classifier")[1].split("\n## ")[0]
+    table = calibration_rows("real-digits-256-to-10000.json")
+    lines = re.findall(r"^\| (?:real train vs real test|test \+ N\(0, ([\d.]+)\u00b2\) vs test) \| ([\d,]+) \| "
+                       r"([\d.]+) \| (-?[\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", evaluation, re.M)
+    for sigma, n, *shown in lines:
+        row = table[(float(sigma) if sigma else None, int(n.replace(",", "")))]
+        assert shown == [digits_as(row[k], s) for k, s in zip(("fid", "kid_mean", "precision", "recall"), shown)]
+    assert len(lines) == len(table) == 6
+    digits = calibration_rows("real-digits-1000-5000.json")
+    rule = re.search(r"1,000 real training digits score \*\*([\d.]+)\*\* with classes\s+at ([\d.]+)\u2013([\d.]+)%; "
+                     r"5,000 score \*\*([\d.]+)\*\* with classes at ([\d.]+)\u2013([\d.]+)%\. .*?Test digits with "
+                     r"\u03c3 = 0.3 noise still score ([\d.]+) \(FID\s+(\d+)\)", evaluation, re.S).groups()
+    recorded = [(digits[(None, n)], key) for n in (1000, 5000)
+                for key in ("classifier_score", "min_class_share", "max_class_share")]
+    recorded += [(digits[(0.3, 5000)], "classifier_score"), (digits[(0.3, 5000)], "fid")]
+    assert list(rule) == [f"{(100 if 'share' in key else 1) * row[key]:.{len(s.partition('.')[2])}f}"
+                          for (row, key), s in zip(recorded, rule)]

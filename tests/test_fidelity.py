@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,18 @@ def test_calibrate_refuses_a_bad_n_before_any_work(ns, capsys):
     with pytest.raises(SystemExit):
         evaluation.main(["calibrate", "--ns", ns])
     assert f"invalid --ns '{ns}': valid values are comma-separated integers from 4 to 10000" in capsys.readouterr().err
+
+
+def test_calibrate_writes_its_rows_and_its_command_with_out(tmp_path, capsys):
+    """``--out`` keeps what the calibration printed (the README's tables quote two such files)."""
+    out = tmp_path / "calibration" / "eight.json"
+    evaluation.main(["calibrate", "--ns", "8", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["command"] == f"python -m core.evaluation calibrate --ns 8 --out {out}"
+    assert [(row["comparison"], row["n"]) for row in written["rows"]] == [("real train vs real test", 8), (
+        "test + N(0, 0.1^2) noise vs test", 8), ("test + N(0, 0.3^2) noise vs test", 8)]
+    printed = capsys.readouterr().out.splitlines()
+    assert [f"FID {row['fid']:9.2f}" in line for row, line in zip(written["rows"], printed)] == [True] * 3
 
 
 def test_to_uint8_inverts_the_data_scaling():
