@@ -126,3 +126,23 @@ def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
     recorded += [(digits[(0.3, 5000)], "classifier_score"), (digits[(0.3, 5000)], "fid")]
     assert list(rule) == [f"{(100 if 'share' in key else 1) * row[key]:.{len(s.partition('.')[2])}f}"
                           for (row, key), s in zip(recorded, rule)]
+
+
+def test_every_number_in_the_speed_tables_is_a_committed_measurement():
+    """The README's Speed tables quote benchmarks/results.json and the JSONs of benchmarks/device/: each number
+    there (but in a row's first cell, its label) is a recorded value rounded to the digits shown. Left out: the
+    rows whose JSON was not kept, as the README says (the H100's eager step, and the eager `paper` projection)."""
+    values = list(measured_values(REPO / "benchmarks"))
+    shown_as = {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(0, 9)}
+    speed = README.read_text().split("\n## Speed\n")[1].split("\n## ")[0].splitlines()
+    numbers, group = [], ""
+    for line, below in zip(speed, speed[1:] + [""]):
+        if not line.startswith("| ") or below.startswith("|---"):  # not a row, or a table's header
+            continue
+        label, *cells = line.split("|")[1:]
+        group = label.strip() or group  # a row with an empty first cell belongs to the group above it
+        if not group.startswith(("H100, eager", "eager training step")):
+            shown = re.findall(r"(?<![\w.,])\d[\d,]*(?:\.\d+)?", "|".join(cells))  # 22,152 or 0.63
+            numbers += [(number.replace(",", ""), line) for number in shown]
+    assert len(numbers) > 60  # the tables are there to be checked
+    assert [(n, line) for n, line in numbers if n not in shown_as[len(n.partition(".")[2])]] == []
