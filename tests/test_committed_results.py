@@ -131,7 +131,8 @@ def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
 def test_every_number_in_the_speed_tables_is_a_committed_measurement():
     """The README's Speed tables quote benchmarks/results.json and the JSONs of benchmarks/device/: each number
     there (but in a row's first cell, its label) is a recorded value rounded to the digits shown. Left out: the
-    rows whose JSON was not kept, as the README says (the H100's eager step, and the eager `paper` projection)."""
+    H100's eager rows, whose JSON was not kept, as the README says; the eager `paper` projection is a product of
+    its JSON's step time and the paper scale's steps."""
     values = list(measured_values(REPO / "benchmarks"))
     shown_as = {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(0, 9)}
     speed = README.read_text().split("\n## Speed\n")[1].split("\n## ")[0].splitlines()
@@ -146,3 +147,6 @@ def test_every_number_in_the_speed_tables_is_a_committed_measurement():
             numbers += [(number.replace(",", ""), line) for number in shown]
     assert len(numbers) > 60  # the tables are there to be checked
     assert [(n, line) for n, line in numbers if n not in shown_as[len(n.partition(".")[2])]] == []
+    eager_ms = json.loads((REPO / "benchmarks" / "device" / "paper-h200-projected.json").read_text())["eager_step_ms"]
+    projection = f"| eager training step ({eager_ms:.1f} ms), projected from 300 steps | {eager_ms * 46.9:.0f} s |"
+    assert any(line.startswith(projection) for line in speed)
