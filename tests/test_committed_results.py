@@ -81,14 +81,19 @@ def measured_values(folder: Path):
         yield from walk(json.loads(path.read_text()))
 
 
+def recorded_as_shown(folder: Path) -> dict[int, set[str]]:
+    """decimals -> every value of :func:`measured_values` written with that many decimals (0 to 8)."""
+    values = list(measured_values(folder))
+    return {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(0, 9)}
+
+
 def test_every_decimal_in_the_probe_tables_is_a_committed_measurement():
     """benchmarks/README.md's tables, and the README's summary of them ("What the probes found so far"), quote
     the JSONs committed under benchmarks/ (the probes' curves, the samplers' scores): each number with decimals
     there is some recorded number rounded to the digits shown. A one-off scan found seven cells misrounded in the
     last digit; this keeps the tables from drifting again. (The summary's first column, where real digits'
     scores stand as labels, is left out.)"""
-    values = list(measured_values(REPO / "benchmarks"))
-    shown_as = {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(1, 9)}
+    shown_as = recorded_as_shown(REPO / "benchmarks")
     tables = [line for line in (REPO / "benchmarks" / "README.md").read_text().splitlines() if line.startswith("|")]
     summary = README.read_text().split("**What the probes found so far.**")[1].split("\n- ")[0]
     tables += ["|".join(line.split("|")[2:]) for line in summary.splitlines() if line.startswith("|")]
@@ -133,8 +138,7 @@ def test_every_number_in_the_speed_tables_is_a_committed_measurement():
     there (but in a row's first cell, its label) is a recorded value rounded to the digits shown. Left out: the
     H100's eager rows, whose JSON was not kept, as the README says; the eager `paper` projection is a product of
     its JSON's step time and the paper scale's steps."""
-    values = list(measured_values(REPO / "benchmarks"))
-    shown_as = {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(0, 9)}
+    shown_as = recorded_as_shown(REPO / "benchmarks")
     speed = README.read_text().split("\n## Speed\n")[1].split("\n## ")[0].splitlines()
     numbers, group = [], ""
     for line, below in zip(speed, speed[1:] + [""]):
