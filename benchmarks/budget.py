@@ -47,7 +47,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from ablations.plan import comma_integers, parse_updates, positive_integers
-from benchmarks.budget_choice import choose_main
+from benchmarks.budget_choice import choose_main, scored_with
 from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
@@ -97,7 +97,7 @@ def evaluate_point(process: DiffusionProcess) -> tuple[dict, torch.Tensor]:
             "classifier_score": metrics["classifier_score"], "min_class_share": low,
             "max_class_share": high, "nll_bpd": heldout["nll_bpd"], "nll_bpd_se": heldout["nll_bpd_se"],
             "eps_mse": heldout["eps_mse"], "sample_s": wall_s["sample"],
-            "heldout_s": time.perf_counter() - started}, samples
+            "heldout_s": time.perf_counter() - started, "scored_with": scored_with(process.config)}, samples
 
 
 def trained_weights_view(process: DiffusionProcess) -> DiffusionProcess:

@@ -31,6 +31,27 @@ MARGIN = 0.85  # of the time budget a projection may use: packed runs with dropo
 ALIKE = {"device": None, "pack": None, "mps": False, "fuse": False, "runs": None}
 
 
+def scored_with(config: Config) -> str:
+    """How a probe row was scored (its sampler and N): rows scored otherwise do not compare (budget.py records it)."""
+    return f"{config.sampler}-{config.sampler_steps} eta {config.sampler_eta:g}, N {config.n_samples}"
+
+
+def refuse_mixed(curve: list[dict], suite: dict) -> None:
+    """Rows probed on other devices, or scored with another sampler or N, cannot share one choice (a CPU probe's
+    score at N = 1,000 is not a GPU probe's at 5,000; its step time projects no GPU suite). Rows written before
+    ``scored_with`` was recorded are taken as they come."""
+    found = {"device": {r["device"].split(":")[0] for r in curve if "device" in r},  # cuda:0 is cuda
+             "scored_with": {r["scored_with"] for r in curve if "scored_with" in r}}
+    for field, values in found.items():
+        if len(values) > 1:
+            raise ValueError(f"invalid curve: rows of {field} {', '.join(sorted(values))}; valid curves were probed "
+                             "on one device and scored alike (pass one such set of --choose files)")
+    timed = suite.get("device")
+    if timed and found["device"] and found["device"] != {"cpu" if timed == "cpu" else "cuda"}:
+        raise ValueError(f"invalid --speedup: timed on {timed}, where the curve was probed on "
+                         f"{found['device'].pop()}; valid suite results were measured on the curve's kind of device")
+
+
 def draws_digits(row: dict) -> bool:
     """A probe point whose samples are digits: classifier score >= 9, every class 5-15% of the samples."""
     return (row["classifier_score"] >= DIGITS["classifier_score"]
@@ -147,6 +168,7 @@ def choose(curve: list[dict], suite: dict, minutes: float = 9.0, runs: int = 18,
     scale's rate, schedule and fields first; else an EMA budget does, and the scale's baseline then holds EMA
     (its OFAT cell ``ema=False`` flips it off: ``ablations.record.flipped_value``).
     """
+    refuse_mixed(curve, suite)
     # one run per series: its time per step
     if len(seeds := sorted({r.get("seed", 0) for r in curve})) > 1:
         raise ValueError(f"invalid curve: seeds {seeds}; valid curves hold one seed's probe")

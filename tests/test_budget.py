@@ -38,6 +38,7 @@ def test_learning_curve_points_are_the_runs_of_that_many_steps_and_one_ema_run_g
     assert rows[2]["fid"] == sample_and_evaluate(straight_off, 0)[1]["fid"] != rows[3]["fid"]
     assert rows[3]["fid"] == sample_and_evaluate(straight, 0)[1]["fid"]  # the EMA point is the straight EMA run's
     assert 0 <= rows[3]["min_class_share"] <= 0.1 <= rows[3]["max_class_share"] <= 1 and rows[3]["nll_bpd"] > 0
+    assert {(r["device"], r["scored_with"]) for r in rows} == {("cpu", "ddim-10 eta 0, N 16")}  # what --choose compares
 
 
 def test_a_probe_in_several_sittings_is_the_probe_in_one(tmp_path, capsys):
@@ -162,6 +163,28 @@ def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dic
     return {"step": step, "ema": ema, "train_s": 10 + 0.005 * step, "classifier_score": score, "fid": 100.0,
             "min_class_share": shares[0], "max_class_share": shares[1]}
 
+
+
+def test_choose_refuses_curves_probed_on_other_devices_or_scored_otherwise():
+    """A CPU probe's rows (scored at N = 1,000) pooled with a GPU probe's (N = 5,000), or a curve projected with a
+    suite timed on another kind of device, would give a budget from numbers that do not compare: refused, by name.
+    Rows written before ``scored_with`` was recorded (the committed H100 probe's) pass beside rows that record it."""
+    suite = {"runs": 6, "train_steps": 1000, "sequential_s": 240.0, "suite_speedup_vs_sequential": 4.0,
+             "device": "NVIDIA H100 80GB HBM3"}
+    gpu = [_probe_point(step, 8.0) | {"device": "cuda"} for step in (4000, 8000)]
+    new = [_probe_point(step, 8.5, ema=True) | {"device": "cuda:0", "scored_with": "ddim-100 eta 1, N 5000"}
+           for step in (4000, 8000)]
+    assert budget_choice.choose(gpu + new, suite)["points"]  # cuda:0 is cuda; an old row has no scored_with
+    cpu = [p | {"device": "cpu", "scored_with": "ddim-100 eta 1, N 1000"} for p in new]
+    with pytest.raises(ValueError, match="invalid curve: rows of device cpu, cuda; valid curves were probed on one"):
+        budget_choice.choose(gpu + cpu, suite)
+    other_n = [p | {"scored_with": "ddim-100 eta 1, N 1000", "lr": 2e-3} for p in new]
+    with pytest.raises(ValueError, match="rows of scored_with ddim-100 eta 1, N 1000, ddim-100 eta 1, N 5000"):
+        budget_choice.choose(gpu + new + other_n, suite)
+    with pytest.raises(ValueError, match="invalid --speedup: timed on NVIDIA H100 80GB HBM3, where the curve was "
+                                         "probed on cpu"):
+        budget_choice.choose(cpu, suite)
+    assert budget_choice.choose(cpu, suite | {"device": "cpu"})["points"]
 
 
 def test_a_probe_of_other_fields_is_a_series_of_its_own_whose_dearer_step_weighs(tmp_path, capsys):
