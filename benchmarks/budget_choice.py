@@ -49,7 +49,8 @@ def refuse_mixed(curve: list[dict], suite: dict) -> None:
     timed = suite.get("device")
     if timed and found["device"] and found["device"] != {"cpu" if timed == "cpu" else "cuda"}:
         raise ValueError(f"invalid --speedup: timed on {timed}, where the curve was probed on "
-                         f"{found['device'].pop()}; valid suite results were measured on the curve's kind of device")
+                         f"{', '.join(found['device'])}; valid suite results were measured on the curve's kind of "
+                         "device")
 
 
 def draws_digits(row: dict) -> bool:

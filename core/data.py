@@ -52,9 +52,10 @@ def have_files(root: Path) -> bool:
 
 
 def _torchvision_download(root: Path) -> None:
+    from torchvision.datasets import MNIST
+
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)  # an unreachable mirror must not hang provisioning
-    from torchvision.datasets import MNIST
     try:
         for train in (True, False):
             MNIST(root, train=train, download=True)
