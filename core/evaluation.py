@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.classifier import file_sha256
 from core.fidelity import class_share_range, compare, evaluate, reference_images, to_uint8
 
 
@@ -101,9 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = calibrate(args.ns, args.checkpoint, args.n_model)
     if args.out:
-        command = "python -m core.evaluation " + " ".join(sys.argv[1:] if argv is None else argv)
+        record = {"command": "python -m core.evaluation " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "rows": rows}
+        if args.checkpoint:  # which model the sampler rows scored: its file's hash, step and training config
+            process = load_checkpoint(args.checkpoint)
+            record["checkpoint"] = {"sha256": file_sha256(args.checkpoint), "step": process.step,
+                                    "config": process.config.to_dict()}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from analysis import report, runs, stats
+from core.config import SCALES, Config
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -131,6 +132,35 @@ def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
     recorded += [(digits[(0.3, 5000)], "classifier_score"), (digits[(0.3, 5000)], "fid")]
     assert list(rule) == [f"{(100 if 'share' in key else 1) * row[key]:.{len(s.partition('.')[2])}f}"
                           for (row, key), s in zip(recorded, rule)]
+
+
+SAMPLER_ROWS = {  # the README's DDIM-50 against ancestral-1000 table: its labels -> the calibration's rows
+    "DDIM-50 (eta 0, x\u2080 clipped)": "DDIM-50 vs test",
+    "ancestral-1000 (the seed's formula, no clipping)": "ancestral-1000 vs test",
+    "DDIM-50 samples against ancestral-1000 samples": "DDIM-50 vs ancestral-1000 (same model)"}
+
+
+def test_the_readmes_sampler_table_is_what_the_committed_calibration_of_its_checkpoint_gives():
+    """The README's DDIM-50 against ancestral-1000 table, its floor and its "% lower FID" quote the committed
+    calibration, and it names the model that calibration sampled: the `small` baseline at its last step. Before
+    this test the table quoted a 400-step model, from before `small` trained 600 steps, and no file kept it."""
+    evaluation = " ".join(README.read_text().split("## Evaluation: FID on a pinned MNIST classifier")[1].split(
+        "\n## ")[0].split("\n"))  # one line: the prose's figures may wrap
+    record = json.loads((REPO / "benchmarks" / "calibration" / "ddim50-vs-ancestral-small-seed0.json").read_text())
+    rows = {row["comparison"]: row for row in record["rows"]}
+    for label, comparison in SAMPLER_ROWS.items():
+        shown = re.search(rf"\| {re.escape(label)} \| ([\d.]+) \| (-?[\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
+                          evaluation).groups()
+        assert list(shown) == [digits_as(rows[comparison][k], s)
+                               for k, s in zip(("fid", "kid_mean", "precision", "recall"), shown)]
+    trained, step = Config(**record["checkpoint"]["config"]), record["checkpoint"]["step"]
+    assert (trained, step) == (Config(**SCALES["small"], seed=trained.seed), trained.train_steps)
+    assert f"the `small` baseline, {step} steps, seed {trained.seed}" in evaluation
+    assert f"The real-vs-real floor at N = 256 is {rows['real train vs real test']['fid']:.1f}." in evaluation
+    lower = 1 - rows["DDIM-50 vs test"]["fid"] / rows["ancestral-1000 vs test"]["fid"]
+    scores = [rows[comparison]["classifier_score"] for comparison in ("DDIM-50 vs test", "ancestral-1000 vs test")]
+    assert f"it scores {lower:.0%} lower FID than the seed's sampler, and a classifier score of {scores[0]:.2f} " \
+           f"against {scores[1]:.2f}." in evaluation
 
 
 def test_every_number_in_the_speed_tables_is_a_committed_measurement():

@@ -9,6 +9,9 @@ import torch
 from core import fidelity
 from core.classifier import WEIGHTS_PATH, accuracy, file_sha256, load_classifier
 from core import evaluation
+from core.checkpoint import save_checkpoint
+from core.config import SCALES, Config
+from core.diffusion import DiffusionProcess
 
 
 def test_shipped_weights_reach_99_percent():
@@ -125,6 +128,19 @@ def test_calibrate_writes_its_rows_and_its_command_with_out(tmp_path, capsys):
         "test + N(0, 0.1^2) noise vs test", 8), ("test + N(0, 0.3^2) noise vs test", 8)]
     printed = capsys.readouterr().out.splitlines()
     assert [f"FID {row['fid']:9.2f}" in line for row, line in zip(written["rows"], printed)] == [True] * 3
+
+
+def test_calibrate_with_a_checkpoint_records_which_model_its_sampler_rows_scored(tmp_path):
+    """The DDIM-50 against ancestral-1000 rows come from one model: ``--out`` names it by its file's hash and the
+    config it trained with, so the README's sampler table can say which run it quotes."""
+    config = Config.from_mapping(SCALES["smoke"]).replace(seed=3)
+    checkpoint = save_checkpoint(DiffusionProcess(config), tmp_path / "checkpoint.pt")
+    out = tmp_path / "sampler.json"
+    evaluation.main(["calibrate", "--ns", "4", "--checkpoint", str(checkpoint), "--n-model", "4", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert [row["comparison"] for row in written["rows"]][3:] == [
+        "DDIM-50 vs test", "ancestral-1000 vs test", "DDIM-50 vs ancestral-1000 (same model)"]
+    assert written["checkpoint"] == {"sha256": file_sha256(checkpoint), "step": 0, "config": config.to_dict()}
 
 
 def test_to_uint8_inverts_the_data_scaling():
