@@ -8,6 +8,7 @@ from pathlib import Path
 
 from analysis import report, runs, stats
 from core.config import SCALES, Config
+from core.fidelity import real_floor
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -113,8 +114,9 @@ def calibration_rows(name: str) -> dict:
 
 def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
     """The README's Calibration table (FID, KID, precision, recall of real and noisy digits) and what it says real
-    digits score on the digit rule quote the two committed calibrations, to the digits shown. Its KIDs of noisy
-    digits had drifted from what the code gives (5.7 and 112.4 for 6.2 and 113.0) before this test."""
+    digits score on the digit rule quote the two committed calibrations, to the digits shown, and its FID floor at
+    N = 1,000 is what ``real_floor`` gives. Its KIDs of noisy digits had drifted from what the code gives (5.7 and
+    112.4 for 6.2 and 113.0) before this test."""
     evaluation = README.read_text().split("## Evaluation: FID on a pinned MNIST classifier")[1].split("\n## ")[0]
     table = calibration_rows("real-digits-256-to-10000.json")
     lines = re.findall(r"^\| (?:real train vs real test|test \+ N\(0, ([\d.]+)\u00b2\) vs test) \| ([\d,]+) \| "
@@ -132,6 +134,8 @@ def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
     recorded += [(digits[(0.3, 5000)], "classifier_score"), (digits[(0.3, 5000)], "fid")]
     assert list(rule) == [f"{(100 if 'share' in key else 1) * row[key]:.{len(s.partition('.')[2])}f}"
                           for (row, key), s in zip(recorded, rule)]
+    floor = re.search(r"the same comparison its samples get \(([\d.]+) at\s+N = 1,000", evaluation).group(1)
+    assert floor == digits_as(real_floor(1000), floor)  # what every run at N = 1,000 records as info.fid_floor
 
 
 SAMPLER_ROWS = {  # the README's DDIM-50 against ancestral-1000 table: its labels -> the calibration's rows
