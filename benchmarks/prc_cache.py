@@ -2,16 +2,18 @@
 precision/recall finds the k-NN radii of the 10,000 real digits again every time, against
 :func:`core.fidelity.compare`, which caches those radii (the reference's features are cached in both).
 
-    python benchmarks/prc_cache.py [--threads 1] [--repeats 5]
+    python benchmarks/prc_cache.py [--threads 1] [--repeats 5] [--out FILE.json]
 
-Prints one JSON line: median seconds of each, their ratio, and whether the values agree bit for bit. The cache
-is a fresh temporary folder, filled by one untimed call of each.
+Prints one JSON line: median seconds of each, their ratio, and whether the values agree bit for bit; ``--out``
+also writes it, with the command and the machine. The cache is a fresh temporary folder, filled by one untimed
+call of each.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ablations.plan import integer_at_least
+from benchmarks.run import machine
 from core import evaluation, fidelity
 
 
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=integer_at_least("--threads"), default=1, help="torch threads (default 1)")
     parser.add_argument("--repeats", type=integer_at_least("--repeats"), default=5)
+    parser.add_argument("--out", type=Path, help="also write the row here, with the command and the machine")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     real = fidelity.reference_images("test")
@@ -53,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
            "speedup": round(theirs_s / ours_s, 1),
            "bitwise_equal": all(ours[name] == theirs[tf_name] for name, tf_name in names.items())}
     print(json.dumps(row))
+    if args.out:
+        command = "python benchmarks/prc_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        args.out.write_text(json.dumps({"command": command, "machine": machine()} | row, indent=1) + "\n")
     return row
 
 

@@ -98,10 +98,14 @@ def test_paper_benchmark_projects_a_short_run_to_the_paper_budget(tmp_path):
     assert row["paper_total_s"] == pytest.approx(sum(row["paper_s"].values())) and row["step_ms"] > 0
 
 
-def test_the_evaluation_benchmark_times_both_ways_to_the_same_values(monkeypatch):
+def test_the_evaluation_benchmark_times_both_ways_to_the_same_values(monkeypatch, tmp_path):
     monkeypatch.setattr(fidelity, "CACHE_ROOT", fidelity.CACHE_ROOT)  # it caches in a folder of its own
-    row = prc_cache.main(["--threads", str(torch.get_num_threads()), "--repeats", "1"])
+    words = ["--threads", str(torch.get_num_threads()), "--repeats", "1", "--out", str(tmp_path / "prc.json")]
+    row = prc_cache.main(words)
     assert row["bitwise_equal"] and row["torch_fidelity_s"] > 0 and row["cached_radii_s"] > 0
+    written = json.loads((tmp_path / "prc.json").read_text())
+    command = "python benchmarks/prc_cache.py " + " ".join(words)
+    assert written == {"command": command, "machine": written["machine"]} | row
 
 
 def test_the_shared_cores_benchmark_times_each_process_of_a_group_started_together(capsys):

@@ -138,6 +138,20 @@ def test_the_readmes_calibration_is_what_the_committed_calibration_gives():
     assert floor == digits_as(real_floor(1000), floor)  # what every run at N = 1,000 records as info.fid_floor
 
 
+def test_the_readmes_evaluation_timings_are_what_the_committed_benchmark_rows_say():
+    """The README's timings of torch-fidelity's call against ``compare`` (one and two threads) quote the rows
+    ``benchmarks/prc_cache.py --out`` committed, to the digits shown, and both rows found the values equal."""
+    evaluation = " ".join(README.read_text().split("## Evaluation: FID on a pinned MNIST classifier")[1].split(
+        "\n## ")[0].split("\n"))
+    shown = re.search(r"prc_cache.py --threads 1 .*?: ([\d.]+) s a call by torch-fidelity, ([\d.]+) s by `compare`; "
+                      r"with `--threads 2` \(`prc-cache-threads-2.json`\), ([\d.]+) s and ([\d.]+) s\.",
+                      evaluation).groups()
+    rows = [json.loads((REPO / "benchmarks" / f"prc-cache-threads-{t}.json").read_text()) for t in (1, 2)]
+    recorded = [row[key] for row in rows for key in ("torch_fidelity_s", "cached_radii_s")]
+    assert list(shown) == [digits_as(value, s) for value, s in zip(recorded, shown)]
+    assert [(row["threads"], row["bitwise_equal"]) for row in rows] == [(1, True), (2, True)]
+
+
 SAMPLER_ROWS = {  # the README's DDIM-50 against ancestral-1000 table: its labels -> the calibration's rows
     "DDIM-50 (eta 0, x\u2080 clipped)": "DDIM-50 vs test",
     "ancestral-1000 (the seed's formula, no clipping)": "ancestral-1000 vs test",
