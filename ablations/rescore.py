@@ -21,7 +21,7 @@ import torch
 
 from ablations import record, sweep_manifest
 from ablations.plan import comma_integers
-from ablations.store import StoreUnavailable, database, resolve
+from ablations.store import StoreUnavailable, database, mongo_option, resolve
 from core.checkpoint import restore_weights
 from core.config import Config
 from core.diffusion import DiffusionProcess
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                        "found stored")
     which.add_argument("--runs", type=comma_integers("runs", "10,11"), help="these run ids, e.g. 10,11")
     parser.add_argument("--force", action="store_true", help="rescore runs that already hold held-out results")
-    parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    mongo_option(parser)
     args = parser.parse_args(argv)
-    target = resolve(args.mongo)
     try:
-        with database(args.mongo) as db:
+        target = resolve(args.mongo)
+        with database(target) as db:
             docs = selected(db, args.sweep, args.runs, args.force)
             print(f"{len(docs)} run(s) to rescore in {target.safe_url} / {target.db_name}")
             for doc in docs:

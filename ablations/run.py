@@ -27,6 +27,7 @@ from sacred.observers import MongoObserver
 from sacred.utils import SacredError, SacredInterrupt
 
 from ablations import store
+from ablations.observers import observers
 from ablations.plan import planned_precision
 from ablations.record import CHECKPOINT, CONFIG_KEYS, RUN_OPTIONS, check_config_keys
 from ablations.runner import execute
@@ -121,8 +122,8 @@ def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
     rest, mongo, journal_only, i = [], None, False, 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("-m", "--mongo_db"):
-            mongo, i = argv[i + 1], i + 2
+        if arg in ("-m", "--mongo_db"):  # a missing value is "", which resolve() refuses by name
+            mongo, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 2
             continue
         if arg.startswith("--mongo_db="):
             mongo = arg.split("=", 1)[1]
@@ -175,7 +176,11 @@ def cli(argv: list[str] | None = None) -> int:
         ex.run_commandline(argv)
         return 0
     _refuse_a_bad_command_line(argv, command)
-    TARGET = store.resolve(mongo)
+    try:
+        TARGET = store.resolve(mongo)
+    except ValueError as exc:  # a -m value or $ABLATIONS_MONGO_URL of no form a database has
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     if command not in UNOBSERVED_COMMANDS and not {"-u", "--unobserved"} & set(argv):
         if not journal_only:
             try:
@@ -183,7 +188,7 @@ def cli(argv: list[str] | None = None) -> int:
             except store.StoreUnavailable as exc:
                 print(f"ERROR: {exc}", file=sys.stderr)
                 return 2
-        ex.observers[:] = store.observers(TARGET, journal_only)
+        ex.observers[:] = observers(TARGET, journal_only)
     for stop_signal in STOP_SIGNALS:  # a SIGINT ignored from the start (a background job's) stays ignored
         if signal.getsignal(stop_signal) is not signal.SIG_IGN:
             signal.signal(stop_signal, _stop_once)

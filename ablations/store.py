@@ -1,4 +1,5 @@
-"""Where runs go: the MongoDB URL, the embedded local server, the observers and the local journal.
+"""Where runs go: the MongoDB URL, the embedded local server and the local journal (the observers that write a run
+ into them are :mod:`ablations.observers`).
 
     python -m ablations.store status | start | stop | sync [PART ...] [--adopt DIR] | bundle OUT_DIR
 
@@ -19,6 +20,7 @@ Runs made with ``--journal-only`` on a machine that cannot reach the database tr
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import os
@@ -103,9 +105,9 @@ def redact(url: str) -> str:
     return re.sub(r"(mongodb(?:\+srv)?://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def parse(value: str) -> tuple[str, str]:
+def parse(value: str, source: str = "-m") -> tuple[str, str]:
     """A ``-m`` value -> (url, db_name). Accepts a ``mongodb://`` URL (database from its path) or
-    Sacred's ``[host:port:]db_name`` form."""
+    Sacred's ``[host:port:]db_name`` form; ``source`` names where the value came from in the error."""
     if value.startswith(("mongodb://", "mongodb+srv://")):
         path = urlsplit(value).path.strip("/")
         db_name = path or DEFAULT_DB
@@ -116,30 +118,31 @@ def parse(value: str) -> tuple[str, str]:
         return f"mongodb://{parts[0]}:{parts[1]}", parts[2]
     if len(parts) == 1 and parts[0]:
         return DEFAULT_URL, parts[0]
-    raise ValueError(f"invalid -m value {redact(value)!r}: valid forms are mongodb://HOST:PORT[/DB] "
+    raise ValueError(f"invalid {source} value {redact(value)!r}: valid forms are mongodb://HOST:PORT[/DB] "
                      "or HOST:PORT:DB or DB")
 
 
 def resolve(mongo_arg: str | None = None) -> Target:
-    """``-m`` first, then ``$ABLATIONS_MONGO_URL``, then the default (which may start the embedded server)."""
-    value = mongo_arg or os.environ.get(URL_ENV)
-    if value:
-        url, db_name = parse(value)
-        return Target(url, db_name, explicit=True)
+    """``-m`` first, then ``$ABLATIONS_MONGO_URL``, then the default (which may start the embedded server). A value
+    :func:`parse` does not take raises its ValueError, which names where the value came from."""
+    if mongo_arg is not None:
+        return Target(*parse(mongo_arg), explicit=True)
+    if value := os.environ.get(URL_ENV):
+        return Target(*parse(value, f"${URL_ENV}"), explicit=True)
     return Target(DEFAULT_URL, DEFAULT_DB, explicit=False)
 
 
-def displace(journal: Path, run_id: int) -> Path | None:
-    """Move the journal's folder for ``run_id``, if there is one, to ``_displaced/ID-TIME-PID/``; where it went."""
-    folder = journal / str(run_id)
-    if not folder.exists():
-        return None
-    moved = journal / "_displaced" / f"{run_id}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    moved.parent.mkdir(exist_ok=True)
-    folder.rename(moved)
-    print(f"WARNING: the journal held a run under id {run_id}, which the database has just given to a new run "
-          f"(runs were deleted from the database, which kept its identity): moved to {moved}", file=sys.stderr)
-    return moved
+def mongo_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add every CLI's database option, ``-m``/``--mongo URL`` as ``args.mongo`` (``--mongo-url``, its old name in
+    analysis/, still works); a value :func:`parse` does not take is a usage error, before any work."""
+    def checked(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    parser.add_argument("-m", "--mongo", "--mongo-url", dest="mongo", metavar="URL", type=checked,
+                        help="mongodb://HOST:PORT[/DB], HOST:PORT:DB or DB (default: $ABLATIONS_MONGO_URL or local)")
 
 
 def journal_runs(target: Target) -> list[Path]:
@@ -268,42 +271,6 @@ def stop_embedded(log=print) -> bool:
     return True
 
 
-def observers(target: Target, journal_only: bool = False) -> list:
-    """Sacred observers: MongoDB (first, so it assigns the run id) and the local journal."""
-    from sacred.observers import FileStorageObserver, MongoObserver
-
-    class JournaledMongoObserver(MongoObserver):
-        """MongoObserver that gives up the final save after 2 tries instead of 10: the journal holds
-        the whole run, and `sync` uploads it, so waiting minutes for a dead database gains nothing."""
-
-        def final_save(self, attempts):
-            for _ in range(2):
-                try:
-                    self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)
-                    return
-                except pymongo.errors.PyMongoError:
-                    time.sleep(1)
-            print(f"WARNING: could not store the end of run {self.run_entry['_id']} in MongoDB; "
-                  "it is complete in the journal", file=sys.stderr)
-
-    class Journal(FileStorageObserver):
-        """The journal, named by the database's run ids. A folder already there under the id the database has
-        just given out holds a run the database no longer has (its runs were deleted, its identity kept): it is
-        moved to ``_displaced/`` rather than failing the new run, and nothing is deleted."""
-
-        def started_event(self, *args, **kwargs):
-            if kwargs.get("_id") is not None:
-                displace(Path(self.basedir), kwargs["_id"])
-            return super().started_event(*args, **kwargs)
-
-    journal = Journal(str(target.journal_dir(online=not journal_only)))
-    if journal_only:
-        return [journal]
-    mongo = JournaledMongoObserver(url=target.url, db_name=target.db_name, serverSelectionTimeoutMS=TIMEOUT_MS,
-                                   connectTimeoutMS=TIMEOUT_MS, socketTimeoutMS=4 * TIMEOUT_MS)
-    return [mongo, journal]
-
-
 def status(target: Target, log=print) -> None:
     pid = server_pid()
     up = ping(target)
@@ -327,14 +294,12 @@ def status(target: Target, log=print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m ablations.store", description=__doc__.splitlines()[0],
                                      epilog="bundle OUT_DIR packs the journal-only runs into parts of at most "
                                             "--part-mib; sync [PART ...] unpacks such parts first, then uploads")
     parser.add_argument("command", choices=["status", "start", "stop", "sync", "bundle"])
     parser.add_argument("paths", nargs="*", help="bundle: the output directory; sync: bundle parts to upload")
-    parser.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    mongo_option(parser)
     parser.add_argument("--checkpoints", action="store_true", help="bundle: carry the full checkpoints too")
     parser.add_argument("--part-mib", type=float, default=bundle.PART_MIB, help="bundle: largest part (MiB)")
     parser.add_argument("--adopt", action="append", default=[], type=Path, metavar="DIR",
@@ -348,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"invalid --adopt for {args.command}: only sync adopts another database's journal")
     if args.part_mib <= 0:
         parser.error(f"invalid --part-mib {args.part_mib:g}: valid values are positive numbers of MiB")
-    target = resolve(args.mongo)
+    try:
+        target = resolve(args.mongo)
+    except ValueError as exc:  # a bad $ABLATIONS_MONGO_URL (the parser has checked -m)
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     if args.command == "status":
         status(target)
     elif args.command == "start":

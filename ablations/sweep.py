@@ -212,7 +212,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "(core/fused.py); dropout cells train alone")
     p.add_argument("--journal-only", action="store_true",
                    help="no database: runs go to the local journal (then `python -m ablations.store bundle`/`sync`)")
-    p.add_argument("-m", "--mongo", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    store.mongo_option(p)
     args = p.parse_args(head)
     if args.pack > 1 and (args.workers or args.scheduler):
         p.error(f"invalid --pack {args.pack} with --workers/--scheduler: pack runs cells on this machine's "
@@ -231,8 +231,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, words = parse_args(sys.argv[1:] if argv is None else argv)
-    target = store.resolve(args.mongo)
     try:
+        target = store.resolve(args.mongo)  # only $ABLATIONS_MONGO_URL can fail here: the parser has checked -m
         tasks = tasks_for(args, words, target)
     except ValueError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

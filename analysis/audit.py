@@ -1,8 +1,8 @@
 """Check stored runs, and re-execute one to prove that it reproduces.
 
-    python analysis/audit.py [--mongo-url URL] [--sweep ID]
-    python analysis/audit.py --reproduce RUN_ID [--mongo-url URL]
-    python analysis/audit.py --resample RUN_ID [--seeds 0,1,2] [--mongo-url URL]
+    python analysis/audit.py [-m URL] [--sweep ID]
+    python analysis/audit.py --reproduce RUN_ID [-m URL]
+    python analysis/audit.py --resample RUN_ID [--seeds 0,1,2] [-m URL]
 
 The audit checks every run's status (and heartbeat freshness while RUNNING), completeness (every
 expected metric and artifact, a final checkpoint that loads), provenance (a commit, a clean tree,
@@ -27,7 +27,7 @@ import gridfs
 from ablations.record import (ARTIFACTS, FINAL_WEIGHTS, IMPORTED, METRICS, RESULT_KEYS, STALE_AFTER_S,
                               config_hash, dirty_run_code, final_weights, non_plain, precision_of)
 from ablations.plan import comma_integers
-from ablations.store import StoreUnavailable, database  # URLs and the server only
+from ablations.store import StoreUnavailable, database, mongo_option  # URLs and the server only
 from ablations.sweep_manifest import check_known, unfinished
 from core.classifier import expected_sha256
 from core.config import Config
@@ -146,7 +146,7 @@ def print_rows(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/audit.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    mongo_option(parser)
     parser.add_argument("--sweep", help="only this sweep id")
     parser.add_argument("--reproduce", type=int, metavar="RUN_ID", help="re-execute this run and compare")
     parser.add_argument("--resample", type=int, metavar="RUN_ID",
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="sampler seeds for --resample (default 0,1,2)")
     args = parser.parse_args(argv)
     try:
-        with database(args.mongo_url) as db:
+        with database(args.mongo) as db:
             return run_command(db, args)
     except (ValueError, StoreUnavailable) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

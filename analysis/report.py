@@ -1,6 +1,6 @@
 """Regenerate the comparison report from stored runs, with one command.
 
-    python analysis/report.py [--mongo-url URL | --dump FILE ...] [--sweep ID ...] [--out DIR]
+    python analysis/report.py [-m URL | --dump FILE ...] [--sweep ID ...] [--out DIR]
     python analysis/report.py --dump reports/runs.json --dump reports/gpu/runs.json --out /tmp/scales
 
 Writes DIR/report.md (readable on a code host), DIR/report.html (self-contained: figures
@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from ablations.record import SAMPLE_GRID, TOGGLES, seed_value
-from ablations.store import StoreUnavailable
+from ablations.store import StoreUnavailable, mongo_option
 from analysis import figures, stats
 from ablations.sweep_manifest import in_sweeps, member_cell
 from analysis.runs import curves_table, from_dump, from_mongo, levels_table, planned_not_stored, runs_table
@@ -322,7 +322,7 @@ def runs_of(args) -> list[dict]:
     """The run documents the command line names: its dumps, or its sweeps' runs in the database (or all of them)."""
     if args.dump:
         return [doc for dump in args.dump for doc in from_dump(dump)]
-    fetched = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo_url, sweep)]
+    fetched = [doc for sweep in args.sweep or [None] for doc in from_mongo(args.mongo, sweep)]
     ids = [doc["_id"] for doc in fetched]
     return [doc for i, doc in enumerate(fetched) if doc["_id"] not in ids[:i]]  # a run two sweeps share, once
 
@@ -330,14 +330,14 @@ def runs_of(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--mongo-url", help="mongodb://HOST:PORT[/DB] (default: $ABLATIONS_MONGO_URL or local)")
+    mongo_option(source)
     source.add_argument("--dump", type=Path, action="append",
                         help="a JSON dump from `python -m analysis.runs export` (repeat it for several)")
     parser.add_argument("--sweep", action="append", help="only this sweep id (repeat it for several)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
     args = parser.parse_args(argv)
     try:
-        missing = [] if args.dump else [e for s in args.sweep or [] for e in planned_not_stored(args.mongo_url, s)]
+        missing = [] if args.dump else [e for s in args.sweep or [] for e in planned_not_stored(args.mongo, s)]
         build(runs_of(args), args.out, args.sweep, missing)
     except (ValueError, StoreUnavailable) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

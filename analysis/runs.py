@@ -21,7 +21,7 @@ import pandas as pd
 from bson import json_util
 
 from ablations.record import ARTIFACTS, IMPORTED, RESULT_KEYS, SAMPLE_GRID, TOGGLES, precision_of
-from ablations.store import StoreUnavailable, database  # URLs and the server: no Sacred machinery
+from ablations.store import StoreUnavailable, database, mongo_option  # URLs and the server: no Sacred machinery
 from ablations.sweep_manifest import MEMBER_OF, borrowed, check_known, member_cell, unfinished
 
 EMBEDDED = (SAMPLE_GRID,)  # artifacts small enough to travel inside a dump
@@ -158,17 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     exp = sub.add_parser("export", help="write a sweep's runs to a JSON dump")
     exp.add_argument("path", type=Path)
     exp.add_argument("--sweep")
-    exp.add_argument("-m", "--mongo-url")
+    mongo_option(exp)
     imp = sub.add_parser("import", help="load a JSON dump into a database")
     imp.add_argument("path", type=Path)
-    imp.add_argument("-m", "--mongo-url")
+    mongo_option(imp)
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
-            docs = from_mongo(args.mongo_url, args.sweep)
+            docs = from_mongo(args.mongo, args.sweep)
             print(f"wrote {len(docs)} runs to {export(docs, args.path)}")
         else:
-            print(f"imported {import_dump(from_dump(args.path), args.mongo_url)} runs")
+            print(f"imported {import_dump(from_dump(args.path), args.mongo)} runs")
     except (ValueError, StoreUnavailable) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

@@ -225,7 +225,7 @@ def test_audit_flags_each_planted_problem(stored):
     assert rows[908] == [f"info.class_histogram counts 0 samples, not the config's n_samples="
                          f"{original['config']['n_samples']}"]
     assert rows[909] == ["config is not valid: invalid schedule='cosin': valid values are 'cosine' or 'linear'"]
-    cli = subprocess.run([sys.executable, str(REPO / "analysis" / "audit.py"), "--mongo-url", server.url],
+    cli = subprocess.run([sys.executable, str(REPO / "analysis" / "audit.py"), "-m", server.url],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and "stale heartbeat" in cli.stdout
     db.runs.delete_many({"_id": {"$in": list(planted)}})

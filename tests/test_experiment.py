@@ -301,3 +301,38 @@ def test_redact_hides_passwords():
     assert parse("mongodb://h:1/mydb") == ("mongodb://h:1", "mydb") and parse("h:2:db") == ("mongodb://h:2", "db")
     with pytest.raises(ValueError, match="valid forms"):
         parse("a:b")
+
+
+def database_clis() -> dict:
+    """Every command line that reaches a database: its main function and words it would otherwise run with, which
+    take ``-m URL`` after their first."""
+    from ablations import rescore, store, sweep
+    from analysis import audit, report, runs
+
+    return {"ablations.store": (store.main, ["status"]), "sweep.py": (sweep.main, ["--dry-run", "with", "smoke"]),
+            "ablations.rescore": (rescore.main, ["--sweep=sw-x"]), "audit.py": (audit.main, []),
+            "report.py": (report.main, ["--sweep=sw-x"]), "analysis.runs": (runs.main, ["export", "x.json"])}
+
+
+@pytest.mark.parametrize("cli", ["ablations.store", "sweep.py", "ablations.rescore", "audit.py", "report.py",
+                                 "analysis.runs", "run.py"])
+def test_every_cli_takes_its_database_as_dash_m_and_refuses_a_bad_url_by_name(cli, tmp_path, monkeypatch, capsys):
+    """``-m`` names the database on every command line (audit.py and report.py took only ``--mongo-url``, which
+    still works), and a value of no form a database has, on ``-m`` or in $ABLATIONS_MONGO_URL, is refused in one
+    line naming where it came from, with exit 2 (store, sweep.py, rescore and run.py raised a traceback)."""
+    bad = "invalid -m value 'a:b': valid forms are mongodb://HOST:PORT[/DB] or HOST:PORT:DB or DB"
+    from_env = bad.replace("-m value", "$ABLATIONS_MONGO_URL value")
+    if cli == "run.py":
+        for args, env, message in ((["-m", "a:b", "with", "smoke"], "mongodb://127.0.0.1:9/x", bad),
+                                   (["with", "smoke"], "a:b", from_env)):
+            out = experiment(args, run_env(env, tmp_path), timeout=60)
+            assert out.returncode == 2 and out.stderr == f"ERROR: {message}\n", out.stderr
+        return
+    main, words = database_clis()[cli]
+    monkeypatch.setenv("ABLATIONS_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as refused:
+        main([*words[:1], "-m", "a:b", *words[1:]])
+    assert refused.value.code == 2 and f"argument -m/--mongo/--mongo-url: {bad}\n" in capsys.readouterr().err
+    monkeypatch.setenv("ABLATIONS_MONGO_URL", "a:b")
+    assert main(words) == 2 and capsys.readouterr().err == f"ERROR: {from_env}\n"
+    assert not (tmp_path / "mongo").exists()  # no embedded server was started for it
