@@ -28,13 +28,18 @@ PLANS = ("ofat", "full")
 
 
 def comma_integers(what: str, example: str = "0,1,2"):
-    """An argparse type for a comma-separated list of integers that names the bad value and the valid form."""
+    """An argparse type for a comma-separated list of distinct integers (seeds, run ids: one given twice would
+    plan a run twice) that names the bad value and the valid form."""
     def parse(text: str) -> list[int]:
         try:
-            return [int(x) for x in text.split(",")]
+            values = [int(x) for x in text.split(",")]
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are comma-separated "
                                              f"integers, e.g. {example}") from None
+        if twice := sorted({v for v in values if values.count(v) > 1}):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {twice[0]} is given twice; valid values are "
+                                             f"distinct comma-separated integers, e.g. {example}")
+        return values
     return parse
 
 
@@ -159,6 +164,7 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
         dropout's, train alone.
     """
     base, updates = fields_of(with_words)
+    refuse_what_the_sweep_sets(updates)
     cells = []
     for name, overrides in cells_of(plan, only, Config.from_mapping(base)):
         for seed in seeds:
@@ -166,6 +172,21 @@ def build(plan: str, seeds: list[int], with_words: list[str], only: list[str] | 
             precision = planned_precision(config, updates.get("precision", "auto"), here=False)
             cells.append(Cell(name, seed, overrides, config, precision, fuse and unfusable_reason(config) is None))
     return cells
+
+
+# Run options that a sweep sets for each of its runs, with the sweep's option for them: a `with` word setting one
+# would be overridden without a word (`with seed=3` ran seed 0).
+SET_BY_THE_SWEEP = {"seed": "--seeds", "fused": "--fuse", "sweep_id": None, "cell": None, "resume": None,
+                    "resume_checkpoint": None, "fused_checkpoint": None}
+
+
+def refuse_what_the_sweep_sets(updates: dict) -> None:
+    """ValueError naming the first ``with`` update whose key the sweep sets itself (:data:`SET_BY_THE_SWEEP`)."""
+    if taken := [key for key in updates if key in SET_BY_THE_SWEEP]:
+        key, option = taken[0], SET_BY_THE_SWEEP[taken[0]]
+        raise ValueError(f"invalid `with` word {key}={updates[key]!r}: the sweep sets {key} for each run itself"
+                         + (f" (give it as {option})" if option else "") + "; valid `with` words are named configs "
+                         "and KEY=VALUE updates of the other keys")
 
 
 def sweep_id(plan: str, only: list[str] | None, with_words: list[str], baseline: Cell) -> str:

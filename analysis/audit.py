@@ -26,7 +26,7 @@ import gridfs
 
 from ablations.record import (ARTIFACTS, FINAL_WEIGHTS, IMPORTED, METRICS, RESULT_KEYS, STALE_AFTER_S,
                               config_hash, dirty_run_code, final_weights, non_plain, precision_of)
-from ablations.plan import comma_integers
+from ablations.plan import comma_integers, integer_at_least
 from ablations.store import StoreUnavailable, database, mongo_option  # URLs and the server only
 from ablations.sweep_manifest import check_known, unfinished
 from core.classifier import expected_sha256
@@ -147,13 +147,18 @@ def print_rows(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/audit.py", description=__doc__.splitlines()[0])
     mongo_option(parser)
-    parser.add_argument("--sweep", help="only this sweep id")
-    parser.add_argument("--reproduce", type=int, metavar="RUN_ID", help="re-execute this run and compare")
-    parser.add_argument("--resample", type=int, metavar="RUN_ID",
-                        help="score this run's stored weights under other sampler seeds (see --seeds)")
-    parser.add_argument("--seeds", default="0,1,2", type=comma_integers("seeds"),
-                        help="sampler seeds for --resample (default 0,1,2)")
+    what = parser.add_mutually_exclusive_group()  # one thing at a time: a second was ignored without a word
+    what.add_argument("--sweep", help="only this sweep id")
+    what.add_argument("--reproduce", type=integer_at_least("--reproduce"), metavar="RUN_ID",
+                      help="re-execute this run and compare")
+    what.add_argument("--resample", type=integer_at_least("--resample"), metavar="RUN_ID",
+                      help="score this run's stored weights under other sampler seeds (see --seeds)")
+    parser.add_argument("--seeds", type=comma_integers("seeds"), help="sampler seeds for --resample (default 0,1,2)")
     args = parser.parse_args(argv)
+    if args.seeds is not None and args.resample is None:
+        parser.error(f"invalid --seeds {','.join(map(str, args.seeds))} without --resample: the sampler seeds are "
+                     "for --resample RUN_ID only")
+    args.seeds = args.seeds or [0, 1, 2]
     try:
         with database(args.mongo) as db:
             return run_command(db, args)

@@ -327,6 +327,16 @@ def runs_of(args) -> list[dict]:
     return [doc for i, doc in enumerate(fetched) if doc["_id"] not in ids[:i]]  # a run two sweeps share, once
 
 
+def report_folder(text: str) -> Path:
+    """``--out``: a folder, or a path where one can be made; a file, or a path through one, is refused before the
+    runs are loaded (a folder that cannot be written is said when the report is written)."""
+    path = Path(text)
+    if not next(p for p in [path, *path.parents] if p.exists()).is_dir():
+        raise argparse.ArgumentTypeError(f"invalid --out {text!r}: a file is in the way; valid values are folders, "
+                                         "or paths where one can be made")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -334,12 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--dump", type=Path, action="append",
                         help="a JSON dump from `python -m analysis.runs export` (repeat it for several)")
     parser.add_argument("--sweep", action="append", help="only this sweep id (repeat it for several)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
+    parser.add_argument("--out", type=report_folder, default=Path(__file__).resolve().parent.parent / "reports")
     args = parser.parse_args(argv)
     try:
         missing = [] if args.dump else [e for s in args.sweep or [] for e in planned_not_stored(args.mongo, s)]
         build(runs_of(args), args.out, args.sweep, missing)
-    except (ValueError, StoreUnavailable) as exc:
+    except (ValueError, StoreUnavailable, OSError) as exc:  # OSError: a folder that cannot be written
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.html'}")

@@ -342,10 +342,31 @@ def test_a_path_that_is_not_a_dump_is_refused_by_name(tmp_path, capsys, content,
     assert not (tmp_path / "r").exists()
 
 
-def test_resample_refuses_bad_seeds_before_any_work(capsys):
+@pytest.mark.parametrize("words, message", [
+    (["--resample", "1", "--seeds", "0,x"], "invalid seeds '0,x'"),
+    (["--resample", "1", "--seeds", "1,1"], "invalid seeds '1,1': 1 is given twice"),
+    (["--reproduce", "0"], "invalid --reproduce '0': valid values are integers >= 1"),
+    # one thing at a time: the second of these was ignored without a word
+    (["--reproduce", "1", "--resample", "2"], "argument --resample: not allowed with argument --reproduce"),
+    (["--sweep", "sw-x", "--reproduce", "1"], "argument --reproduce: not allowed with argument --sweep"),
+    (["--seeds", "1,2"], "invalid --seeds 1,2 without --resample: the sampler seeds are for --resample RUN_ID only"),
+])
+def test_audit_refuses_a_bad_or_ambiguous_command_line_before_any_work(words, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        audit.main(["--resample", "1", "--seeds", "0,x"])
-    assert exit_.value.code == 2 and "invalid seeds '0,x'" in capsys.readouterr().err
+        audit.main(["-m", "mongodb://127.0.0.1:9/x", *words])  # a dead database: nothing may reach it
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_report_refuses_a_file_as_its_folder_before_loading_runs(tmp_path, capsys):
+    """``--out`` where a file is in the way was a traceback once the report was drawn. The database named is dead:
+    had the runs been loaded first, its error would have come instead."""
+    (tmp_path / "report.md").write_text("kept\n")
+    for out in ("report.md", "report.md/inside"):
+        with pytest.raises(SystemExit) as exit_:
+            report.main(["-m", "mongodb://127.0.0.1:9/x", "--out", str(tmp_path / out)])
+        assert exit_.value.code == 2 and f"invalid --out '{tmp_path / out}': a file is in the way" in \
+            capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "kept\n"
 
 
 def test_reproduce_names_the_package_versions_and_cpu_that_differ():

@@ -53,6 +53,14 @@ def test_only_and_bad_values(capsys):
         sweep.main(["--seeds", "0,x", "--dry-run", "with", "smoke"])
     assert exit_.value.code == 2 and "invalid seeds '0,x': valid values are comma-separated integers" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):  # seed 0 twice planned each of its runs twice
+        sweep.main(["--seeds", "0,1,0", "--dry-run", "with", "smoke"])
+    assert "invalid seeds '0,1,0': 0 is given twice; valid values are distinct" in capsys.readouterr().err
+    for word, message in (("seed=3", "seed=3: the sweep sets seed for each run itself (give it as --seeds);"),
+                          ("fused=True", "fused=True: the sweep sets fused for each run itself (give it as --fuse);"),
+                          ("cell=x", "cell='x': the sweep sets cell for each run itself;")):
+        assert sweep.main(["--dry-run", "with", "smoke", word]) == 2  # `with seed=3` ran seed 0, the sweep's own
+        assert f"invalid `with` word {message}" in capsys.readouterr().err
     for option, value, least in (("--pack", "0", 1), ("--workers", "-1", 0)):
         with pytest.raises(SystemExit):
             sweep.main([option, value, "--dry-run", "with", "smoke"])
