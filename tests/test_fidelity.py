@@ -133,7 +133,7 @@ def test_calibrate_writes_its_rows_and_its_command_with_out(tmp_path, capsys):
 def test_calibrate_with_a_checkpoint_records_which_model_its_sampler_rows_scored(tmp_path):
     """The DDIM-50 against ancestral-1000 rows come from one model: ``--out`` names it by its file's hash and the
     config it trained with, so the README's sampler table can say which run it quotes."""
-    config = Config.from_mapping(SCALES["smoke"]).replace(seed=3)
+    config = Config.from_mapping(SCALES["smoke"]).replace(seed=3, hidden_dims=(8, 16, 32), time_dim=16)  # a quick one
     checkpoint = save_checkpoint(DiffusionProcess(config), tmp_path / "checkpoint.pt")
     out = tmp_path / "sampler.json"
     evaluation.main(["calibrate", "--ns", "4", "--checkpoint", str(checkpoint), "--n-model", "4", "--out", str(out)])
