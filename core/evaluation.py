@@ -91,15 +91,40 @@ def sample_counts(text: str) -> list[int]:
                                      "10000, e.g. 1000,5000")
 
 
+def sample_count(text: str) -> int:
+    """``--n-model``: samples each sampler draws, scored against as many test digits (4 to 10,000, as ``--ns``)."""
+    if text.isdigit() and 4 <= int(text) <= 10_000:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"invalid --n-model {text!r}: valid values are integers from 4 to 10000 (each "
+                                     "sampler's samples are scored against as many test digits)")
+
+
+def refuse_a_bad_file(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A ``--checkpoint`` that does not load, or an ``--out`` where a folder or a file is in the way, is a usage
+    error before any work (they failed once the real digits had been scored)."""
+    if args.checkpoint is not None:
+        try:
+            load_checkpoint(args.checkpoint)
+        except Exception as exc:  # missing, not a torch file, or not a full checkpoint: each is the finding
+            parser.error(f"invalid --checkpoint {str(args.checkpoint)!r} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0]}): valid values are a run's full checkpoint, "
+                         "runs/journal/ablations/db-*/RUN/checkpoint.pt")
+    if args.out is not None and (args.out.is_dir() or not next(p for p in args.out.parents if p.exists()).is_dir()):
+        parser.error(f"invalid --out {str(args.out)!r}: a folder or a file is in the way; valid values are JSON file "
+                     "paths whose folder exists or can be made")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Calibrate the classifier-feature metrics.")
+    parser = argparse.ArgumentParser(prog="python -m core.evaluation", description="Calibrate the classifier-feature "
+                                     "metrics.")
     parser.add_argument("command", choices=["calibrate"])
     parser.add_argument("--ns", type=sample_counts, default=[1000, 5000, 10_000],
                         help="comma-separated N for real vs real")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint, to compare DDIM-50 with ancestral-1000")
-    parser.add_argument("--n-model", type=int, default=500, help="samples per sampler from the checkpoint")
+    parser.add_argument("--n-model", type=sample_count, default=500, help="samples per sampler from the checkpoint")
     parser.add_argument("--out", type=Path, help="also write the rows to this JSON file, with the command")
     args = parser.parse_args(argv)
+    refuse_a_bad_file(parser, args)
     rows = calibrate(args.ns, args.checkpoint, args.n_model)
     if args.out:
         record = {"command": "python -m core.evaluation " + " ".join(sys.argv[1:] if argv is None else argv),

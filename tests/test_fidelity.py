@@ -118,6 +118,20 @@ def test_calibrate_refuses_a_bad_n_before_any_work(ns, capsys):
     assert f"invalid --ns '{ns}': valid values are comma-separated integers from 4 to 10000" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("words, message", [
+    (["--checkpoint", "{tmp}/none.pt"], "invalid --checkpoint '{tmp}/none.pt' (FileNotFoundError"),
+    (["--checkpoint", "{tmp}/notes.txt"], "invalid --checkpoint '{tmp}/notes.txt' (UnpicklingError"),
+    (["--n-model", "0"], "invalid --n-model '0': valid values are integers from 4 to 10000"),
+    (["--out", "{tmp}/notes.txt/rows.json"], "invalid --out '{tmp}/notes.txt/rows.json': a folder or a file is in"),
+])
+def test_calibrate_refuses_a_bad_checkpoint_count_or_out_before_any_work(words, message, tmp_path, capsys):
+    """These failed once the real digits had been scored (a traceback), or, for --n-model 0, not at all."""
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(SystemExit) as exit_:
+        evaluation.main(["calibrate", *[word.format(tmp=tmp_path) for word in words]])
+    assert exit_.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
 def test_calibrate_writes_its_rows_and_its_command_with_out(tmp_path, capsys):
     """``--out`` keeps what the calibration printed (the README's tables quote two such files)."""
     out = tmp_path / "calibration" / "eight.json"
