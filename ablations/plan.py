@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -59,6 +60,25 @@ def positive_integers(what: str, example: str = "1,2"):
             raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: valid values are comma-separated "
                                              f"integers >= 1, e.g. {example}")
         return [int(part) for part in text.split(",")]
+    return parse
+
+
+def output_file(what: str):
+    """An argparse type for a file to write a result to: its folder is made now, so that a folder at that path, or a
+    file where its folder should be, is refused before the work whose result it would hold (not after it)."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        existing = next(p for p in path.parents if p.exists())
+        why = "it is a folder" if path.is_dir() else None if existing.is_dir() else f"{existing} is a file"
+        if why is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # e.g. no permission to make it
+                why = exc.strerror
+        if why:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {why}; valid values are file paths whose "
+                                             "folder exists or can be made")
+        return path
     return parse
 
 

@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from ablations.plan import comma_integers, parse_updates, positive_integers
+from ablations.plan import comma_integers, output_file, parse_updates, positive_integers
 from benchmarks.budget_choice import choose_main, scored_with
 from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="--curve: keep the run's checkpoint here; where it exists, go on from it")
     parser.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
                         help="--curve --checkpoint: steps between checkpoints besides the points'")
-    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--out", type=output_file("--out"), help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.choose and not args.speedup:
         parser.error("invalid --choose without --speedup: valid calls name a benchmarks/suite.py result JSON")

@@ -16,10 +16,10 @@ import json
 import statistics
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import torch
 
+from ablations.plan import output_file
 from benchmarks.budget import scale_fields
 from benchmarks.run import machine, timed
 from core.config import SCALES, Config
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--agree-steps", type=int, default=50)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=output_file("--out"), required=True)
     args = parser.parse_args(argv)
     try:
         members = [int(k) for k in args.members.split(",")]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
+from ablations.plan import output_file
 from benchmarks.run import machine, timed
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=PAPER.n_samples)
     parser.add_argument("--eager-steps", type=int, default=0, help="also time this many steps without CUDA graphs")
     parser.add_argument("--compile", action="store_true", help="the `paper` config with compile=True")
-    parser.add_argument("--out", type=Path, help="also write the numbers as JSON here")
+    parser.add_argument("--out", type=output_file("--out"), help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     for flag, value, budget in (("--train-steps", args.train_steps, PAPER.train_steps),
                                 ("--samples", args.samples, PAPER.n_samples)):

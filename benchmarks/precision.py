@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 import torch
 
+from ablations.plan import output_file
 from benchmarks.run import machine, matmul_peak, timed
 from core.config import Config
 from core.diffusion import DiffusionProcess
@@ -38,7 +38,7 @@ def step_seconds(batch: int, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=output_file("--out"))
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"invalid --repeats={args.repeats}: valid values are integers >= 1")

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ablations.plan import output_file
 from benchmarks.contenders import Diffusers, Ours, amp_dtype
 from core.diffusion import GRAPH_WARMUP_STEPS
 from core.provenance import peak_rss_mb
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and contenders; 6-9 min on 2 cores")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
+    parser.add_argument("--out", type=output_file("--out"), default=Path(__file__).resolve().parent / "results.json")
     parser.add_argument("--rss-only", action="store_true", help="only re-measure the small-run peak RSS in --out")
     args = parser.parse_args(argv)
     if args.rss_only:

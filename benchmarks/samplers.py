@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from ablations.plan import output_file
 from benchmarks.run import machine
 from core.checkpoint import load_weights, restore_weights
 from core.config import Config
@@ -109,17 +110,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--precision", default="auto", help="the run's AMP precision, when not this device's auto")
     parser.add_argument("--trained", action="store_true",
                         help="sample the trained weights of a run that kept an EMA, not the EMA's")
-    parser.add_argument("--grids", type=Path, help="write the variants' first 64 samples, side by side, here")
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--grids", type=output_file("--grids"), help="write the variants' first 64 samples, side by side, here")
+    parser.add_argument("--out", type=output_file("--out"), help="write the rows as JSON here")
     args = parser.parse_args(argv)
     names = args.variants.split(",")
     if unknown := [v for v in names if variant(v) is None]:
         parser.error(f"invalid --variants {','.join(unknown)}: valid values are {', '.join(VARIANTS)}, or "
                      "ddimN[-etaE] (N DDIM steps, eta E from 0 to 1)")
-    if not args.weights.is_file():
-        parser.error(f"invalid weights {args.weights}: no such file; valid values are a run's final_weights.pt "
-                     "or a process checkpoint")
-    weights = load_weights(args.weights)
+    try:
+        weights = load_weights(args.weights)
+    except Exception as exc:  # missing, not a torch file, or neither format: each is the finding, before any work
+        parser.error(f"invalid weights {args.weights} ({type(exc).__name__}: {str(exc).splitlines()[0]}): valid "
+                     "values are a run's final_weights.pt or a process checkpoint")
     noise_steps = weights["config"]["noise_steps"]
     if too_many := [v for v in names if variant(v)[0].get("sampler_steps", 0) > noise_steps]:
         parser.error(f"invalid --variants {','.join(too_many)}: valid DDIM steps are 1 to {noise_steps}, "
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "weights already")
         # a process without an EMA model samples its trained weights, with the noise the EMA's samples drew
         weights = weights | {"config": weights["config"] | {"ema": False}}
+    try:  # a bad --n or --precision, before any sampling: the first variant's process checks both
+        variant_process(weights, names[0], args.n or weights["config"]["n_samples"], args.precision)
+    except ValueError as exc:
+        parser.error(str(exc))
     started = time.perf_counter()
 
     def save(rows: list[dict], firsts: list) -> None:  # after every variant: one that fails loses no other

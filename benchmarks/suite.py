@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ablations import cuda_mps
+from ablations.plan import output_file
 from ablations.record import FINAL_WEIGHTS, TRAIN_METRICS
 from benchmarks.run import machine
 from core.checkpoint import load_weights
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--packed-only", action="store_true", help="only the packed sweep: its wall and phase "
                         "medians, for budget.py --choose's line through several budgets (no speed-up, no equality)")
     parser.add_argument("--work", type=Path, help="where the two journals go (default: a temporary directory)")
-    parser.add_argument("--out", type=Path, help="write the result JSON here")
+    parser.add_argument("--out", type=output_file("--out"), help="write the result JSON here")
     args = parser.parse_args(own)
     if args.pack < 2:
         parser.error(f"invalid --pack {args.pack}: valid values are integers >= 2 (1 is the sequential baseline)")

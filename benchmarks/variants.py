@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
+from ablations.plan import output_file
 from benchmarks.paper import PAPER
 from benchmarks.run import machine, timed
 from core.data import as_tensor, iterate_batches, mnist
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=output_file("--out"))
     args = parser.parse_args(argv)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]

@@ -11,6 +11,7 @@ import torch
 
 from PIL import Image
 
+from ablations.plan import output_file
 from benchmarks import paper, prc_cache, samplers, shared_cores, variants
 from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
@@ -135,9 +136,16 @@ def test_sampler_variants_of_an_ema_run_score_its_trained_weights_when_asked(tmp
     with pytest.raises(SystemExit):
         samplers.main([str(tmp_path / "no-ema.pt"), "--trained"])
     assert "invalid --trained: " in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        samplers.main([str(tmp_path / "none.pt")])
-    assert f"invalid weights {tmp_path / 'none.pt'}: no such file" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    ema_pt = str(tmp_path / "ema.pt")
+    for words, message in (([str(tmp_path / "none.pt")], f"invalid weights {tmp_path / 'none.pt'} (FileNotFound"),
+                           ([str(tmp_path / "notes.txt")], f"invalid weights {tmp_path / 'notes.txt'} (Unpickling"),
+                           # these two were tracebacks, --n only once the first variant had been built
+                           ([ema_pt, "--n", "2"], "invalid n_samples=2: valid values are an integer >= 4"),
+                           ([ema_pt, "--precision", "fp8"], "invalid precision='fp8' on cpu")):
+        with pytest.raises(SystemExit):
+            samplers.main(words)
+        assert message in capsys.readouterr().err
 
 
 def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(tmp_path, capsys):
@@ -360,3 +368,18 @@ def test_the_gpu_speedup_stage_times_six_cells_or_the_whole_suite_fused(tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "benchmarks/suite.py " + words.replace(" W/", f" {tmp_path}/W/").replace(
         " O/", f" {tmp_path}/O/")
+
+
+@pytest.mark.parametrize("benchmark", [paper, prc_cache, samplers, variants])
+def test_a_result_file_that_cannot_be_written_is_refused_before_the_work(benchmark, tmp_path, capsys):
+    """The benchmarks wrote their JSON once the measuring was done, so a file where its folder should be (or a
+    folder at its path) lost the measurement to a traceback; now the path is checked, its folder made, first."""
+    (tmp_path / "notes.txt").write_text("kept\n")
+    words = [str(tmp_path / "weights.pt")] if benchmark is samplers else []  # its one positional argument
+    for out, why in ((tmp_path / "notes.txt" / "r.json", f"{tmp_path / 'notes.txt'} is a file"),
+                     (tmp_path, "it is a folder")):
+        with pytest.raises(SystemExit) as exit_:
+            benchmark.main([*words, "--out", str(out)])
+        assert exit_.value.code == 2 and f"invalid --out '{out}': {why}; valid values are" in capsys.readouterr().err
+    made = tmp_path / "new" / "folder" / "r.json"
+    assert output_file("--out")(str(made)) == made and made.parent.is_dir()  # what the writer needs, made
