@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=integer_at_least("--threads"), default=1, help="torch threads (default 1)")
     parser.add_argument("--repeats", type=integer_at_least("--repeats"), default=5)
-    parser.add_argument("--out", type=output_file("--out"), help="also write the row here, with the command and the machine")
+    parser.add_argument("--out", type=output_file("--out"),
+                        help="also write the row here, with the command and the machine")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     real = fidelity.reference_images("test")

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--precision", default="auto", help="the run's AMP precision, when not this device's auto")
     parser.add_argument("--trained", action="store_true",
                         help="sample the trained weights of a run that kept an EMA, not the EMA's")
-    parser.add_argument("--grids", type=output_file("--grids"), help="write the variants' first 64 samples, side by side, here")
+    parser.add_argument("--grids", type=output_file("--grids"),
+                        help="write the variants' first 64 samples, side by side, here")
     parser.add_argument("--out", type=output_file("--out"), help="write the rows as JSON here")
     args = parser.parse_args(argv)
     names = args.variants.split(",")
