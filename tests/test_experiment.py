@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ablations.record import ARTIFACTS, METRICS, non_plain
-from tests.helpers import (Server, deterministic, experiment, final_weights, journal_of, metrics_of, run_env,
-                           run_id, start_experiment, wait_for)
+from tests.helpers import (Server, deterministic, experiment, final_weights, journal_of, metrics_of, refusal,
+                           run_env, run_id, start_experiment, wait_for)
 
 SMOKE = ["with", "smoke", "threads=1"]
 LONGER = ["with", "smoke", "threads=1", "train_steps=60", "checkpoint_every=10"]  # time to interrupt it
@@ -70,10 +70,12 @@ def test_same_config_and_seed_store_identical_metrics(server, env, reference):
     ("atention=False", "invalid config key(s) atention (atention: did you mean attention?): valid keys are the "
                        "Config fields amp, attention"),  # refused by name before Sacred (which names no valid key)
 ])
-def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
+def test_bad_values_fail_before_any_run_is_stored(server, env, update, message, monkeypatch, capfd):
+    """Two cases run the script as a user does (one is checked once the database answers); the others call its
+    main in this process."""
     before = server.db().runs.count_documents({})
-    out = experiment(["with", "smoke", update], env, timeout=60)
-    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr  # one line
+    code, err = refusal(["with", "smoke", update], env, update in ("schedule=cosin", "resume=77"), monkeypatch, capfd)
+    assert code == 2 and message in err and "Traceback" not in err, err  # one line
     assert server.db().runs.count_documents({}) == before
 
 
@@ -84,12 +86,14 @@ def test_bad_values_fail_before_any_run_is_stored(server, env, update, message):
                                "config file"),
     (["smoke"], "invalid command 'smoke': valid commands are print_config,"),  # `with` forgotten
 ])
-def test_a_bad_key_value_or_command_is_refused_before_the_database_is_reached(tmp_path, args, message):
+def test_a_bad_key_value_or_command_is_refused_before_the_database_is_reached(tmp_path, args, message, monkeypatch,
+                                                                            capfd):
     """The database named is down, and the error is the command line's, in one line: no server is reached (nor
-    the embedded one started) for a typo."""
-    out = experiment(args, run_env("mongodb://127.0.0.1:9/ablations", tmp_path), timeout=60)
-    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
-    assert "no MongoDB answers" not in out.stderr and not (tmp_path / "journal").exists()
+    the embedded one started) for a typo. The named-config typo runs the script; the others call its main."""
+    dead = run_env("mongodb://127.0.0.1:9/ablations", tmp_path)
+    code, err = refusal(args, dead, args == ["with", "smok"], monkeypatch, capfd)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert "no MongoDB answers" not in err and not (tmp_path / "journal").exists()
 
 
 @pytest.mark.parametrize("args", [["--help"], ["help", "print_config"]])
