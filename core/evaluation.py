@@ -17,6 +17,7 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.classifier import file_sha256
+from core.diffusion import DiffusionProcess
 from core.fidelity import class_share_range, compare, evaluate, reference_images, to_uint8
 
 
@@ -46,11 +47,11 @@ def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     return (x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))).clamp(-1, 1)
 
 
-def calibrate(ns: list[int], checkpoint: Path | None = None, n_model: int = 500, log=print) -> list[dict]:
+def calibrate(ns: list[int], process: DiffusionProcess | None = None, n_model: int = 500, log=print) -> list[dict]:
     """What "good" is at a given N, and how far the fast sampler moves the metric.
 
     Rows: real train subset vs real test subset at each N; test + Gaussian noise (sigma 0.1, 0.3)
-    vs test at the largest N; and, given a checkpoint, DDIM-50 vs ancestral-1000 samples of it. Each row
+    vs test at the largest N; and, given a trained process, DDIM-50 vs ancestral-1000 samples of it. Each row
     also holds the classifier score and the smallest and largest class share of the images it scores: what
     real digits score on the "draws digits" rule at that N.
     """
@@ -69,8 +70,7 @@ def calibrate(ns: list[int], checkpoint: Path | None = None, n_model: int = 500,
     n = max(ns)
     for sigma in (0.1, 0.3):
         add(f"test + N(0, {sigma}^2) noise vs test", n, evaluate(noisy(reference_images("test", n), sigma), "test", n))
-    if checkpoint is not None:
-        process = load_checkpoint(checkpoint)
+    if process is not None:
         fast = process.sample(n_model, sampler="ddim", steps=50, seed=0)
         slow = process.sample(n_model, sampler="ancestral", seed=0, progress=True)
         add("DDIM-50 vs test", n_model, evaluate(fast, "test", n_model))
@@ -99,12 +99,13 @@ def sample_count(text: str) -> int:
                                      "sampler's samples are scored against as many test digits)")
 
 
-def refuse_a_bad_file(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """A ``--checkpoint`` that does not load, or an ``--out`` where a folder or a file is in the way, is a usage
-    error before any work (they failed once the real digits had been scored)."""
+def loaded_checkpoint(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DiffusionProcess | None:
+    """The ``--checkpoint``'s process (None without one). One that does not load, or an ``--out`` where a folder or
+    a file is in the way, is a usage error before any work (they failed once the real digits had been scored)."""
+    process = None
     if args.checkpoint is not None:
         try:
-            load_checkpoint(args.checkpoint)
+            process = load_checkpoint(args.checkpoint)
         except Exception as exc:  # missing, not a torch file, or not a full checkpoint: each is the finding
             parser.error(f"invalid --checkpoint {str(args.checkpoint)!r} ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}): valid values are a run's full checkpoint, "
@@ -112,6 +113,7 @@ def refuse_a_bad_file(parser: argparse.ArgumentParser, args: argparse.Namespace)
     if args.out is not None and (args.out.is_dir() or not next(p for p in args.out.parents if p.exists()).is_dir()):
         parser.error(f"invalid --out {str(args.out)!r}: a folder or a file is in the way; valid values are JSON file "
                      "paths whose folder exists or can be made")
+    return process
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,13 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-model", type=sample_count, default=500, help="samples per sampler from the checkpoint")
     parser.add_argument("--out", type=Path, help="also write the rows to this JSON file, with the command")
     args = parser.parse_args(argv)
-    refuse_a_bad_file(parser, args)
-    rows = calibrate(args.ns, args.checkpoint, args.n_model)
+    process = loaded_checkpoint(parser, args)
+    rows = calibrate(args.ns, process, args.n_model)
     if args.out:
         record = {"command": "python -m core.evaluation " + " ".join(sys.argv[1:] if argv is None else argv),
                   "rows": rows}
-        if args.checkpoint:  # which model the sampler rows scored: its file's hash, step and training config
-            process = load_checkpoint(args.checkpoint)
+        if process is not None:  # which model the sampler rows scored: its file's hash, step and training config
             record["checkpoint"] = {"sha256": file_sha256(args.checkpoint), "step": process.step,
                                     "config": process.config.to_dict()}
         args.out.parent.mkdir(parents=True, exist_ok=True)
