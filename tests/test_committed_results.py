@@ -181,6 +181,25 @@ def test_the_readmes_sampler_table_is_what_the_committed_calibration_of_its_chec
            f"against {scores[1]:.2f}." in evaluation
 
 
+def test_the_sampler_table_reproduced_bit_for_bit_from_a_retrained_checkpoint():
+    """The same `small` run trained again in a later session and scored by the same command gave every row of the
+    committed calibration exactly, as the README says; only the checkpoint files' hashes differ (a checkpoint keeps
+    the logged throughput)."""
+    folder = REPO / "benchmarks" / "calibration"
+    first, again = (json.loads((folder / f"ddim50-vs-ancestral-small-seed0{suffix}.json").read_text())
+                    for suffix in ("", "-retrained"))
+    assert again["rows"] == first["rows"] and len(first["rows"]) == 6
+    same = {key: again["checkpoint"][key] == first["checkpoint"][key] for key in ("config", "step", "sha256")}
+    assert same == {"config": True, "step": True, "sha256": False}
+
+    def options(command: str) -> list[str]:  # all but the checkpoint's and the result's paths
+        return [word for word in command.split() if not word.endswith((".pt", ".json"))]
+    assert options(again["command"]) == options(first["command"])
+    evaluation = " ".join(README.read_text().split("## Evaluation: FID on a pinned MNIST classifier")[1].split(
+        "\n## ")[0].split("\n"))
+    assert "gave every row of the committed JSON, bit for bit" in evaluation
+
+
 def test_every_number_in_the_speed_tables_is_a_committed_measurement():
     """The README's Speed tables quote benchmarks/results.json and the JSONs of benchmarks/device/: each number
     there (but in a row's first cell, its label) is a recorded value rounded to the digits shown. Left out: the
