@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import Config, config_or_fields
+from core.fastpath import GroupNorm
 
 GROUPS = 8  # GroupNorm groups everywhere, as in the spec's out_norm
 
@@ -53,7 +54,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, time_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.norm = nn.GroupNorm(GROUPS, in_ch)
+        self.norm = GroupNorm(GROUPS, in_ch)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_ch))
@@ -70,7 +71,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, ch: int, heads: int = 4):
         super().__init__()
-        self.norm = nn.GroupNorm(GROUPS, ch)
+        self.norm = GroupNorm(GROUPS, ch)
         self.attn = nn.MultiheadAttention(ch, heads, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +152,7 @@ class DiffusionModel(nn.Module):
             UpBlock(d2, d2, d1, time_dim, dropout),  # 7x7 -> 14x14
             UpBlock(d1, d1, d0, time_dim, dropout),  # 14x14 -> 28x28
         ])
-        self.out_norm = nn.GroupNorm(8, d0)
+        self.out_norm = GroupNorm(8, d0)
         self.out_conv = nn.Conv2d(d0, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ablations.plan import output_file
-from benchmarks import paper, prc_cache, samplers, shared_cores, variants
+from benchmarks import group_norm, paper, prc_cache, samplers, shared_cores, variants
 from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
@@ -107,6 +107,21 @@ def test_the_evaluation_benchmark_times_both_ways_to_the_same_values(monkeypatch
     written = json.loads((tmp_path / "prc.json").read_text())
     command = "python benchmarks/prc_cache.py " + " ".join(words)
     assert written == {"command": command, "machine": written["machine"]} | row
+
+
+def test_the_group_norm_benchmark_times_both_ways_and_finds_the_routes_outputs_equal(tmp_path, capsys):
+    words = ["--repeats", "1", "--threads", str(torch.get_num_threads()), "--out", str(tmp_path / "gn.json")]
+    result = group_norm.main(words)
+    assert json.loads((tmp_path / "gn.json").read_text()) == result
+    assert result["command"] == "python benchmarks/group_norm.py " + " ".join(words)
+    assert len(result["group_norm"]) == len(group_norm.SHAPES) and [r["batch"] for r in result["network"]] == [64, 256]
+    assert all(r["native_ms"] > 0 and r["route_ms"] > 0 for r in result["group_norm"])
+    assert all(r["equal"] for r in result["group_norm"] if r["channels_per_group"] <= 8)
+    assert all(r["equal"] and r["route_on_s"] > 0 for r in result["network"])
+    assert "network at batch 64: route on" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        group_norm.main(["--repeats", "0"])
+    assert "invalid --repeats '0': valid values are integers >= 1" in capsys.readouterr().err
 
 
 def test_the_shared_cores_benchmark_times_each_process_of_a_group_started_together(capsys):
@@ -370,7 +385,7 @@ def test_the_gpu_speedup_stage_times_six_cells_or_the_whole_suite_fused(tmp_path
         " O/", f" {tmp_path}/O/")
 
 
-@pytest.mark.parametrize("benchmark", [paper, prc_cache, samplers, variants])
+@pytest.mark.parametrize("benchmark", [group_norm, paper, prc_cache, samplers, variants])
 def test_a_result_file_that_cannot_be_written_is_refused_before_the_work(benchmark, tmp_path, capsys):
     """The benchmarks wrote their JSON once the measuring was done, so a file where its folder should be (or a
     folder at its path) lost the measurement to a traceback; now the path is checked, its folder made, first."""

@@ -221,3 +221,21 @@ def test_every_number_in_the_speed_tables_is_a_committed_measurement():
     eager_ms = json.loads((REPO / "benchmarks" / "device" / "paper-h200-projected.json").read_text())["eager_step_ms"]
     projection = f"| eager training step ({eager_ms:.1f} ms), projected from 300 steps | {eager_ms * 46.9:.0f} s |"
     assert any(line.startswith(projection) for line in speed)
+
+
+def test_the_readmes_group_norm_figures_are_the_committed_benchmarks():
+    """The README's GroupNorm-route figures quote benchmarks/group-norm.json, which found the route's outputs equal
+    to the native kernel's exactly where core.fastpath.GroupNorm takes it (groups of up to 8 channels)."""
+    from core.fastpath import GroupNorm
+
+    measured = json.loads((REPO / "benchmarks" / "group-norm.json").read_text())
+    assert all(row["equal"] == (row["channels_per_group"] <= GroupNorm.MAX_CHANNELS_PER_GROUP)
+               for row in measured["group_norm"])
+    assert all(row["equal"] for row in measured["network"])
+    first, (at_64, at_256) = measured["group_norm"][0], measured["network"]
+    bullet = README.read_text().split("- The GroupNorm route")[1].split("\n- ")[0]
+    quoted = (measured["command"], f"(64, 32, 28, 28) {first['native_ms']:.1f} ms natively against {first['route_ms']:.1f} ms",
+              f"batch 64 {at_64['route_off_s']:.3f} s against {at_64['route_on_s']:.3f} s ({at_64['speedup']:.2f}×)",
+              f"at batch 256 {at_256['speedup']:.2f}×")
+    flat = " ".join(bullet.split())
+    assert all(q in flat for q in quoted), quoted

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.diffusion import DiffusionProcess
+from core.fastpath import GroupNorm
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 BATCH = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(5)) * 2 - 1  # (B, C, H, W)
@@ -46,6 +47,23 @@ def test_bf16_autocast_on_cpu_within_bf16_tolerance():
     assert fast.amp_dtype == torch.bfloat16
     # bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.4%); through ~20 layers errors add up.
     torch.testing.assert_close(eps_of(fast), eps_of(plain), rtol=0.05, atol=0.05)
+
+
+def test_the_group_norm_route_samples_the_same_bits_and_leaves_training_alone(monkeypatch):
+    """bf16 channels_last on the CPU without autograd: groups of 4 and 8 channels normalised in fp32, then rounded
+    back, give the native kernel's samples bit for bit; wider groups, fp32, NCHW and autograd keep the kernel."""
+    process = DiffusionProcess(device="cpu", amp=True, channels_last=True, precision="bf16", seed=0)
+    process.train_step(BATCH)
+    x = torch.randn(4, 32, 28, 28, dtype=torch.bfloat16).to(memory_format=torch.channels_last)  # (B, C, H, W)
+    narrow, wide = process.model.out_norm, process.model.bottleneck.res1.norm  # 4 and 16 channels a group
+    with torch.no_grad():
+        assert narrow.takes_route(x) and not narrow.takes_route(x.contiguous()) and not narrow.takes_route(x.float())
+        assert not wide.takes_route(torch.randn(4, 128, 7, 7, dtype=torch.bfloat16).to(
+            memory_format=torch.channels_last))
+    assert not narrow.takes_route(x)  # autograd on: the gradients would differ in the last bit
+    routed = process.sample(8, sampler="ddim", steps=5, seed=1)
+    monkeypatch.setattr(GroupNorm, "route", False)
+    assert torch.equal(routed, process.sample(8, sampler="ddim", steps=5, seed=1))
 
 
 def test_compile_falls_back_and_says_why(monkeypatch):
@@ -125,6 +143,7 @@ def test_cuda_compile_matches_eager():
 CUDA_RUN = r"""
 import hashlib, torch
 from core.diffusion import DiffusionProcess
+from core.fastpath import GroupNorm
 p = DiffusionProcess(device="cuda", seed=0)  # defaults: fp16 AMP, channels_last
 x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
 losses = [p.train_step(x) for _ in range(5)]

@@ -1,0 +1,96 @@
+"""The CPU's bf16 GroupNorm over channels_last tensors, natively and by ``core.fastpath.GroupNorm``'s fp32 route.
+
+    python benchmarks/group_norm.py [--repeats 15] [--threads 1] [--out benchmarks/group-norm.json]
+
+In one process, alternating the two ways inside every repeat and quoting medians (these machines are
+noisy), it times without autograd:
+  1. each GroupNorm shape of the seed model at batch 64 (8 groups): native bf16 against fp32 then
+     rounded to bf16, and whether the two outputs are equal bit for bit;
+  2. one network evaluation of the seed model at batches 64 and 256 (bf16 autocast, channels_last),
+     with the route on and off: what a sampler step costs either way, and whether the outputs are equal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ablations.plan import integer_at_least, output_file
+from benchmarks.run import machine, timed
+from core.diffusion import DiffusionProcess
+from core.fastpath import GroupNorm
+
+CPU = torch.device("cpu")
+SHAPES = [(32, 28), (64, 14), (128, 7), (256, 14), (128, 28)]  # (channels, side) of the seed model's norms
+
+
+def alternating(ways: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each zero-argument function, called in turn ``repeats`` times after a warm-up round."""
+    times = {name: [] for name in ways}
+    for _ in range(repeats + 1):
+        for name, fn in ways.items():
+            times[name].append(timed(fn, CPU))
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
+def norm_rows(repeats: int) -> list[dict]:
+    rows = []
+    for channels, side in SHAPES:
+        weight, bias = torch.randn(channels), torch.randn(channels)
+        x = torch.randn(64, channels, side, side).bfloat16().to(memory_format=torch.channels_last)  # (B, C, H, W)
+        native = lambda: F.group_norm(x, 8, weight, bias)  # noqa: E731
+        route = lambda: F.group_norm(x.float(), 8, weight, bias).bfloat16()  # noqa: E731
+        seconds = alternating({"native": native, "route": route}, repeats)
+        rows.append({"channels": channels, "side": side, "channels_per_group": channels // 8,
+                     "native_ms": 1e3 * seconds["native"], "route_ms": 1e3 * seconds["route"],
+                     "equal": torch.equal(native(), route())})
+    return rows
+
+
+def network_rows(repeats: int) -> list[dict]:
+    process = DiffusionProcess(device=CPU, amp=True, channels_last=True, precision="bf16", seed=0)
+    denoiser, rows = process._denoiser(), []
+    for batch in (64, 256):
+        x = torch.randn(batch, 1, 28, 28).to(memory_format=torch.channels_last)  # (B, C, H, W)
+        t = torch.full((batch,), 500)
+
+        def evaluate(route: bool) -> torch.Tensor:
+            GroupNorm.route = route
+            return denoiser(x, t)
+
+        seconds = alternating({"on": lambda: evaluate(True), "off": lambda: evaluate(False)}, repeats)
+        rows.append({"batch": batch, "route_on_s": seconds["on"], "route_off_s": seconds["off"],
+                     "speedup": seconds["off"] / seconds["on"], "equal": torch.equal(evaluate(True), evaluate(False))})
+    GroupNorm.route = True
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=integer_at_least("--repeats"), default=15)
+    parser.add_argument("--threads", type=integer_at_least("--threads"), default=1,
+                        help="torch threads (default 1: what a test worker has)")
+    parser.add_argument("--out", type=output_file("--out"), help="also write the results here, with the command")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with torch.inference_mode():
+        command = "python benchmarks/group_norm.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        result = {"command": command.strip(), "machine": machine(), "group_norm": norm_rows(args.repeats),
+                  "network": network_rows(args.repeats)}
+    for row in result["group_norm"]:
+        print(f"GroupNorm (64, {row['channels']}, {row['side']}, {row['side']}), {row['channels_per_group']} a group: "
+              f"native {row['native_ms']:.2f} ms, fp32 route {row['route_ms']:.2f} ms, equal {row['equal']}")
+    for row in result["network"]:
+        print(f"network at batch {row['batch']}: route on {row['route_on_s']:.4f} s, off {row['route_off_s']:.4f} s "
+              f"({row['speedup']:.2f}x), equal {row['equal']}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
