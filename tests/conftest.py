@@ -11,7 +11,7 @@ from ablations import store
 from core.diffusion import DiffusionProcess
 from tests.helpers import SEQUENTIAL, Server, run_env, run_sweep
 
-# `make test` runs the test modules in two pytest-xdist workers, and torch computes on one thread in each worker
+# `make test` runs the test modules in three pytest-xdist workers, and torch computes on one thread in each worker
 # and in every process a test starts (threads=0 reads OMP_NUM_THREADS). Torch thread pools that share the cores
 # are many times slower than the same work one after the other: `python benchmarks/shared_cores.py` on a 2-core
 # Xeon, 20 training steps: 4.0 s alone at 2 threads, 45 s each for two such processes side by side.
