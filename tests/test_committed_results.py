@@ -234,7 +234,8 @@ def test_the_readmes_group_norm_figures_are_the_committed_benchmarks():
     assert all(row["equal"] for row in measured["network"])
     first, (at_64, at_256) = measured["group_norm"][0], measured["network"]
     bullet = README.read_text().split("- The GroupNorm route")[1].split("\n- ")[0]
-    quoted = (measured["command"], f"(64, 32, 28, 28) {first['native_ms']:.1f} ms natively against {first['route_ms']:.1f} ms",
+    quoted = (measured["command"],
+              f"(64, 32, 28, 28) {first['native_ms']:.1f} ms natively against {first['route_ms']:.1f} ms",
               f"batch 64 {at_64['route_off_s']:.3f} s against {at_64['route_on_s']:.3f} s ({at_64['speedup']:.2f}×)",
               f"at batch 256 {at_256['speedup']:.2f}×")
     flat = " ".join(bullet.split())
