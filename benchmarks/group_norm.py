@@ -4,20 +4,22 @@
 
 In one process, alternating the two ways inside every repeat and quoting medians (these machines are
 noisy), it times without autograd:
-  1. each GroupNorm shape of the seed model at batch 64 (8 groups): native bf16 against fp32 then
-     rounded to bf16, and whether the two outputs are equal bit for bit;
+  1. each GroupNorm shape of the seed model at batch 64 (8 groups), through ``core.fastpath.GroupNorm``:
+     native bf16 against its route (fp32, then rounded to bf16) forced on whatever the group's width,
+     and whether the two outputs are equal bit for bit;
   2. one network evaluation of the seed model at batches 64 and 256 (bf16 autocast, channels_last),
      with the route on and off: what a sampler step costs either way, and whether the outputs are equal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from ablations.plan import integer_at_least, output_file
 from benchmarks.run import machine, timed
@@ -37,21 +39,38 @@ def alternating(ways: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
+@contextlib.contextmanager
+def routed(on: bool, max_channels_per_group: int = GroupNorm.MAX_CHANNELS_PER_GROUP):
+    """``core.fastpath.GroupNorm`` with its route on or off, and taken up to ``max_channels_per_group``."""
+    saved = GroupNorm.route, GroupNorm.MAX_CHANNELS_PER_GROUP
+    GroupNorm.route, GroupNorm.MAX_CHANNELS_PER_GROUP = on, max_channels_per_group
+    try:
+        yield
+    finally:
+        GroupNorm.route, GroupNorm.MAX_CHANNELS_PER_GROUP = saved
+
+
 def norm_rows(repeats: int) -> list[dict]:
+    """Each shape natively and by the route, forced on whatever its group width (to show where it pays)."""
     rows = []
     for channels, side in SHAPES:
-        weight, bias = torch.randn(channels), torch.randn(channels)
+        norm = GroupNorm(8, channels)
+        nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
         x = torch.randn(64, channels, side, side).bfloat16().to(memory_format=torch.channels_last)  # (B, C, H, W)
-        native = lambda: F.group_norm(x, 8, weight, bias)  # noqa: E731
-        route = lambda: F.group_norm(x.float(), 8, weight, bias).bfloat16()  # noqa: E731
-        seconds = alternating({"native": native, "route": route}, repeats)
+
+        def normalise(route: bool) -> torch.Tensor:
+            with routed(route, max_channels_per_group=channels):
+                return norm(x)
+
+        seconds = alternating({"native": lambda: normalise(False), "route": lambda: normalise(True)}, repeats)
         rows.append({"channels": channels, "side": side, "channels_per_group": channels // 8,
                      "native_ms": 1e3 * seconds["native"], "route_ms": 1e3 * seconds["route"],
-                     "equal": torch.equal(native(), route())})
+                     "equal": torch.equal(normalise(False), normalise(True))})
     return rows
 
 
 def network_rows(repeats: int) -> list[dict]:
+    """One network evaluation with the route on (as it runs) and off."""
     process = DiffusionProcess(device=CPU, amp=True, channels_last=True, precision="bf16", seed=0)
     denoiser, rows = process._denoiser(), []
     for batch in (64, 256):
@@ -59,13 +78,12 @@ def network_rows(repeats: int) -> list[dict]:
         t = torch.full((batch,), 500)
 
         def evaluate(route: bool) -> torch.Tensor:
-            GroupNorm.route = route
-            return denoiser(x, t)
+            with routed(route):
+                return denoiser(x, t)
 
         seconds = alternating({"on": lambda: evaluate(True), "off": lambda: evaluate(False)}, repeats)
         rows.append({"batch": batch, "route_on_s": seconds["on"], "route_off_s": seconds["off"],
                      "speedup": seconds["off"] / seconds["on"], "equal": torch.equal(evaluate(True), evaluate(False))})
-    GroupNorm.route = True
     return rows
 
 

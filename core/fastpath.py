@@ -29,8 +29,8 @@ class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm``, with the same values by a faster route in one slow case of the CPU.
 
     torch's bf16 GroupNorm over a channels_last CPU tensor is slow when a group holds few channels: at
-    (64, 32, 28, 28), 8 groups of 4, it took 15.8 ms against 8.8 ms for the same input cast to fp32, and a
-    network evaluation at batch 64 took 1.25x as long without this route as with it (one thread of a Xeon
+    (64, 32, 28, 28), 8 groups of 4, it took 21.6 ms against 8.8 ms for the same input cast to fp32, and a
+    network evaluation at batch 64 took 1.17x as long without this route as with it (one thread of a Xeon
     with AMX; ``python benchmarks/group_norm.py``, ``benchmarks/group-norm.json``). The bf16 kernel computes
     in fp32, and the fp32 kernel's output rounded to bf16 is the same tensor, bit for bit, for groups of up
     to 8 channels (the benchmark and ``tests/test_fastpath.py``). Their input gradients differ in the last

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from analysis import report, runs, stats
 from core.config import SCALES, Config
+from core.fastpath import GroupNorm
 from core.fidelity import real_floor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -226,8 +227,6 @@ def test_every_number_in_the_speed_tables_is_a_committed_measurement():
 def test_the_readmes_group_norm_figures_are_the_committed_benchmarks():
     """The README's GroupNorm-route figures quote benchmarks/group-norm.json, which found the route's outputs equal
     to the native kernel's exactly where core.fastpath.GroupNorm takes it (groups of up to 8 channels)."""
-    from core.fastpath import GroupNorm
-
     measured = json.loads((REPO / "benchmarks" / "group-norm.json").read_text())
     assert all(row["equal"] == (row["channels_per_group"] <= GroupNorm.MAX_CHANNELS_PER_GROUP)
                for row in measured["group_norm"])
