@@ -107,7 +107,10 @@ def test_database_down_at_start_is_a_clear_fast_error(env, tmp_path):
     dead = run_env("mongodb://user:s3cret@127.0.0.1:9/ablations", tmp_path)
     started = time.monotonic()
     out = experiment(SMOKE, dead, timeout=60)
-    assert out.returncode == 2 and time.monotonic() - started < 15
+    # Fast: within the store's own 5 s wait, not pymongo's default 30 s of server selection, which alone would take
+    # longer than this bound. The process's start-up (imports) is the rest: 10 s under three test workers, so a
+    # tighter bound failed on a slow hour (15.02 s against 15).
+    assert out.returncode == 2 and time.monotonic() - started < 30
     assert "no MongoDB answers at mongodb://user:***@127.0.0.1:9" in out.stderr and "--journal-only" in out.stderr
     assert "s3cret" not in out.stderr + out.stdout and not (tmp_path / "journal").exists()  # nothing ran
 
