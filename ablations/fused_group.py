@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ablations.plan import comma_integers, fields_of
+from ablations.plan import fields_of
+from core.arguments import comma_integers
 from core.checkpoint import load_state, save_state, without_ema
 from core.config import Config
 from core.data import as_tensor, mnist

@@ -20,8 +20,8 @@ import gridfs
 import torch
 
 from ablations import record, sweep_manifest
-from ablations.plan import comma_integers
 from ablations.store import StoreUnavailable, database, mongo_option, resolve
+from core.arguments import comma_integers
 from core.checkpoint import restore_weights
 from core.config import Config
 from core.diffusion import DiffusionProcess

@@ -53,6 +53,7 @@ from ablations import plan as plans
 from ablations import store, sweep_manifest
 from ablations.jobs import Task, jobs_of, run_cell, run_job
 from ablations.record import SITTING_ENV, config_hash
+from core.arguments import comma_integers, integer_at_least
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -196,14 +197,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                 epilog="Everything after `with` is passed to ablations/run.py "
                                        "(named configs, key=value).")
     p.add_argument("--plan", choices=plans.PLANS, default="ofat")
-    p.add_argument("--seeds", default="0", type=plans.comma_integers("seeds"))
+    p.add_argument("--seeds", default="0", type=comma_integers("seeds"))
     p.add_argument("--only", type=lambda s: s.split(","), help=f"toggles to vary, from {', '.join(plans.TOGGLES)}")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     p.add_argument("--print-id", action="store_true", help="print only the sweep id and run nothing")
-    p.add_argument("--workers", type=plans.integer_at_least("--workers", 0), default=0,
+    p.add_argument("--workers", type=integer_at_least("--workers", 0), default=0,
                    help="run on a Dask LocalCluster of N worker processes")
     p.add_argument("--scheduler", help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
-    p.add_argument("--pack", type=plans.integer_at_least("--pack"), default=1,
+    p.add_argument("--pack", type=integer_at_least("--pack"), default=1,
                    help="run K cells at a time on this machine's device, each its own process (default 1)")
     p.add_argument("--mps", action="store_true",
                    help="with --pack on a GPU: run the packed processes under a CUDA MPS daemon of the sweep's own")

@@ -26,9 +26,9 @@ import gridfs
 
 from ablations.record import (ARTIFACTS, FINAL_WEIGHTS, IMPORTED, METRICS, RESULT_KEYS, STALE_AFTER_S,
                               config_hash, dirty_run_code, final_weights, non_plain, precision_of)
-from ablations.plan import comma_integers, integer_at_least
 from ablations.store import StoreUnavailable, database, mongo_option  # URLs and the server only
 from ablations.sweep_manifest import check_known, unfinished
+from core.arguments import comma_integers, integer_at_least
 from core.classifier import expected_sha256
 from core.config import Config
 from core.data import MNIST_SHA256

@@ -46,8 +46,9 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from ablations.plan import comma_integers, output_file, parse_updates, positive_integers
+from ablations.plan import parse_updates
 from benchmarks.budget_choice import choose_main, scored_with
+from core.arguments import comma_integers, output_file, positive_integers
 from core.checkpoint import load_state, save_checkpoint
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist

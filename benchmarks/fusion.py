@@ -19,9 +19,9 @@ from datetime import datetime
 
 import torch
 
-from ablations.plan import output_file
 from benchmarks.budget import scale_fields
 from benchmarks.run import machine, timed
+from core.arguments import output_file
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess

@@ -21,8 +21,8 @@ import sys
 import torch
 from torch import nn
 
-from ablations.plan import integer_at_least, output_file
 from benchmarks.run import machine, timed
+from core.arguments import integer_at_least, output_file
 from core.diffusion import DiffusionProcess
 from core.fastpath import GroupNorm
 

@@ -19,8 +19,8 @@ import sys
 
 import torch
 
-from ablations.plan import output_file
 from benchmarks.run import machine, timed
+from core.arguments import output_file
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
 from core.diffusion import DiffusionProcess

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ablations.plan import integer_at_least, output_file
 from benchmarks.run import machine
 from core import evaluation, fidelity
+from core.arguments import integer_at_least, output_file
 
 
 def median_seconds(call, repeats: int) -> tuple[float, dict]:

@@ -15,8 +15,8 @@ import statistics
 
 import torch
 
-from ablations.plan import output_file
 from benchmarks.run import machine, matmul_peak, timed
+from core.arguments import output_file
 from core.config import Config
 from core.diffusion import DiffusionProcess
 from core.precision import cpu_has_amx, resolve_precision

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ablations.plan import output_file
 from benchmarks.contenders import Diffusers, Ours, amp_dtype
+from core.arguments import output_file
 from core.diffusion import GRAPH_WARMUP_STEPS
 from core.provenance import peak_rss_mb
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from ablations.plan import output_file
 from benchmarks.run import machine
+from core.arguments import output_file
 from core.checkpoint import load_weights, restore_weights
 from core.config import Config
 from core.diffusion import DiffusionProcess

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ablations.plan import integer_at_least, positive_integers
+from core.arguments import integer_at_least, positive_integers
 from core.config import SCALES, Config
 from core.data import as_tensor, iterate_batches, mnist
 from core.diffusion import DiffusionProcess

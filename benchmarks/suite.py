@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 
 from ablations import cuda_mps
-from ablations.plan import output_file
 from ablations.record import FINAL_WEIGHTS, TRAIN_METRICS
 from benchmarks.run import machine
+from core.arguments import output_file
 from core.checkpoint import load_weights
 
 SWEEP = Path(__file__).resolve().parent.parent / "ablations" / "sweep.py"

@@ -16,9 +16,9 @@ import json
 
 import torch
 
-from ablations.plan import output_file
 from benchmarks.paper import PAPER
 from benchmarks.run import machine, timed
+from core.arguments import output_file
 from core.data import as_tensor, iterate_batches, mnist
 from core.diffusion import GRAPH_WARMUP_STEPS, DiffusionProcess
 

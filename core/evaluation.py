@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from core.arguments import output_file
 from core.checkpoint import load_checkpoint
 from core.classifier import file_sha256
 from core.diffusion import DiffusionProcess
@@ -100,8 +101,8 @@ def sample_count(text: str) -> int:
 
 
 def loaded_checkpoint(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DiffusionProcess | None:
-    """The ``--checkpoint``'s process (None without one). One that does not load, or an ``--out`` where a folder or
-    a file is in the way, is a usage error before any work (they failed once the real digits had been scored)."""
+    """The ``--checkpoint``'s process (None without one). One that does not load is a usage error before any work
+    (it failed once the real digits had been scored)."""
     process = None
     if args.checkpoint is not None:
         try:
@@ -110,9 +111,6 @@ def loaded_checkpoint(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"invalid --checkpoint {str(args.checkpoint)!r} ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}): valid values are a run's full checkpoint, "
                          "runs/journal/ablations/db-*/RUN/checkpoint.pt")
-    if args.out is not None and (args.out.is_dir() or not next(p for p in args.out.parents if p.exists()).is_dir()):
-        parser.error(f"invalid --out {str(args.out)!r}: a folder or a file is in the way; valid values are JSON file "
-                     "paths whose folder exists or can be made")
     return process
 
 
@@ -124,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated N for real vs real")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint, to compare DDIM-50 with ancestral-1000")
     parser.add_argument("--n-model", type=sample_count, default=500, help="samples per sampler from the checkpoint")
-    parser.add_argument("--out", type=Path, help="also write the rows to this JSON file, with the command")
+    parser.add_argument("--out", type=output_file("--out"), help="also write the rows to this JSON file, with the "
+                        "command")
     args = parser.parse_args(argv)
     process = loaded_checkpoint(parser, args)
     rows = calibrate(args.ns, process, args.n_model)

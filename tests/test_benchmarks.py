@@ -11,12 +11,12 @@ import torch
 
 from PIL import Image
 
-from ablations.plan import output_file
 from benchmarks import group_norm, paper, prc_cache, samplers, shared_cores, variants
 from benchmarks.budget import parse_budget
 from benchmarks.contenders import Diffusers, Ours
 from benchmarks.run import TARGETS, finish, main, summarise
 from core import fidelity
+from core.arguments import output_file
 from core.checkpoint import load_weights, save_weights
 from core.config import SCALES, Config
 from core.data import as_tensor, mnist
@@ -211,7 +211,7 @@ def test_sampler_variants_score_one_model_and_as_run_is_the_runs_own_evaluation(
 
 
 def test_the_gpu_session_script_refuses_an_unknown_stage_and_a_missing_kit(tmp_path):
-    """What a GPU session runs fails fast and says why (its full rehearsal: README, "The GPU suite")."""
+    """What a GPU session runs fails fast and says why (its full rehearsal: benchmarks/device/README.md)."""
     script = tmp_path / "repo" / "benchmarks" / "device" / "session.sh"  # a tree without .device/
     script.parent.mkdir(parents=True)
     shutil.copy(SESSION, script)

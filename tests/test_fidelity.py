@@ -122,7 +122,7 @@ def test_calibrate_refuses_a_bad_n_before_any_work(ns, capsys):
     (["--checkpoint", "{tmp}/none.pt"], "invalid --checkpoint '{tmp}/none.pt' (FileNotFoundError"),
     (["--checkpoint", "{tmp}/notes.txt"], "invalid --checkpoint '{tmp}/notes.txt' (UnpicklingError"),
     (["--n-model", "0"], "invalid --n-model '0': valid values are integers from 4 to 10000"),
-    (["--out", "{tmp}/notes.txt/rows.json"], "invalid --out '{tmp}/notes.txt/rows.json': a folder or a file is in"),
+    (["--out", "{tmp}/notes.txt/rows.json"], "invalid --out '{tmp}/notes.txt/rows.json': {tmp}/notes.txt is a file"),
 ])
 def test_calibrate_refuses_a_bad_checkpoint_count_or_out_before_any_work(words, message, tmp_path, capsys):
     """These failed once the real digits had been scored (a traceback), or, for --n-model 0, not at all."""
