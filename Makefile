@@ -56,7 +56,7 @@ TEST_WORKERS ?= 3
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# What a GPU machine needs beside the working tree (README: "The GPU suite, stage by stage"): .device/
+# What a GPU machine needs beside the working tree (benchmarks/device/README.md): .device/
 device-kit: install
 	bash benchmarks/device/kit.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of the `gpu` scale, one prepared command a stage (README: "The GPU suite, stage by stage").
+# The GPU half of the `gpu` scale, one prepared command a stage (benchmarks/device/README.md).
 #
 # Here, after the last commit the GPU should run:  make device-kit   (benchmarks/device/kit.sh: .device/)
 # There, one device call a stage, carrying [".device"], each well inside a call's 10 minutes:
