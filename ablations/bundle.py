@@ -99,7 +99,7 @@ def write(run_dirs: list[Path], out_dir: Path, checkpoints: bool = False, part_m
         list(pool.map(lambda i: _write_part(paths[i], parts[i], journals, checkpoints, i + 1, len(parts)),
                       range(len(parts))))
     for path, group in zip(paths, parts):
-        log(f"{path}: {len(group)} runs, {path.stat().st_size / 2**20:.1f} MiB")
+        log(f"{path}: {len(group)} run{'s' if len(group) > 1 else ''}, {path.stat().st_size / 2**20:.1f} MiB")
     return paths
 
 
