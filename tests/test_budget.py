@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from benchmarks import budget, budget_choice
+from benchmarks import budget, budget_choice, budget_sittings
 from benchmarks.budget import learning_curve
 from core.checkpoint import save_checkpoint
 from core.config import SCALES, Config
@@ -92,9 +92,9 @@ def test_a_decaying_rate_curve_is_a_run_a_point_branched_from_one_constant_run(s
     with pytest.raises(ValueError, match=f"invalid --checkpoint with --curve 4,8 under lr_schedule='{schedule}'"):
         learning_curve(config, [4, 8], images, checkpoint=tmp_path / "no.pt")
     save_checkpoint(DiffusionProcess(config.replace(train_steps=4)), tmp_path / "at4.pt")
-    assert budget.resumable_state(tmp_path / "at4.pt", config, [4])["step"] == 0
+    assert budget_sittings.resumable_state(tmp_path / "at4.pt", config, [4])["step"] == 0
     with pytest.raises(ValueError, match=r"another run's \(train_steps=4 \(here 8\)\)"):
-        budget.resumable_state(tmp_path / "at4.pt", config, [8])
+        budget_sittings.resumable_state(tmp_path / "at4.pt", config, [8])
 
 
 def test_single_point_probes_join_into_one_curve_with_their_grids_side_by_side(tmp_path, capsys):
