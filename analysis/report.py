@@ -93,7 +93,7 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
     facts = {
         "scale": ", ".join(sorted(runs.scale.dropna().unique())),
         "runs": f"{len(runs)} COMPLETED runs, {runs.seed.nunique()} seeds, {runs.cell.nunique()} configs",
-        "computed in": ", ".join(f"{p} ({n} runs)" for p, n in runs.dtype.value_counts().sort_index().items()),
+        "computed in": ", ".join(f"{p} ({runs_counted(n)})" for p, n in runs.dtype.value_counts().sort_index().items()),
         "training": " or ".join(f"{int(n)} steps x {int(b)} images at lr {lr:g}" + ("" if rate == "constant" else
                                 f", annealed ({rate})") for n, b, lr, rate in
                                 runs[["train_steps", "batch_size", "lr", "lr_schedule"]].drop_duplicates()
@@ -109,12 +109,18 @@ def setting(runs: pd.DataFrame) -> dict[str, str]:
         "run ids": ", ".join(str(i) for i in runs.run_id),
     }
     if runs.sweep_id.nunique() > 1:  # e.g. cells a sweep found stored by another sweep, and took as they were
-        facts["stored by sweeps"] = ", ".join(f"{s} ({n} runs)" for s, n in runs.sweep_id.value_counts().items())
+        stored_by = runs.sweep_id.value_counts().items()
+        facts["stored by sweeps"] = ", ".join(f"{s} ({runs_counted(n)})" for s, n in stored_by)
     if made := wall_time(runs):
         facts["wall time"] = made
     if agreement := rank_agreement(runs):
         facts["held-out bound against FID"] = agreement  # likelihood and sample quality can disagree
     return facts
+
+
+def runs_counted(n: int) -> str:
+    """'1 run', '2 runs'."""
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def wall_time(runs: pd.DataFrame) -> str | None:

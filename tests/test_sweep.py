@@ -157,7 +157,7 @@ def test_a_sweep_keeps_in_its_report_and_audit_the_cells_another_sweep_stored(se
 
     assert report.main(["-m", url, "--sweep", sid, "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| ema=False |" in text and f"{baseline['config']['sweep_id']} (1 runs)" in text
+    assert "| ema=False |" in text and f"{baseline['config']['sweep_id']} (1 run)" in text
     import_dump(docs, f"{server.url}/imported")  # an export of the sweep, imported elsewhere: plain records
     imported = server.db("imported").runs.find_one({"_id": lent["_id"]})
     assert imported is not None and sweep_manifest.MEMBER_OF not in imported
