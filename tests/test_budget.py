@@ -1,16 +1,18 @@
 """The budget probe (benchmarks/budget.py) and the choice of the `gpu` budget (benchmarks/budget_choice.py): each
 curve point is the run of that many steps, a probe goes on from its checkpoint, a decaying rate is one run a point
-(branched from one constant-rate run), and the choice picks the largest probed budget that draws digits and fits."""
+(branched from one constant-rate run), the choice picks the largest probed budget that draws digits and fits, and
+probe_effects.py compares probes' cells paired by seed."""
 import argparse
 import json
 import shutil
 
 import pytest
+import scipy.stats
 import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from benchmarks import budget, budget_choice, budget_sittings
+from benchmarks import budget, budget_choice, budget_sittings, probe_effects
 from benchmarks.budget import learning_curve
 from core.checkpoint import save_checkpoint
 from core.config import SCALES, Config
@@ -163,6 +165,49 @@ def _probe_point(step: int, score: float, shares=(0.08, 0.12), ema=False) -> dic
     return {"step": step, "ema": ema, "train_s": 10 + 0.005 * step, "classifier_score": score, "fid": 100.0,
             "min_class_share": shares[0], "max_class_share": shares[1]}
 
+
+def _effects_row(seed: int, schedule: str, ema: bool, fid: float, step: int = 300) -> dict:
+    """A probe row; seed 0 at the constant rate is written as the first probes wrote it, without seed or schedule."""
+    row = {"step": step, "ema": ema, "lr": 1e-3, "fid": fid, "classifier_score": 9 - fid / 100, "nll_bpd": fid / 50}
+    return row if (seed, schedule) == (0, "constant") else row | {"seed": seed, "lr_schedule": schedule}
+
+
+def test_probe_effects_pair_the_probes_cells_by_seed_and_refuse_what_does_not_pair(tmp_path, capsys):
+    """probe_effects.py takes each probe row at --step as a run of the cell its schedule and weights name, and pairs
+    the cells by seed; a bad --step or --baseline names the valid ones, and rows that do not pair (a seed twice in a
+    cell, other samplers, other rates) are refused before any output."""
+    constant, cooled = [300.0, 340.0, 330.0], [290.0, 300.0, 310.0]  # FID of the constant rate's EMA, of the cool-down
+    files = {}
+    for seed in range(3):
+        files["constant", seed] = tmp_path / f"constant-{seed}.json"
+        files["constant", seed].write_text(json.dumps([_effects_row(seed, "constant", True, constant[seed])]))
+        files["cooldown", seed] = tmp_path / f"cooldown-{seed}.json"
+        files["cooldown", seed].write_text(json.dumps([_effects_row(seed, "cooldown", False, cooled[seed]),
+                                                       _effects_row(seed, "cooldown", True, 1.0, step=600)]))
+    options = ["--step", "300", "--baseline", "constant, EMA on"]
+    table = probe_effects.main([*map(str, files.values()), *options, "--out", str(tmp_path / "effects.json")])
+    row = table.set_index(["cell", "metric"]).loc[("cooldown, EMA off", "fid")]
+    assert row.n == 3 and row["diff"] == pytest.approx((sum(cooled) - sum(constant)) / 3)
+    assert row.ci_low < row["diff"] < row.ci_high
+    assert row.p == pytest.approx(scipy.stats.ttest_rel(cooled, constant).pvalue)
+    assert json.loads((tmp_path / "effects.json").read_text())["effects"][0]["cell"] == "cooldown, EMA off"
+
+    def refused(paths, says, step="300", baseline="constant, EMA on"):
+        with pytest.raises(SystemExit):
+            probe_effects.main([*map(str, paths), "--step", step, "--baseline", baseline])
+        assert says in capsys.readouterr().err
+
+    refused(files.values(), "invalid --step 400: no row of the files is at it; valid values are 300, 600", step="400")
+    refused(files.values(), "invalid --baseline 'cosine, EMA on': valid values are the cells at step 300: "
+                            "'constant, EMA on', 'cooldown, EMA off'", baseline="cosine, EMA on")
+    files["cooldown", 1].write_text(json.dumps([_effects_row(1, "cooldown", False, f) for f in (1.0, 2.0)]))
+    refused([files["constant", 1], files["cooldown", 1]], "cooldown, EMA off seed 1 (2 runs)")
+    for (schedule, seed), eta in zip(files, (0, 1)):
+        files[schedule, seed].write_text(json.dumps([_effects_row(seed, schedule, schedule == "constant", 1.0)
+                                                     | {"scored_with": f"ddim-100 eta {eta}, N 1000"}]))
+    refused(list(files.values())[:2], "rows of scored_with ddim-100 eta 0, N 1000, ddim-100 eta 1, N 1000")
+    files["constant", 2].write_text(json.dumps([_effects_row(2, "constant", True, 1.0) | {"lr": 2e-3}]))
+    refused([files["constant", 2], files["cooldown", 2]], "trained at several rates (0.002, 0.001)")
 
 
 def test_choose_refuses_curves_probed_on_other_devices_or_scored_otherwise():

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from analysis import report, runs, stats
+from benchmarks import probe_effects
 from core.config import SCALES, Config
 from core.fastpath import GroupNorm
 from core.fidelity import real_floor
@@ -67,8 +68,8 @@ def test_the_committed_report_and_the_readmes_result_are_what_the_committed_runs
 
 
 def measured_values(folder: Path):
-    """Every number in the JSONs under ``folder``, as recorded, times 100 (a share as a percentage), and each
-    class's percentage of a class histogram (a list of counts)."""
+    """Every number in the JSONs under ``folder``, as recorded and times 100 (a share as a percentage), and each
+    class's percentage of a class histogram (a list of counts); as magnitudes, for the tables' signs stand apart."""
     def walk(node):
         if isinstance(node, dict):
             for value in node.values():
@@ -79,7 +80,7 @@ def measured_values(folder: Path):
             for value in node:
                 yield from walk(value)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            yield from (node, 100 * node)
+            yield from (abs(node), 100 * abs(node))  # the tables' signs are read apart from their digits
     for path in folder.rglob("*.json"):
         yield from walk(json.loads(path.read_text()))
 
@@ -88,6 +89,18 @@ def recorded_as_shown(folder: Path) -> dict[int, set[str]]:
     """decimals -> every value of :func:`measured_values` written with that many decimals (0 to 8)."""
     values = list(measured_values(folder))
     return {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(0, 9)}
+
+
+def test_the_committed_probe_effects_are_what_their_probes_give(tmp_path, monkeypatch):
+    """benchmarks/cpu-probe/seed2-3000/effects.json (the cool-down against the constant rate, three seeds paired) is
+    what probe_effects.py gives on the committed probe JSONs it names, with every cell at every seed."""
+    committed = json.loads((REPO / "benchmarks" / "cpu-probe" / "seed2-3000" / "effects.json").read_text())
+    monkeypatch.chdir(REPO)  # the files are named as the command line gave them, from the repository's root
+    files = list(dict.fromkeys(run["file"] for run in committed["runs"]))
+    probe_effects.main([*files, "--step", str(committed["step"]), "--baseline", committed["baseline"],
+                        "--out", str(tmp_path / "effects.json")])
+    assert json.loads((tmp_path / "effects.json").read_text()) == committed
+    assert {effect["n"] for effect in committed["effects"]} == {3} and len(committed["effects"]) == 3 * 3
 
 
 def test_every_decimal_in_the_probe_tables_is_a_committed_measurement():
