@@ -279,6 +279,28 @@ def test_a_stopped_group_leaves_its_members_and_resumes_to_what_an_unstopped_gro
             assert_same(a, b)
 
 
+def test_a_stop_during_a_groups_set_up_waits_for_its_end_and_then_stops_it(monkeypatch):
+    """A SIGTERM that lands while the group and its images are made (their first use imports modules, whose
+    callbacks would print the stop and go on) is held to the set-up's end, then raised before any step."""
+    loaded = []
+
+    def images_then_a_stop(dataset):  # the real images; SIGTERM comes while they are made
+        signal.raise_signal(signal.SIGTERM)
+        loaded.append(as_tensor(dataset))
+        return loaded[-1]
+
+    monkeypatch.setattr(fused_group, "as_tensor", images_then_a_stop)
+    members = fused_group.fresh_members(CONFIG, [(0, "cosine"), (1, "cosine")])
+    previous = signal.signal(signal.SIGTERM, fused_group._terminate)  # as fused_group.main installs it
+    try:
+        with pytest.raises(fused_group.Terminated):
+            fused_group.train_members(members)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(loaded) == 1 and loaded[0].shape == (60_000, 1, 28, 28)  # the set-up ended; then the stop
+    assert [member.step for member in members] == [0, 0]  # before any step
+
+
 def test_a_sweeps_group_folder_is_found_again_by_its_training_and_members_and_held_by_one_sweep(tmp_path,
                                                                                               monkeypatch):
     """ablations/jobs.py keeps a fused group's checkpoints in runs/fused/<group>/: the sweep's next run finds the
