@@ -14,7 +14,6 @@ choices) plus the run options below; invalid values fail before the database is 
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from sacred import Experiment
 from sacred.arg_parser import get_config_updates
 from sacred.initialize import create_run
 from sacred.observers import MongoObserver
-from sacred.utils import SacredError, SacredInterrupt
+from sacred.utils import SacredError
 
-from ablations import store
+from ablations import stopping, store
 from ablations.observers import observers
 from ablations.plan import planned_precision
 from ablations.record import CHECKPOINT, CONFIG_KEYS, RUN_OPTIONS, check_config_keys
@@ -98,23 +97,6 @@ def validate(config, command_name, logger):
 @ex.main
 def main(_run, _config):
     return execute(_run, _config)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Terminated(SacredInterrupt):
-    """SIGTERM: stop like Ctrl-C, with a final checkpoint, and leave the run INTERRUPTED."""
-
-    STATUS = "INTERRUPTED"
-
-
-def _stop_once(signum, frame):
-    """The first SIGINT or SIGTERM stops the run; the ones after it are ignored, so that a second signal (a
-    sweep's SIGTERM after the terminal's Ctrl-C reached both) cannot cut its final checkpoint or record short."""
-    for stop_signal in STOP_SIGNALS:
-        signal.signal(stop_signal, signal.SIG_IGN)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def _split_store_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
@@ -189,9 +171,7 @@ def cli(argv: list[str] | None = None) -> int:
                 print(f"ERROR: {exc}", file=sys.stderr)
                 return 2
         ex.observers[:] = observers(TARGET, journal_only)
-    for stop_signal in STOP_SIGNALS:  # a SIGINT ignored from the start (a background job's) stays ignored
-        if signal.getsignal(stop_signal) is not signal.SIG_IGN:
-            signal.signal(stop_signal, _stop_once)
+    stopping.install()
     run = ex.run_commandline(argv)
     failed = [o for o in getattr(run, "_failed_observers", []) if isinstance(o, MongoObserver)]
     if failed:

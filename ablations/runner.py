@@ -19,6 +19,7 @@ from sacred.observers import FileStorageObserver
 from sacred.utils import SacredInterrupt
 
 from ablations import record
+from ablations.stopping import raise_if_stopped
 from core.checkpoint import load_state, save_checkpoint, save_weights
 from core.classifier import weights_sha256
 from core.config import Config
@@ -64,8 +65,9 @@ def run_training(_run, process: DiffusionProcess, resume_state: dict | None, che
         save_checkpoint(process, path, extra={"history": recorder.history, "window": list(current_window)})
 
     try:
-        train(process, as_tensor(mnist(train=True)), log=recorder, checkpoint=checkpoint,
-              checkpoint_every=checkpoint_every, window=window)
+        images = as_tensor(mnist(train=True))
+        raise_if_stopped()  # a stop lost during the start-up: checkpointed at the step it came in
+        train(process, images, log=recorder, checkpoint=checkpoint, checkpoint_every=checkpoint_every, window=window)
     except (KeyboardInterrupt, SacredInterrupt):
         checkpoint(window)
         print(f"Interrupted at step {process.step}; checkpoint in {path}")
@@ -141,12 +143,14 @@ def execute(_run, _config: dict) -> dict:
         _run.info["fused"] = resume_state["extra"]["fused"]
         phases["train"] = _run.info["fused"]["train_s"]
 
+    raise_if_stopped()  # between phases, a stop whose raise was lost (ablations.stopping) is raised again
     samples, metrics = sample_and_evaluate(process, config.seed, phases)
     for key in record.FIDELITY_KEYS:
         _run.log_scalar(f"eval.{key}", metrics[key], config.train_steps)
     _run.info["class_histogram"] = metrics["class_histogram"]
     _run.info["fid_floor"] = real_floor(config.n_samples)  # real vs real at the same N
 
+    raise_if_stopped()
     started = time.perf_counter()
     heldout, series, _run.info["heldout"] = record.heldout_entries(heldout_metrics(process, config.n_samples),
                                                                    config.train_steps)
@@ -155,6 +159,7 @@ def execute(_run, _config: dict) -> dict:
         for step, value in zip(steps, values):
             _run.log_scalar(name, value, step)
 
+    raise_if_stopped()
     with tempfile.TemporaryDirectory() as tmp:
         save_artifacts(_run, process, samples, Path(tmp))
     _run.info["peak_rss_mb"] = peak_rss_mb()
