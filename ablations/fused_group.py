@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             train_members(members, history_log(histories), windows)
         except (KeyboardInterrupt, Terminated):
             stopped = True
-            for signum in handlers:  # a terminal's Ctrl-C and its sweep's SIGTERM arrive together: the second
-                signal.signal(signum, signal.SIG_IGN)  # must not cut the checkpoints short
+        for signum in handlers:  # a stop now (or the second of a terminal's Ctrl-C and its sweep's SIGTERM) must
+            signal.signal(signum, signal.SIG_IGN)  # not cut the writing short: members at two steps resume no group
         group = group | {"train_s": group["train_s"] + time.perf_counter() - started}
         extras = [{"history": history, "window": window} for history, window in zip(histories, windows)]
         write_members(args, pairs, members, extras, group, stopped)

@@ -301,6 +301,27 @@ def test_a_stop_during_a_groups_set_up_waits_for_its_end_and_then_stops_it(monke
     assert [member.step for member in members] == [0, 0]  # before any step
 
 
+def test_a_stop_while_a_trained_group_writes_its_members_is_ignored_and_every_member_is_written(tmp_path,
+                                                                                              monkeypatch):
+    """Raised while the members' checkpoints are written, a stop would leave some members at the group's end and
+    others at an earlier stop's step, which no sitting can resume as one group: it is ignored there."""
+    written, save_state = [], fused_group.save_state
+
+    def a_stop_then_the_write(state, path):  # the real write; a SIGTERM comes with the first
+        if not written:
+            signal.raise_signal(signal.SIGTERM)
+        written.append(path)
+        return save_state(state, path)
+
+    monkeypatch.setattr(fused_group, "save_state", a_stop_then_the_write)
+    handler = signal.getsignal(signal.SIGTERM)
+    words = ["smoke", "train_steps=2", "batch_size=16", "log_every=1", "amp=False", "threads=1"]
+    assert fused_group.main(["--out", str(tmp_path), "--seeds", "0,1", "with", *words]) == 0
+    states = [load_state(path) for path in written]
+    assert len(states) == 2 and all(s["step"] == 2 and not s["extra"].get("partial") for s in states)
+    assert signal.getsignal(signal.SIGTERM) is handler  # given back
+
+
 def test_a_sweeps_group_folder_is_found_again_by_its_training_and_members_and_held_by_one_sweep(tmp_path,
                                                                                               monkeypatch):
     """ablations/jobs.py keeps a fused group's checkpoints in runs/fused/<group>/: the sweep's next run finds the
