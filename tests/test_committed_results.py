@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from analysis import report, runs, stats
 from benchmarks import probe_effects
 from core.config import SCALES, Config
@@ -91,16 +93,19 @@ def recorded_as_shown(folder: Path) -> dict[int, set[str]]:
     return {decimals: {f"{v:.{decimals}f}" for v in values} for decimals in range(0, 9)}
 
 
-def test_the_committed_probe_effects_are_what_their_probes_give(tmp_path, monkeypatch):
-    """benchmarks/cpu-probe/seed2-3000/effects.json (the cool-down against the constant rate, three seeds paired) is
-    what probe_effects.py gives on the committed probe JSONs it names, with every cell at every seed."""
-    committed = json.loads((REPO / "benchmarks" / "cpu-probe" / "seed2-3000" / "effects.json").read_text())
+@pytest.mark.parametrize("name, seeds", [("seed2-3000/effects.json", 3), ("seed3-3000/effects.json", 4),
+                                         ("seed3-3000/effects-vs-cooldown.json", 4)])
+def test_the_committed_probe_effects_are_what_their_probes_give(name, seeds, tmp_path, monkeypatch):
+    """benchmarks/cpu-probe/seed*-3000/effects*.json (the cool-down against the constant rate, and EMA against the
+    cool-down's trained weights, seeds paired) are what probe_effects.py gives on the committed probe JSONs they
+    name, with every cell at every seed."""
+    committed = json.loads((REPO / "benchmarks" / "cpu-probe" / name).read_text())
     monkeypatch.chdir(REPO)  # the files are named as the command line gave them, from the repository's root
     files = list(dict.fromkeys(run["file"] for run in committed["runs"]))
     probe_effects.main([*files, "--step", str(committed["step"]), "--baseline", committed["baseline"],
                         "--out", str(tmp_path / "effects.json")])
     assert json.loads((tmp_path / "effects.json").read_text()) == committed
-    assert {effect["n"] for effect in committed["effects"]} == {3} and len(committed["effects"]) == 3 * 3
+    assert {effect["n"] for effect in committed["effects"]} == {seeds} and len(committed["effects"]) == 3 * 3
 
 
 def test_every_decimal_in_the_probe_tables_is_a_committed_measurement():
