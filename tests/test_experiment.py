@@ -184,7 +184,7 @@ def test_sigterm_checkpoints_leaves_the_run_interrupted_and_resumes_exactly(serv
 
 
 # A run whose SIGTERM arrives while a weakref callback runs (as an import's module locks' do): the handler's raise
-# is printed and dropped by Python, as a stop landing in an import during a run's start-up was.
+# is printed and dropped by Python, as a stop landing in an import during a fused group's set-up was.
 LOSE_A_STOP = """
 import signal, sys, weakref
 from ablations import run
